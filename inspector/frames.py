@@ -1,0 +1,147 @@
+"""Records that flow through the pipeline, and the preallocated ring of frame slots.
+
+A frame leaves the pipeline exactly once, as a Verdict: inspected (pass/reject with reason "defect" or "ok"),
+or not inspected, with the reason why (overload, timeout, error, bad_frame).
+
+The ring owns one contiguous uint8 array of shape (slots, height, width, channels), allocated once. The
+acquisition thread writes a frame straight into a free slot (the source's only copy); the inference thread
+reads it in place and releases the slot when the frame's verdict is made. No per-frame allocation of pixels.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+import numpy as np
+
+CHANNELS = {"mono8": 1, "rgb8": 3, "bgr8": 3}
+
+Result = Literal["pass", "reject"]
+
+
+class Reason(str, Enum):
+    """Why a verdict is what it is. Part of the wire protocol (docs/PROTOCOL.md): add, never rename."""
+
+    OK = "ok"  # inspected, nothing rejecting found
+    DEFECT = "defect"  # inspected, at least one blob passed the thresholds
+    OVERLOAD = "overload"  # the ring was full when the frame arrived: it was never buffered
+    TIMEOUT = "timeout"  # not decided within pipeline.deadline_ms
+    ERROR = "error"  # inference or decision raised
+    BAD_FRAME = "bad_frame"  # the source delivered something that cannot be inspected (size, format)
+    SHUTDOWN = "shutdown"  # in flight at shutdown and not inspected within the stop timeout
+
+    @property
+    def inspected(self) -> bool:
+        return self in (Reason.OK, Reason.DEFECT)
+
+
+TimestampSource = Literal["device", "host"]
+
+
+@dataclass(slots=True)
+class Frame:
+    """Metadata of one acquired frame. One preallocated instance per ring slot, overwritten per frame."""
+
+    slot: int = -1  # ring slot holding the pixels, -1 when the frame was never buffered (overload)
+    seq: int = -1  # daemon sequence number: +1 per acquired frame, never reused, never skipped
+    camera_frame_id: int = -1  # the camera's own frame counter (or the source's)
+    t_acquired_ns: int = 0  # time.time_ns() when the frame was acquired (wall clock, for the wire)
+    t_acquired_mono_ns: int = 0  # time.monotonic_ns() at acquisition (for deadlines and latency)
+    t_device_ns: int | None = None  # the device's timestamp where it gives one
+    timestamp_source: TimestampSource = "host"
+    height: int = 0  # actual size of the frame inside the slot
+    width: int = 0
+    camera_drops_before: int = 0  # frames the camera lost (frame-id gap) since the previous frame
+    bad_frame: str | None = None  # why the frame cannot be inspected, if it cannot
+    truth: GroundTruth | None = None  # ground truth attached by simulators and replays with masks
+
+
+@dataclass(slots=True, frozen=True)
+class GroundTruth:
+    defective: bool
+    defect_area_px: int = 0
+    kind: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Defect:
+    """One defect blob, in frame pixel coordinates."""
+
+    cls: str
+    area_px: int
+    bbox: tuple[int, int, int, int]  # x, y, width, height
+    score: float  # the highest defect probability inside the blob
+
+    def to_wire(self) -> dict:
+        x, y, w, h = self.bbox
+        return {"class": self.cls, "area_px": self.area_px, "bbox": [x, y, w, h], "score": round(self.score, 4)}
+
+
+@dataclass(slots=True)
+class Verdict:
+    seq: int
+    camera_frame_id: int
+    result: Result
+    reason: Reason
+    t_acquired_ns: int
+    t_decided_ns: int
+    timestamp_source: TimestampSource = "host"
+    t_device_ns: int | None = None
+    defects: list[Defect] = field(default_factory=list)
+    recognizer_score: float | None = None  # highest block score; None when not inspected
+    segmenter_ran: bool = False
+    camera_drops_before: int = 0
+    detail: str | None = None  # human-readable explanation (error text, which deadline, ...)
+    config_hash: str = ""
+    model_hashes: dict[str, str] = field(default_factory=dict)
+    truth: GroundTruth | None = None
+    t_acquired_mono_ns: int = 0  # not on the wire: for latency metrics
+
+
+class FrameRing:
+    """Fixed pool of frame slots. Thread-safe: one producer (acquisition) and one consumer (inference)."""
+
+    def __init__(self, slots: int, height: int, width: int, channels: int):
+        if slots < 1:
+            raise ValueError("a ring needs at least one slot")
+        self.pixels = np.zeros((slots, height, width, channels), dtype=np.uint8)
+        self.frames = [Frame(slot=i) for i in range(slots)]
+        self._free: list[int] = list(range(slots - 1, -1, -1))
+        self._is_free = [True] * slots
+        self._lock = threading.Lock()
+
+    @property
+    def slots(self) -> int:
+        return self.pixels.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        _, h, w, c = self.pixels.shape
+        return h, w, c
+
+    def acquire(self) -> int | None:
+        """A free slot index, or None when every slot is in use (the caller reports an overload)."""
+        with self._lock:
+            if not self._free:
+                return None
+            slot = self._free.pop()
+            self._is_free[slot] = False
+            return slot
+
+    def release(self, slot: int) -> None:
+        with self._lock:
+            if self._is_free[slot]:
+                raise RuntimeError(f"slot {slot} released twice")
+            self._is_free[slot] = True
+            self._free.append(slot)
+
+    def in_use(self) -> int:
+        with self._lock:
+            return self.slots - len(self._free)
+
+    def view(self, slot: int) -> np.ndarray:
+        """The slot's pixels, (height, width, channels), a view (no copy)."""
+        return self.pixels[slot]

@@ -1,0 +1,120 @@
+"""Preprocessing: the one place where a frame becomes a network input.
+
+Used by the daemon (into preallocated buffers), by training (dataset loading) and by export (parity checks),
+so the three cannot differ. Only geometry and channel conversion happen here; normalisation (mean/std) is
+folded into the exported graph (see `inspector.train.models.Normalize`), so the network input is uint8.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import cv2
+import numpy as np
+
+INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
+
+# ImageNet statistics; also right for grayscale when replicated. Written into every manifest.
+MEAN_RGB = (0.485, 0.456, 0.406)
+STD_RGB = (0.229, 0.224, 0.225)
+MEAN_GRAY = (0.449,)
+STD_GRAY = (0.226,)
+
+
+def convert_channels(image: np.ndarray, pixel_format: str, color: Literal["gray", "rgb"]) -> np.ndarray:
+    """Bring an (H, W[, C]) uint8 image in `pixel_format` (mono8/rgb8/bgr8) to the network's color order.
+
+    Allocates; for training and tools. The daemon uses Preprocessor, which writes into its own buffers.
+    """
+    if image.ndim == 2:
+        image = image[:, :, None]
+    channels = image.shape[2]
+    if color == "gray":
+        if channels == 1:
+            return image
+        code = cv2.COLOR_RGB2GRAY if pixel_format == "rgb8" else cv2.COLOR_BGR2GRAY
+        return cv2.cvtColor(image, code)[:, :, None]
+    if channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if pixel_format == "bgr8":
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def resize_image(
+    image: np.ndarray,
+    size: tuple[int, int],
+    *,
+    pixel_format: str = "mono8",
+    color: Literal["gray", "rgb"] = "gray",
+    interpolation: str = "area",
+) -> np.ndarray:
+    """(H, W[, C]) uint8 -> (height, width, channels) uint8 network input. `size` is (height, width)."""
+    height, width = size
+    converted = convert_channels(image, pixel_format, color)
+    out = cv2.resize(converted, (width, height), interpolation=INTERPOLATION[interpolation])
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Label mask (H, W) uint8 -> (height, width): nearest neighbour, so class ids stay class ids.
+
+    A defect thinner than the scale factor can vanish; `inspector.train.labels` keeps block labels from the
+    full-resolution mask instead, for that reason.
+    """
+    height, width = size
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+class Preprocessor:
+    """Writes frames into a preallocated (batch, height, width, channels) uint8 network input, in place.
+
+    One instance per model input; `scratch` exists because a resize plus a channel conversion cannot be
+    done by OpenCV in one call without an intermediate. Copies per frame: one resize (unavoidable) and, for
+    mono->rgb or rgb->gray, one conversion.
+    """
+
+    def __init__(
+        self,
+        batch: int,
+        size: tuple[int, int],
+        color: Literal["gray", "rgb"],
+        pixel_format: str,
+        interpolation: str = "area",
+    ):
+        height, width = size
+        self.color = color
+        self.pixel_format = pixel_format
+        self.channels = 1 if color == "gray" else 3
+        self.interp = INTERPOLATION[interpolation]
+        self.size = (height, width)
+        self.buffer = np.zeros((batch, height, width, self.channels), dtype=np.uint8)
+        in_channels = 1 if pixel_format == "mono8" else 3
+        self._needs_conversion = (in_channels != self.channels) or (pixel_format == "bgr8" and color == "rgb")
+        self._scratch = np.zeros((height, width, in_channels), dtype=np.uint8) if self._needs_conversion else None
+        self._code = None
+        if self._needs_conversion:
+            if self.channels == 1:
+                self._code = cv2.COLOR_RGB2GRAY if pixel_format == "rgb8" else cv2.COLOR_BGR2GRAY
+            elif in_channels == 1:
+                self._code = cv2.COLOR_GRAY2RGB
+            else:
+                self._code = cv2.COLOR_BGR2RGB
+
+    def put(self, index: int, frame: np.ndarray) -> np.ndarray:
+        """Resize/convert `frame` (H, W, C) into row `index` of the batch buffer; returns that row."""
+        height, width = self.size
+        dst = self.buffer[index]
+        if not self._needs_conversion:
+            target = dst[:, :, 0] if self.channels == 1 else dst
+            src = frame[:, :, 0] if frame.shape[2] == 1 else frame
+            cv2.resize(src, (width, height), dst=target, interpolation=self.interp)
+            return dst
+        scratch = self._scratch
+        assert scratch is not None
+        src = frame[:, :, 0] if frame.shape[2] == 1 else frame
+        tgt = scratch[:, :, 0] if scratch.shape[2] == 1 else scratch
+        cv2.resize(src, (width, height), dst=tgt, interpolation=self.interp)
+        out = dst[:, :, 0] if self.channels == 1 else dst
+        cv2.cvtColor(tgt, self._code, dst=out)
+        return dst
