@@ -130,8 +130,7 @@ class GenicamSourceConfig(_SourceBase):
         3000,
         ge=100,
         le=600000,
-        description="No complete frame for this long means the camera is lost: it is reported and "
-        "reconnected.",
+        description="No complete frame for this long means the camera is lost: it is reported and reconnected.",
     )
     reconnect_backoff_ms: list[int] = Field(
         default_factory=lambda: [200, 500, 1000, 2000, 5000],
@@ -140,9 +139,7 @@ class GenicamSourceConfig(_SourceBase):
     )
 
 
-SourceConfig = Annotated[
-    SyntheticSourceConfig | FolderSourceConfig | GenicamSourceConfig, Field(discriminator="kind")
-]
+SourceConfig = Annotated[SyntheticSourceConfig | FolderSourceConfig | GenicamSourceConfig, Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -176,8 +173,7 @@ class ModelSpec(_Model):
     path: str = Field(description="Model file (ONNX or TensorRT engine); its manifest is PATH.manifest.json.")
     expect_classes: list[str] | None = Field(
         None,
-        description="If set, the model's manifest must list exactly these classes (segmenter) or the model "
-        "is refused.",
+        description="If set, the model's manifest must list exactly these classes (segmenter) or the model is refused.",
     )
     expect_input: tuple[int, int] | None = Field(
         None, description="If set, [height, width] the model's input must have, or the model is refused."
@@ -244,9 +240,7 @@ class IgnoreRegions(_Model):
         default_factory=list,
         description="Polygons in frame pixel coordinates [[x, y], ...]; defect pixels inside are ignored.",
     )
-    mask: str | None = Field(
-        None, description="Mask image the size of the frame; non-zero pixels are ignored."
-    )
+    mask: str | None = Field(None, description="Mask image the size of the frame; non-zero pixels are ignored.")
 
     @field_validator("polygons")
     @classmethod
@@ -292,7 +286,9 @@ class DecisionConfig(_Model):
 class SocketConfig(_Model):
     bind: str = Field(description="ZeroMQ endpoint the daemon binds, e.g. tcp://127.0.0.1:5555.")
     sndhwm: int = Field(1000, ge=1, le=10_000_000, description="ZeroMQ send high-water mark (messages).")
-    linger_ms: int = Field(1000, ge=0, le=600000, description="ZeroMQ LINGER: how long unsent messages are kept at close.")
+    linger_ms: int = Field(
+        1000, ge=0, le=600000, description="ZeroMQ LINGER: how long unsent messages are kept at close."
+    )
 
     @field_validator("bind")
     @classmethod
@@ -335,7 +331,9 @@ class Config(_Model):
     source: SourceConfig = Field(description="Where frames come from.")
     models: ModelsConfig = Field(description="The networks and the backend that runs them.")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Buffering, batching, deadlines.")
-    decision: DecisionConfig = Field(default_factory=DecisionConfig, description="Thresholds that turn scores into a verdict.")
+    decision: DecisionConfig = Field(
+        default_factory=DecisionConfig, description="Thresholds that turn scores into a verdict."
+    )
     publish: PublishConfig = Field(default_factory=PublishConfig, description="ZeroMQ outputs.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus exporter.")
     console: ConsoleConfig = Field(default_factory=ConsoleConfig, description="Terminal status line.")
@@ -404,7 +402,7 @@ def _line_index(node: yaml.Node, path: tuple[str | int, ...], lines: dict, issue
 def _nearest_line(lines: dict, loc: tuple) -> int | None:
     # Tagged unions add the tag to pydantic's loc (source.folder.rate_hz): drop parts not in the YAML.
     path: tuple = ()
-    best = lines.get((), None)
+    best = lines.get(())
     for part in loc:
         if (*path, part) in lines:
             path = (*path, part)
@@ -471,7 +469,9 @@ def _allowed_fields_hint(loc: tuple) -> str:
         if model is None:
             break
         if part in ("synthetic", "folder", "genicam"):
-            model = {"synthetic": SyntheticSourceConfig, "folder": FolderSourceConfig, "genicam": GenicamSourceConfig}[part]
+            model = {"synthetic": SyntheticSourceConfig, "folder": FolderSourceConfig, "genicam": GenicamSourceConfig}[
+                part
+            ]
             continue
         field = model.model_fields.get(str(part)) if isinstance(part, str) else None
         model = _model_of(field.annotation) if field else None

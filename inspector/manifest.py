@@ -211,7 +211,9 @@ def check_expectations(
     if manifest.task != task:
         raise ManifestError(f"{prefix}model is a {manifest.task}, but the config uses it as the {task}")
     if expect_classes is not None and list(expect_classes) != list(manifest.classes):
-        raise ManifestError(f"{prefix}model classes {manifest.classes} differ from expect_classes {list(expect_classes)}")
+        raise ManifestError(
+            f"{prefix}model classes {manifest.classes} differ from expect_classes {list(expect_classes)}"
+        )
     if expect_input is not None and tuple(expect_input) != (manifest.input.height, manifest.input.width):
         raise ManifestError(
             f"{prefix}model input is {manifest.input.height}x{manifest.input.width}, "
