@@ -51,9 +51,13 @@ def resize_image(
 ) -> np.ndarray:
     """(H, W[, C]) uint8 -> (height, width, channels) uint8 network input. `size` is (height, width)."""
     height, width = size
-    converted = convert_channels(image, pixel_format, color)
-    out = cv2.resize(converted, (width, height), interpolation=INTERPOLATION[interpolation])
-    return out[:, :, None] if out.ndim == 2 else out
+    if image.ndim == 2:
+        image = image[:, :, None]
+    # Resize first, then convert: the order the daemon's Preprocessor uses (cheaper on large frames), so that
+    # training and runtime inputs are bit-identical (rgb->gray rounds differently in the other order).
+    src = image[:, :, 0] if image.shape[2] == 1 else image
+    resized = cv2.resize(src, (width, height), interpolation=INTERPOLATION[interpolation])
+    return convert_channels(resized, pixel_format, color)
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
