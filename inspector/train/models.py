@@ -1,0 +1,405 @@
+"""The networks: recognizer (fully convolutional ResNet), segmenter (DeepLabv3+ with a branch network instead
+of ASPP), their baselines (ResNet image classifier, original DeepLabv3+), and `Deployed`, the export wrapper.
+
+All trunks are torchvision ResNets built with `weights=None`: nothing pretrained can be downloaded, and the
+paper trains its segmenter from scratch as well.
+
+Receptive field of the recognizer (one output cell), computed along the main path of the network as
+``rf += (kernel - 1) * jump; jump *= stride`` (`receptive_field()` does exactly this, and a test checks it
+against the gradient of one output cell with respect to the input):
+
+- ResNet-50 (torchvision's v1.5, stride on the 3x3 conv): conv1 7x7/2 -> 7, maxpool 3x3/2 -> 11; each
+  bottleneck's 3x3 conv adds 2 * jump (its 1x1 convs add nothing): layer1 3 x 8 -> 35; layer2 8 (strided
+  conv, jump 4 -> 8) + 3 x 16 -> 91; layer3 16 + 5 x 32 -> 267; layer4 32 + 2 x 64 -> **427 px**. The
+  receptive field of block (i, j) is centred on the block, so on the paper's 224x224 input even a corner
+  block (centre 16 px from the border) reaches 213 px to every side (>= 208 needed): every block score is
+  decided with the whole image as context.
+- ResNet-18: 435 px, ResNet-34: 899 px, resnet-tiny (one BasicBlock per stage): 195 px — the demo models see
+  a neighbourhood of roughly 6x6 blocks, not the whole image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.segmentation.deeplabv3 import ASPP
+
+from inspector.preprocess import MEAN_GRAY, MEAN_RGB, STD_GRAY, STD_RGB
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet-tiny")
+TASKS = ("recognizer", "segmenter", "classifier", "deeplabv3plus")
+BLOCK_SIZE = 32  # total stride of every trunk in the recognizer: one output cell per 32x32 input block
+
+# resnet-tiny: torchvision's BasicBlock, one block per stage, narrow widths. ~0.3 M parameters (~1.2 MB fp32),
+# small enough to commit demo models to git and to train in seconds on a CPU.
+TINY_WIDTHS = (16, 32, 64, 128)
+TINY_BLOCKS = (1, 1, 1, 1)
+
+
+def mean_std(in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation constants for a network input of `in_channels` (from inspector.preprocess)."""
+    return (MEAN_GRAY, STD_GRAY) if in_channels == 1 else (MEAN_RGB, STD_RGB)
+
+
+class Trunk(nn.Module):
+    """ResNet conv1..layer4, returning the stage outputs a head needs.
+
+    `channels` gives the output width of stem/layer1..layer4; `block` the residual block type (so the
+    segmenter's branch can reuse the same kind); `strides` the total stride after each stage.
+    """
+
+    def __init__(self, arch: str, in_channels: int, dilate: Sequence[bool] = (False, False, False)):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        if any(dilate) and arch != "resnet50":
+            # torchvision's BasicBlock refuses dilation > 1; only Bottleneck trunks can keep resolution.
+            raise ValueError(f"{arch} cannot be dilated (BasicBlock); use output stride 32 or resnet50")
+        if arch == "resnet-tiny":
+            net = resnet.ResNet(resnet.BasicBlock, list(TINY_BLOCKS))
+            stem = TINY_WIDTHS[0]
+            net.conv1 = nn.Conv2d(in_channels, stem, kernel_size=7, stride=2, padding=3, bias=False)
+            net.bn1 = nn.BatchNorm2d(stem)
+            # Reuse torchvision's own stage builder with narrow widths instead of copying it: _make_layer reads
+            # the running `inplanes`, so resetting it to the stem width chains the stages correctly.
+            net.inplanes = stem
+            for i, (width, blocks) in enumerate(zip(TINY_WIDTHS, TINY_BLOCKS, strict=True)):
+                setattr(
+                    net, f"layer{i + 1}", net._make_layer(resnet.BasicBlock, width, blocks, stride=1 if i == 0 else 2)
+                )
+            _init_like_torchvision(net)
+            self.block: type[nn.Module] = resnet.BasicBlock
+            self.channels = (stem, *TINY_WIDTHS)
+        else:
+            factory = {"resnet18": resnet.resnet18, "resnet34": resnet.resnet34, "resnet50": resnet.resnet50}[arch]
+            kwargs = {"replace_stride_with_dilation": list(dilate)} if arch == "resnet50" else {}
+            net = factory(weights=None, **kwargs)
+            if in_channels != 3:
+                net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+                nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+            self.block = resnet.Bottleneck if arch == "resnet50" else resnet.BasicBlock
+            expansion = 4 if arch == "resnet50" else 1
+            self.channels = (64, 64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion)
+        stride = 4
+        strides = [stride]
+        for d in dilate:
+            stride = stride if d else stride * 2
+            strides.append(stride)
+        self.strides = (2, *strides)  # stem (before maxpool), layer1..layer4
+        self.arch = arch
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu)
+        self.maxpool = net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (layer1 features at 1/4, layer4 features at 1/strides[4])."""
+        low = self.layer1(self.maxpool(self.stem(x)))
+        deep = self.layer4(self.layer3(self.layer2(low)))
+        return low, deep
+
+
+def _init_like_torchvision(module: nn.Module) -> None:
+    """The initialisation torchvision's ResNet applies in its constructor, for modules replaced afterwards."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+# --------------------------------------------------------------------------------------------- recognizer
+
+
+class Recognizer(nn.Module):
+    """Fully convolutional ResNet: the global pooling and the FC layer replaced by a 1x1 convolution.
+
+    (N, C, H, W) -> logits (N, 2, H/32, W/32); channel 1 = defective. A 1x1 convolution applied at each cell is
+    the FC layer applied to each 32x32 block's feature vector, so the network is the paper's classifier slid
+    over the image in one pass.
+    """
+
+    def __init__(self, arch: str, in_channels: int):
+        super().__init__()
+        self.trunk = Trunk(arch, in_channels)
+        self.head = nn.Conv2d(self.trunk.channels[4], 2, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, deep = self.trunk(x)
+        return self.head(deep)
+
+
+def build_recognizer(arch: str, in_channels: int) -> nn.Module:
+    return Recognizer(arch, in_channels)
+
+
+def receptive_field(arch: str) -> int:
+    """Theoretical receptive field (pixels) of one recognizer output cell, walked along the main path.
+
+    The projection shortcuts (1x1, same stride as the block's strided conv) never reach further than the main
+    path, so walking conv1, maxpool and every block's convolutions in order gives the network's extent.
+    """
+    trunk = Trunk(arch, 3)
+    rf, jump = 1, 1
+    layers: list[nn.Module] = [trunk.stem[0], trunk.maxpool]
+    for stage in (trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4):
+        for block in stage:
+            layers += [m for name, m in block.named_children() if name.startswith("conv")]
+    for m in layers:
+        k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+        s = m.stride if isinstance(m.stride, int) else m.stride[0]
+        d = m.dilation if isinstance(m.dilation, int) else m.dilation[0]
+        rf += (k - 1) * d * jump
+        jump *= s
+    return rf
+
+
+# ---------------------------------------------------------------------------------------------- classifier
+
+
+class Classifier(nn.Module):
+    """Baseline: the plain ResNet image classifier (global average pool + FC), logits (N, 2)."""
+
+    def __init__(self, arch: str, in_channels: int):
+        super().__init__()
+        self.trunk = Trunk(arch, in_channels)
+        self.fc = nn.Linear(self.trunk.channels[4], 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, deep = self.trunk(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(deep, 1), 1))
+
+
+def build_classifier(arch: str, in_channels: int) -> nn.Module:
+    return Classifier(arch, in_channels)
+
+
+# ----------------------------------------------------------------------------------------------- segmenter
+
+
+def _dilation_for(arch: str, output_stride: int) -> tuple[bool, bool, bool]:
+    """replace_stride_with_dilation for the requested deep-feature stride (ResNet-50 only; others stay at 32)."""
+    if arch != "resnet50":
+        return (False, False, False)
+    return {8: (False, True, True), 16: (False, False, True), 32: (False, False, False)}[output_stride]
+
+
+class Branch(nn.Module):
+    """The high-resolution branch: a large-kernel stride-2 convolution and one ResNet first-stage, at 1/2.
+
+    Same block type and width as the backbone's layer1 (3 Bottlenecks -> 256 channels for ResNet-50), but
+    without the max-pool, so thin and few-pixel defects still span feature cells.
+    """
+
+    def __init__(self, trunk: Trunk, in_channels: int, kernel: int, blocks: int):
+        super().__init__()
+        stem = trunk.channels[0]
+        self.stem = _conv_bn_relu(in_channels, stem, kernel=kernel, stride=2)
+        # A throwaway torchvision ResNet only lends its stage builder (_make_layer), fed the stem width.
+        lender = resnet.ResNet(trunk.block, [1, 1, 1, 1])
+        lender.inplanes = stem
+        self.stage = lender._make_layer(trunk.block, trunk.channels[1] // getattr(trunk.block, "expansion", 1), blocks)
+        _init_like_torchvision(self)
+        self.out_channels = trunk.channels[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stage(self.stem(x))
+
+
+class Segmenter(nn.Module):
+    """DeepLabv3+ without ASPP, with the branch network, and a decoder of three upsampling steps.
+
+    Decoder (input H x W, deep features at H/os):
+      1. deep (1x1 projected) upsampled to 1/4, concatenated with layer1 (1x1 projected), two 3x3 convs;
+      2. that upsampled to 1/2, concatenated with the branch (1x1 projected), two 3x3 convs, 1x1 classifier;
+      3. logits upsampled to H x W.
+
+    Training on a crop — `forward(x_full, branch_crop, crop_box)`: the backbone and decoder step 1 run on the
+    whole image; the branch runs on `branch_crop`, which must be the pixels ``x_full[..., top:top+h,
+    left:left+w]`` for each sample's ``crop_box = (top, left, h, w)`` (all multiples of 4, the stride of decoder
+    step 1, so the 1/4 and 1/2 grids of the crop coincide with the full image's). Decoder step 1's output is
+    cut out with one extra cell on every side, upsampled, and trimmed, so the bilinear interpolation at the cut
+    sees the same neighbours as a full-image forward: inside the crop the fused features are exactly those of
+    `forward(x_full)`. What differs is the branch near the crop's edge, where it sees zero padding instead of
+    image — a band of about half its receptive field (~15 px for ResNet-50, checked by a test): the local
+    crop the paper feeds its branch. The output covers only the crop, so the loss counts only the crop.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        in_channels: int,
+        num_classes: int,
+        output_stride: int = 16,
+        branch_kernel: int = 7,
+        branch_blocks: int | None = None,
+        decoder_width: int | None = None,
+    ):
+        super().__init__()
+        self.trunk = Trunk(arch, in_channels, _dilation_for(arch, output_stride))
+        c = self.trunk.channels
+        width = decoder_width or (64 if arch == "resnet-tiny" else 256)
+        skip = max(width // 4, 16)  # DeepLabv3+'s 48 for 256; narrower for the tiny demo models
+        blocks = branch_blocks or len(self.trunk.layer1)
+        self.branch = Branch(self.trunk, in_channels, branch_kernel, blocks)
+        self.deep_proj = _conv_bn_relu(c[4], width, kernel=1)  # stands where ASPP was
+        self.low_proj = _conv_bn_relu(c[1], skip, kernel=1)
+        self.fuse4 = nn.Sequential(_conv_bn_relu(width + skip, width), _conv_bn_relu(width, width))
+        self.branch_proj = _conv_bn_relu(self.branch.out_channels, skip, kernel=1)
+        half = max(width // 2, 16)
+        self.fuse2 = nn.Sequential(_conv_bn_relu(width + skip, half), _conv_bn_relu(half, half))
+        self.classifier = nn.Conv2d(half, num_classes, kernel_size=1)
+        _init_like_torchvision(nn.ModuleList([self.deep_proj, self.low_proj, self.fuse4, self.branch_proj, self.fuse2]))
+
+    def _step1(self, x: torch.Tensor) -> torch.Tensor:
+        low, deep = self.trunk(x)
+        deep = F.interpolate(self.deep_proj(deep), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fuse4(torch.cat([deep, self.low_proj(low)], dim=1))
+
+    def _step2(self, f4: torch.Tensor, branch_input: torch.Tensor) -> torch.Tensor:
+        b = self.branch_proj(self.branch(branch_input))
+        return self.classifier(self.fuse2(torch.cat([f4, b], dim=1)))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        branch_crop: torch.Tensor | None = None,
+        crop_box: torch.Tensor | Sequence[Sequence[int]] | None = None,
+    ) -> torch.Tensor:
+        f4 = self._step1(x)
+        if branch_crop is None:
+            f2 = F.interpolate(f4, scale_factor=2.0, mode="bilinear", align_corners=False)
+            logits = self._step2(f2, x)
+            return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        if crop_box is None:
+            raise ValueError("a branch crop needs its crop_box (top, left, height, width) per sample")
+        h, w = branch_crop.shape[-2:]
+        f2 = torch.cat([self._cut_and_upsample(f4[i : i + 1], box, (h, w)) for i, box in enumerate(crop_box)])
+        logits = self._step2(f2, branch_crop)
+        return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+
+    @staticmethod
+    def _cut_and_upsample(f4: torch.Tensor, box: Sequence[int] | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The 1/2-resolution decoder features of the crop, identical to upsampling the whole map and cutting."""
+        top, left, h, w = (int(v) for v in box)
+        if (top, left, h, w) != tuple(v - v % 4 for v in (top, left, h, w)) or (h, w) != size:
+            raise ValueError(f"crop box {(top, left, h, w)} must be multiples of 4 and match the crop {size}")
+        t4, l4, h4, w4 = top // 4, left // 4, h // 4, w // 4
+        H4, W4 = f4.shape[-2:]
+        # One cell of context each side (bilinear x2 reads at most one neighbour), clamped at the image edge,
+        # where a full-image upsample replicates the edge cell exactly as this cut does.
+        y0, y1 = max(t4 - 1, 0), min(t4 + h4 + 1, H4)
+        x0, x1 = max(l4 - 1, 0), min(l4 + w4 + 1, W4)
+        up = F.interpolate(f4[..., y0:y1, x0:x1], scale_factor=2.0, mode="bilinear", align_corners=False)
+        oy, ox = 2 * (t4 - y0), 2 * (l4 - x0)
+        return up[..., oy : oy + h // 2, ox : ox + w // 2]
+
+
+def build_segmenter(arch: str, in_channels: int, num_classes: int, output_stride: int = 16) -> nn.Module:
+    return Segmenter(arch, in_channels, num_classes, output_stride=output_stride)
+
+
+class DeepLabV3Plus(nn.Module):
+    """Baseline: the original DeepLabv3+ (ASPP on the deep features, layer1 skip, two x4 upsamplings)."""
+
+    def __init__(self, arch: str, in_channels: int, num_classes: int, output_stride: int = 16):
+        super().__init__()
+        self.trunk = Trunk(arch, in_channels, _dilation_for(arch, output_stride))
+        c = self.trunk.channels
+        width = 64 if arch == "resnet-tiny" else 256
+        skip = 16 if arch == "resnet-tiny" else 48
+        rates = (12, 24, 36) if self.trunk.strides[4] == 8 else (6, 12, 18)
+        self.aspp = ASPP(c[4], list(rates), out_channels=width)
+        self.low_proj = _conv_bn_relu(c[1], skip, kernel=1)
+        self.fuse = nn.Sequential(_conv_bn_relu(width + skip, width), _conv_bn_relu(width, width))
+        self.classifier = nn.Conv2d(width, num_classes, kernel_size=1)
+        _init_like_torchvision(nn.ModuleList([self.low_proj, self.fuse]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low, deep = self.trunk(x)
+        deep = F.interpolate(self.aspp(deep), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self.classifier(self.fuse(torch.cat([deep, self.low_proj(low)], dim=1)))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_deeplabv3plus(arch: str, in_channels: int, num_classes: int, output_stride: int = 16) -> nn.Module:
+    return DeepLabV3Plus(arch, in_channels, num_classes, output_stride=output_stride)
+
+
+def build_model(task: str, arch: str, in_channels: int, num_classes: int = 2) -> nn.Module:
+    """Any of the four networks by task name (num_classes counts background; segmentation tasks only)."""
+    if task == "recognizer":
+        return build_recognizer(arch, in_channels)
+    if task == "classifier":
+        return build_classifier(arch, in_channels)
+    if task == "segmenter":
+        return build_segmenter(arch, in_channels, num_classes)
+    if task == "deeplabv3plus":
+        return build_deeplabv3plus(arch, in_channels, num_classes)
+    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+# ------------------------------------------------------------------------------------------------- export
+
+
+class Normalize(nn.Module):
+    """uint8 NHWC -> float32 NCHW, (x/255 - mean) / std: the preprocessing folded into the exported graph."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
+
+
+def normalize_batch(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Training's normalisation of a uint8 NHWC batch: the same arithmetic as the exported graph."""
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1) * 255.0
+    return (x.permute(0, 3, 1, 2).float() - m) / s
+
+
+class Deployed(nn.Module):
+    """What is exported: uint8 NHWC frames in, probabilities out (see inspector.manifest's conventions).
+
+    - recognizer (and classifier, as a 1x1 grid): block_scores (N, gh, gw) = P(defective);
+    - segmenter / deeplabv3plus: pixel_scores (N, C, H, W), softmax over classes, class 0 background.
+    No data-dependent control flow: the task is fixed at construction.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Literal["recognizer", "segmenter", "classifier", "deeplabv3plus"],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ):
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}")
+        self.normalize = Normalize(mean, std)
+        self.model = model
+        self.task = task
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        logits = self.model(self.normalize(image))
+        if self.task in ("recognizer", "classifier"):
+            if self.task == "classifier":
+                logits = logits[:, :, None, None]
+            return torch.softmax(logits, dim=1)[:, 1]
+        return torch.softmax(logits, dim=1)
