@@ -166,6 +166,11 @@ class TensorRTSettings(_Model):
         "came from (slow: minutes) instead of refusing to start.",
     )
     cuda_graphs: bool = Field(True, description="Capture each batch size's inference as a CUDA graph.")
+    precision: Literal["fp32", "fp16", "int8"] | None = Field(
+        None,
+        description="Precision the engines must have (refused otherwise) and that auto_rebuild builds; "
+        "None accepts the engine's own and auto-builds fp16.",
+    )
     device: int = Field(0, ge=0, description="CUDA device ordinal.")
 
 

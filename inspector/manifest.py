@@ -90,6 +90,8 @@ class TensorRTInfo(_Model):
     onnx_sha256: str
     calibration_sha256: str | None = None
     build_seconds: float | None = None
+    onnx_file: str | None = Field(None, description="ONNX model the engine was built from, as given to the builder.")
+    calibration_source: str | None = Field(None, description="INT8: the calibration image folder used.")
 
 
 class ModelManifest(_Model):
