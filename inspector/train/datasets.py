@@ -193,3 +193,21 @@ def summarize(samples: list[Sample], small_px: int = 100) -> dict[str, int]:
 def image_pixel_format(image: np.ndarray) -> str:
     """The inspector.preprocess pixel format of an array from `load_sample`."""
     return "mono8" if image.shape[2] == 1 else "rgb8"
+
+
+def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(rest, held_out): `fraction` of every class drawn at random (at least one per class with >= 2 images)."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_class.setdefault(s.cls, []).append(s)
+    rest, held = [], []
+    for cls in sorted(by_class):
+        group = by_class[cls]
+        order = rng.permutation(len(group))
+        n = round(fraction * len(group))
+        if fraction > 0 and n == 0 and len(group) >= 2:
+            n = 1
+        held += [group[i] for i in order[:n]]
+        rest += [group[i] for i in order[n:]]
+    return rest, held

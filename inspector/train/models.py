@@ -339,16 +339,16 @@ def build_deeplabv3plus(arch: str, in_channels: int, num_classes: int, output_st
     return DeepLabV3Plus(arch, in_channels, num_classes, output_stride=output_stride)
 
 
-def build_model(task: str, arch: str, in_channels: int, num_classes: int = 2) -> nn.Module:
+def build_model(task: str, arch: str, in_channels: int, num_classes: int = 2, output_stride: int = 16) -> nn.Module:
     """Any of the four networks by task name (num_classes counts background; segmentation tasks only)."""
     if task == "recognizer":
         return build_recognizer(arch, in_channels)
     if task == "classifier":
         return build_classifier(arch, in_channels)
     if task == "segmenter":
-        return build_segmenter(arch, in_channels, num_classes)
+        return build_segmenter(arch, in_channels, num_classes, output_stride)
     if task == "deeplabv3plus":
-        return build_deeplabv3plus(arch, in_channels, num_classes)
+        return build_deeplabv3plus(arch, in_channels, num_classes, output_stride)
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 
