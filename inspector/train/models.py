@@ -364,7 +364,9 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        # Cast before permuting: TensorRT refuses uint8 intermediate tensors (a uint8 Transpose), and the
+        # two orders are numerically identical.
+        return (x.float().permute(0, 3, 1, 2) - self.mean) / self.std
 
 
 def normalize_batch(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
