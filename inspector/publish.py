@@ -1,0 +1,478 @@
+"""ZeroMQ output: the broadcast stream for monitors and the channel to the reject actuator / PLC gateway.
+
+The wire format is specified in docs/PROTOCOL.md; `verdict_message` and `event_message` are its only writers.
+
+Threading: one publisher thread creates, binds, uses and closes every socket (ZeroMQ sockets must not be shared
+across threads). The pipeline hands verdicts over with `submit`, which never blocks: a bounded queue sits in
+between, and a verdict that finds it full is counted as dropped on the way out. So, at any quiescent moment,
+
+    frames acquired == publisher.published + publisher.dropped
+
+Topics: verdicts go out as `LINE/CAMERA/verdict`, events as `LINE/CAMERA/event` (multipart [topic, JSON]).
+Names cannot contain "/", so a subscription to `LINE/CAMERA/` matches that camera only (a bare `line1/cam1`
+prefix would also match `line1/cam10`).
+
+Actuator channel (docs/PROTOCOL.md, "Actuator channel"): a PUSH socket bound by the daemon, ZMQ_IMMEDIATE so that
+messages are only queued to a gateway whose connection is complete, TCP heartbeats so that a gateway whose
+cable is pulled is noticed within seconds, and a socket monitor that tracks connected receivers. A send that
+finds no connected receiver, or the receiver's queue full (HWM), fails at once with EAGAIN and is counted as
+undelivered; it never waits.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from inspector.config import PublishConfig, SocketConfig
+from inspector.frames import Reason, Verdict
+
+log = logging.getLogger(__name__)
+
+VERDICT_SCHEMA = "inspector.verdict/1"
+EVENT_SCHEMA = "inspector.event/1"
+DEFAULT_QUEUE_SIZE = 4096
+# How often the publisher thread looks at the actuator monitor when no verdicts arrive.
+_IDLE_POLL_S = 0.05
+# A gateway that stops answering TCP-level ZMTP heartbeats is disconnected after this long.
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
+
+
+def iso_utc(ns: int) -> str:
+    """ISO-8601 UTC with microseconds and a Z, e.g. 2025-01-31T12:00:00.123456Z (the ns field keeps the rest)."""
+    sec, rem = divmod(ns, 1_000_000_000)
+    dt = datetime.fromtimestamp(sec, tz=timezone.utc).replace(microsecond=rem // 1000)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def split_topic(topic: str) -> tuple[str, str]:
+    line, _, camera = topic.partition("/")
+    return line, camera
+
+
+def verdict_message(verdict: Verdict, line: str = "", camera: str = "") -> dict[str, Any]:
+    """The wire form of one verdict (schema inspector.verdict/1, docs/PROTOCOL.md)."""
+    reason = verdict.reason.value if isinstance(verdict.reason, Reason) else str(verdict.reason)
+    return {
+        "schema": VERDICT_SCHEMA,
+        "line": line,
+        "camera": camera,
+        "seq": verdict.seq,
+        "camera_frame_id": verdict.camera_frame_id,
+        "result": verdict.result,
+        "reason": reason,
+        "inspected": reason in (Reason.OK.value, Reason.DEFECT.value),
+        "detail": verdict.detail,
+        "acquired": iso_utc(verdict.t_acquired_ns),
+        "acquired_ns": verdict.t_acquired_ns,
+        "decided": iso_utc(verdict.t_decided_ns),
+        "decided_ns": verdict.t_decided_ns,
+        "timestamp_source": verdict.timestamp_source,
+        "device_timestamp_ns": verdict.t_device_ns,
+        "defects": [d.to_wire() for d in verdict.defects],
+        "recognizer_score": None if verdict.recognizer_score is None else round(float(verdict.recognizer_score), 4),
+        "segmenter_ran": verdict.segmenter_ran,
+        "camera_drops_before": verdict.camera_drops_before,
+        "config_hash": verdict.config_hash,
+        "model_hashes": dict(verdict.model_hashes),
+    }
+
+
+def event_message(kind: str, line: str = "", camera: str = "", t_ns: int | None = None, **fields: Any) -> dict:
+    """The wire form of one event (schema inspector.event/1): start, stop, reload, camera state, ..."""
+    t = time.time_ns() if t_ns is None else t_ns
+    msg = {"schema": EVENT_SCHEMA, "line": line, "camera": camera, "kind": kind, "time": iso_utc(t), "time_ns": t}
+    for key, value in fields.items():
+        if key in msg:
+            raise ValueError(f"event field {key!r} clashes with the envelope")
+        msg[key] = value
+    return msg
+
+
+def _encode(msg: dict) -> bytes:
+    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+class PublisherError(RuntimeError):
+    """The publisher could not start (e.g. an endpoint cannot be bound)."""
+
+
+class Publisher:
+    """Publishes verdicts and events from its own thread. See the module docstring for the contract.
+
+    If `metrics` is given, the publisher reports `verdict_published` (with acquisition-to-publish latency),
+    `verdict_dropped`, `stage("publish")`, `actuator_connected` and `actuator_undelivered` itself.
+    """
+
+    def __init__(
+        self, cfg: PublishConfig, topic: str, metrics: Any | None = None, queue_size: int = DEFAULT_QUEUE_SIZE
+    ):
+        self.cfg = cfg
+        self.topic = topic
+        self.line, self.camera = split_topic(topic)
+        self._verdict_topic = f"{topic}/verdict".encode()
+        self._event_topic = f"{topic}/event".encode()
+        self.metrics = metrics
+        self.queue_size = queue_size
+        # Verdicts and events share one queue so a subscriber sees them in the order they happened.
+        self._queue: collections.deque[tuple[str, Any]] = collections.deque()
+        self._queued_verdicts = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._closing = False
+        self._closed = False
+        self._deadline = 0.0  # monotonic time by which close() gives up draining
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._stats_lock = threading.Lock()
+        self.published = 0  # verdicts handed to the broadcast socket
+        self.dropped = 0  # verdicts that never reached it
+        self.events_published = 0
+        self.actuator_sent = 0  # verdicts handed to a connected actuator receiver
+        self.actuator_undelivered = 0  # verdicts no actuator receiver could take
+        self.actuator_peers = 0  # receivers connected right now
+        # Publisher thread only: actuator connections accepted but still in handshake, and those past it.
+        self._pending_fds: list[int] = []
+        self._peer_fds: set[int] = set()
+        self._peers_changed = threading.Condition(threading.Lock())
+        self.broadcast_endpoint: str | None = None  # actual endpoints after bind (tcp://...:0 resolves the port)
+        self.actuator_endpoint: str | None = None
+
+    # ------------------------------------------------------------------------------------ pipeline side
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start the publisher thread; returns once its sockets are bound, raises PublisherError if they cannot be."""
+        if self._thread is not None:
+            raise RuntimeError("publisher already started")
+        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout_s):
+            raise PublisherError(f"publisher did not start within {timeout_s} s")
+        if self._start_error is not None:
+            self._thread.join(timeout_s)
+            raise PublisherError(str(self._start_error)) from self._start_error
+
+    def submit(self, verdict: Verdict) -> bool:
+        """Queue one verdict for publishing. Never blocks; returns False (and counts a drop) if it cannot be queued."""
+        with self._cond:
+            if self._closing:
+                cause = "closed"
+            elif self._queued_verdicts >= self.queue_size:
+                cause = "queue_full"
+            else:
+                self._queue.append(("v", verdict))
+                self._queued_verdicts += 1
+                self._cond.notify()
+                return True
+        self._count_drop(cause)
+        return False
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Publish a non-verdict event on the broadcast stream, in order with the verdicts. Never blocks.
+
+        Events are rare (start, stop, reload, camera lost/found), so they are not bounded by the verdict queue.
+        """
+        t_ns = time.time_ns()
+        with self._cond:
+            if self._closing:
+                log.warning("event %r after close: not published", kind)
+                return
+            self._queue.append(("e", (kind, t_ns, fields)))
+            self._cond.notify()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Publish what is queued (up to timeout_s), then close the sockets with their LINGER.
+
+        Verdicts still queued when the timeout expires are counted as dropped (cause "closed")."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closing = True
+            self._deadline = time.monotonic() + timeout_s
+            self._cond.notify()
+        if self._thread is not None:
+            # LINGER may keep the thread in zmq close for up to linger_ms after draining.
+            linger_s = max(self.cfg.broadcast.linger_ms, self.cfg.actuator.linger_ms if self.cfg.actuator else 0) / 1000
+            self._thread.join(timeout_s + linger_s + 2.0)
+            if self._thread.is_alive():
+                log.error("publisher thread did not stop within %.1f s", timeout_s + linger_s + 2.0)
+        with self._cond:
+            self._closed = True
+            leftover = [item for item in self._queue if item[0] == "v"]
+            self._queue.clear()
+            self._queued_verdicts = 0
+        for _ in leftover:
+            self._count_drop("closed")
+
+    def wait_actuator_peers(self, n: int, timeout_s: float) -> bool:
+        """Wait until exactly n actuator receivers are connected (for start-up checks and tests)."""
+        deadline = time.monotonic() + timeout_s
+        with self._peers_changed:
+            while self.actuator_peers != n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._peers_changed.wait(left)
+            return True
+
+    @property
+    def actuator_connected(self) -> bool:
+        return self.actuator_peers > 0
+
+    def _count_drop(self, cause: str) -> None:
+        with self._stats_lock:
+            self.dropped += 1
+        if self.metrics is not None:
+            self.metrics.verdict_dropped(cause)
+
+    # ------------------------------------------------------------------------------------ publisher thread
+
+    def _socket(self, ctx: zmq.Context, kind: int, sc: SocketConfig) -> zmq.Socket:
+        sock = ctx.socket(kind)
+        sock.setsockopt(zmq.SNDHWM, sc.sndhwm)
+        sock.setsockopt(zmq.LINGER, sc.linger_ms)
+        return sock
+
+    def _bind(self, sock: zmq.Socket, endpoint: str, what: str) -> str:
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise PublisherError(f"cannot bind the {what} socket to {endpoint}: {exc.strerror}") from exc
+        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def _run(self) -> None:
+        ctx = zmq.Context()
+        sockets: list[zmq.Socket] = []
+        monitor: zmq.Socket | None = None
+        try:
+            try:
+                pub = self._socket(ctx, zmq.PUB, self.cfg.broadcast)
+                sockets.append(pub)
+                self.broadcast_endpoint = self._bind(pub, self.cfg.broadcast.bind, "broadcast")
+                act: zmq.Socket | None = None
+                if self.cfg.actuator is not None:
+                    act = self._socket(ctx, zmq.PUSH, self.cfg.actuator)
+                    sockets.append(act)
+                    act.setsockopt(zmq.IMMEDIATE, 1)
+                    act.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+                    act.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+                    monitor = act.get_monitor_socket(
+                        zmq.EVENT_ACCEPTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+                    )
+                    self.actuator_endpoint = self._bind(act, self.cfg.actuator.bind, "actuator")
+                    if self.metrics is not None:
+                        self.metrics.actuator_connected(0)
+            except BaseException as exc:
+                self._start_error = exc
+                return
+            finally:
+                self._started.set()
+            self._loop(pub, act, monitor)
+        finally:
+            if monitor is not None:
+                monitor.close(linger=0)
+            for sock in sockets:
+                sock.close()  # with the configured LINGER
+            ctx.term()
+
+    def _loop(self, pub: zmq.Socket, act: zmq.Socket | None, monitor: zmq.Socket | None) -> None:
+        batch: list[tuple[str, Any]] = []
+        while True:
+            with self._cond:
+                if not self._queue and not self._closing:
+                    self._cond.wait(_IDLE_POLL_S)
+                closing = self._closing
+                past_deadline = closing and time.monotonic() > self._deadline
+                if not past_deadline:
+                    batch.extend(self._queue)
+                    self._queue.clear()
+                    self._queued_verdicts = 0
+            if monitor is not None:
+                self._poll_monitor(monitor)
+            for kind, item in batch:
+                if kind == "v":
+                    self._publish_verdict(pub, act, item)
+                else:
+                    name, t_ns, fields = item
+                    self._publish_event(pub, name, t_ns, fields)
+            batch.clear()
+            if closing:
+                with self._cond:
+                    if not self._queue or time.monotonic() > self._deadline:
+                        return
+
+    def _publish_verdict(self, pub: zmq.Socket, act: zmq.Socket | None, verdict: Verdict) -> None:
+        t0 = time.perf_counter()
+        try:
+            payload = _encode(verdict_message(verdict, self.line, self.camera))
+        except (TypeError, ValueError) as exc:
+            log.error("verdict seq=%s cannot be encoded: %s", verdict.seq, exc)
+            self._count_drop("encode_error")
+            return
+        # PUB never blocks: a subscriber at its HWM loses the message, which it sees as a gap in seq.
+        pub.send_multipart((self._verdict_topic, payload), copy=False)
+        if act is not None:
+            try:
+                act.send_multipart((self._verdict_topic, payload), flags=zmq.NOBLOCK, copy=False)
+                self.actuator_sent += 1
+            except zmq.Again:
+                self.actuator_undelivered += 1
+                if self.metrics is not None:
+                    self.metrics.actuator_undelivered()
+        with self._stats_lock:
+            self.published += 1
+        if self.metrics is not None:
+            self.metrics.stage("publish", time.perf_counter() - t0)
+            latency_s = (time.monotonic_ns() - verdict.t_acquired_mono_ns) / 1e9 if verdict.t_acquired_mono_ns else 0.0
+            self.metrics.verdict_published(verdict, latency_s)
+
+    def _publish_event(self, pub: zmq.Socket, kind: str, t_ns: int, fields: dict) -> None:
+        try:
+            payload = _encode(event_message(kind, self.line, self.camera, t_ns=t_ns, **fields))
+        except (TypeError, ValueError) as exc:
+            log.error("event %r cannot be encoded: %s", kind, exc)
+            return
+        pub.send_multipart((self._event_topic, payload), copy=False)
+        self.events_published += 1
+
+    def _poll_monitor(self, monitor: zmq.Socket) -> None:
+        # A receiver counts once its ZMTP handshake succeeded (ZMQ_IMMEDIATE queues nothing to it before) and
+        # until its connection drops. ACCEPTED and DISCONNECTED carry the connection's fd; HANDSHAKE_SUCCEEDED
+        # does not (libzmq reports 0), so it is attributed to the oldest accepted connection still in handshake.
+        # A TCP connection that never completes a handshake (a port scanner, a wrong socket type) never counts.
+        before = len(self._peer_fds)
+        while True:
+            try:
+                frames = monitor.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            ev = parse_monitor_message(frames)
+            event, fd = ev["event"], int(ev["value"])
+            if event == zmq.EVENT_ACCEPTED:
+                self._pending_fds.append(fd)
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._pending_fds:
+                self._peer_fds.add(self._pending_fds.pop(0))
+                log.info("actuator receiver connected (%d connected)", len(self._peer_fds))
+            elif event == zmq.EVENT_DISCONNECTED:
+                if fd in self._pending_fds:
+                    self._pending_fds.remove(fd)
+                if fd in self._peer_fds:
+                    self._peer_fds.discard(fd)
+                    log.warning("actuator receiver disconnected (%d connected)", len(self._peer_fds))
+        if len(self._peer_fds) != before:
+            self.actuator_peers = len(self._peer_fds)
+            if self.metrics is not None:
+                self.metrics.actuator_connected(self.actuator_peers)
+            with self._peers_changed:
+                self._peers_changed.notify_all()
+
+
+# ---------------------------------------------------------------------------------------------- listen
+
+
+def format_verdict_line(msg: dict) -> str:
+    """One readable line per verdict, for `inspector listen` without --json."""
+    defects = msg.get("defects") or []
+    parts = [
+        msg.get("decided", "?"),
+        f"{msg.get('line')}/{msg.get('camera')}",
+        f"seq={msg.get('seq')}",
+        f"frame={msg.get('camera_frame_id')}",
+        f"{str(msg.get('result', '?')).upper():6}",
+        f"reason={msg.get('reason')}",
+    ]
+    score = msg.get("recognizer_score")
+    if score is not None:
+        parts.append(f"score={score:.3f}")
+    latency_ns = (msg.get("decided_ns") or 0) - (msg.get("acquired_ns") or 0)
+    parts.append(f"decided_in={latency_ns / 1e6:.1f}ms")
+    if defects:
+        shown = ", ".join(f"{d['class']} {d['area_px']}px@{d['bbox'][0]},{d['bbox'][1]}" for d in defects[:4])
+        more = f" (+{len(defects) - 4})" if len(defects) > 4 else ""
+        parts.append(f"defects=[{shown}{more}]")
+    if msg.get("camera_drops_before"):
+        parts.append(f"camera_drops={msg['camera_drops_before']}")
+    if msg.get("detail"):
+        parts.append(f"detail={msg['detail']!r}")
+    return " ".join(parts)
+
+
+def listen(
+    endpoint: str,
+    topic: str,
+    count: int | None,
+    as_json: bool,
+    out: TextIO = sys.stdout,
+    timeout_s: float | None = None,
+    events: bool = False,
+) -> int:
+    """Subscribe to `endpoint` and print verdicts of `topic` (LINE/CAMERA; "" = every camera) to `out`.
+
+    Stops after `count` verdicts (None = forever), or when nothing arrived for `timeout_s`. Returns the number
+    of verdicts printed. Sequence gaps (verdicts lost on the way, e.g. to a slow terminal) are reported on stderr.
+    """
+    prefix = topic.rstrip("/")
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, 100_000)
+    if prefix:
+        sub.setsockopt_string(zmq.SUBSCRIBE, f"{prefix}/verdict")
+        if events:
+            sub.setsockopt_string(zmq.SUBSCRIBE, f"{prefix}/event")
+    else:
+        sub.setsockopt_string(zmq.SUBSCRIBE, "")
+    sub.connect(endpoint)
+    printed = 0
+    last_seq: dict[str, int] = {}
+    poll_ms = None if timeout_s is None else int(timeout_s * 1000)
+    try:
+        while count is None or printed < count:
+            if poll_ms is not None and not sub.poll(poll_ms):
+                break
+            frames = sub.recv_multipart()
+            if len(frames) != 2:
+                print(f"listen: ignoring a message of {len(frames)} parts", file=sys.stderr)
+                continue
+            msg_topic = frames[0].decode(errors="replace")
+            try:
+                msg = json.loads(frames[1])
+            except ValueError:
+                print(f"listen: ignoring a message on {msg_topic!r} that is not JSON", file=sys.stderr)
+                continue
+            schema = msg.get("schema", "")
+            if schema.startswith("inspector.event/"):
+                if events:
+                    out.write(json.dumps(msg) if as_json else f"{msg.get('time')} {msg_topic} {msg.get('kind')}")
+                    out.write("\n")
+                    out.flush()
+                continue
+            if not schema.startswith("inspector.verdict/"):
+                print(f"listen: ignoring a message with schema {schema!r}", file=sys.stderr)
+                continue
+            cam_topic = msg_topic.rsplit("/", 1)[0]
+            seq = msg.get("seq")
+            prev = last_seq.get(cam_topic)
+            if isinstance(seq, int):
+                if prev is not None and seq > prev + 1:
+                    print(f"listen: {cam_topic}: {seq - prev - 1} verdicts missed before seq {seq}", file=sys.stderr)
+                last_seq[cam_topic] = seq
+            out.write(json.dumps(msg, separators=(",", ":")) if as_json else format_verdict_line(msg))
+            out.write("\n")
+            out.flush()
+            printed += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.close()
+    return printed
