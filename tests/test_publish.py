@@ -1,0 +1,340 @@
+"""The ZeroMQ publisher over real sockets on 127.0.0.1: schema, ordering, the actuator channel, back-pressure."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import time
+
+import pytest
+import zmq
+
+from inspector.config import PublishConfig, SocketConfig
+from inspector.frames import Defect, Reason, Verdict
+from inspector.metrics import Metrics
+from inspector.publish import (
+    EVENT_SCHEMA,
+    VERDICT_SCHEMA,
+    Publisher,
+    PublisherError,
+    format_verdict_line,
+    listen,
+    verdict_message,
+)
+
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+TOPIC = "line7/camA"
+
+
+def _cfg(actuator: bool = True, hwm: int = 10_000, linger_ms: int = 200) -> PublishConfig:
+    return PublishConfig(
+        broadcast=SocketConfig(bind="tcp://127.0.0.1:0", sndhwm=hwm, linger_ms=linger_ms),
+        actuator=SocketConfig(bind="tcp://127.0.0.1:0", sndhwm=hwm, linger_ms=linger_ms) if actuator else None,
+    )
+
+
+def _verdict(seq: int, reason: Reason = Reason.OK, defects: list[Defect] | None = None) -> Verdict:
+    now = time.time_ns()
+    return Verdict(
+        seq=seq,
+        camera_frame_id=1000 + seq,
+        result="pass" if reason is Reason.OK else "reject",
+        reason=reason,
+        t_acquired_ns=now - 5_000_000,
+        t_decided_ns=now,
+        defects=defects or [],
+        recognizer_score=0.123456 if reason.inspected else None,
+        segmenter_ran=bool(defects),
+        camera_drops_before=seq % 3,
+        config_hash="cafe0123",
+        model_hashes={"recognizer": "aa11", "segmenter": "bb22"},
+        t_acquired_mono_ns=time.monotonic_ns() - 5_000_000,
+    )
+
+
+@pytest.fixture
+def ctx():
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+def _subscriber(ctx: zmq.Context, pub: Publisher, prefix: str = "") -> zmq.Socket:
+    """A SUB that is proven to receive: PUB drops whatever is sent before a subscription reaches it."""
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 100_000)
+    sub.setsockopt_string(zmq.SUBSCRIBE, prefix)
+    sub.connect(pub.broadcast_endpoint)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        pub.event("sync")
+        if sub.poll(50):
+            while sub.poll(20):  # discard the sync events
+                sub.recv_multipart()
+            return sub
+    raise AssertionError("subscriber never joined")
+
+
+def _recv_json(sock: zmq.Socket, timeout_ms: int = 3000) -> tuple[str, dict]:
+    assert sock.poll(timeout_ms), "nothing received"
+    topic, payload = sock.recv_multipart()
+    return topic.decode(), json.loads(payload)
+
+
+def test_verdict_message_schema():
+    v = _verdict(5, Reason.DEFECT, [Defect("scratch", 140, (10, 20, 30, 4), 0.91234567)])
+    msg = verdict_message(v, "line7", "camA")
+    assert msg["schema"] == VERDICT_SCHEMA
+    assert (msg["line"], msg["camera"], msg["seq"], msg["camera_frame_id"]) == ("line7", "camA", 5, 1005)
+    assert (msg["result"], msg["reason"], msg["inspected"]) == ("reject", "defect", True)
+    assert msg["acquired_ns"] == v.t_acquired_ns and msg["decided_ns"] == v.t_decided_ns
+    assert ISO.match(msg["acquired"]) and ISO.match(msg["decided"])
+    # The ISO field is the same instant as the ns field, to the microsecond.
+    from datetime import datetime, timezone
+
+    parsed = datetime.strptime(msg["decided"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    assert abs(parsed.timestamp() * 1e9 - v.t_decided_ns) < 2_000
+    assert msg["timestamp_source"] == "host" and msg["device_timestamp_ns"] is None
+    assert msg["defects"] == [{"class": "scratch", "area_px": 140, "bbox": [10, 20, 30, 4], "score": 0.9123}]
+    assert msg["recognizer_score"] == 0.1235
+    assert msg["segmenter_ran"] is True and msg["camera_drops_before"] == 2
+    assert msg["config_hash"] == "cafe0123" and msg["model_hashes"] == {"recognizer": "aa11", "segmenter": "bb22"}
+    json.dumps(msg, allow_nan=False)  # plain JSON types only
+
+    timeout = verdict_message(_verdict(6, Reason.TIMEOUT), "l", "c")
+    assert timeout["inspected"] is False and timeout["recognizer_score"] is None and timeout["reason"] == "timeout"
+
+
+def test_every_verdict_reaches_a_subscriber_in_order(ctx):
+    metrics = Metrics("line7", "camA")
+    pub = Publisher(_cfg(actuator=False), TOPIC, metrics)
+    pub.start()
+    try:
+        sub = _subscriber(ctx, pub, f"{TOPIC}/")
+        n = 300
+        for i in range(n):
+            pub.submit(
+                _verdict(
+                    i,
+                    Reason.DEFECT if i % 5 == 0 else Reason.OK,
+                    [Defect("pit", 12, (1, 2, 3, 4), 0.7)] if i % 5 == 0 else None,
+                )
+            )
+        got = [_recv_json(sub) for _ in range(n)]
+    finally:
+        pub.close()
+    assert [m["seq"] for _, m in got] == list(range(n))
+    assert {t for t, _ in got} == {f"{TOPIC}/verdict"}
+    assert all(m["schema"] == VERDICT_SCHEMA and m["line"] == "line7" and m["camera"] == "camA" for _, m in got)
+    assert pub.published == n and pub.dropped == 0
+    g = metrics.registry.get_sample_value
+    assert (
+        g("inspector_verdicts_total", {"line": "line7", "camera": "camA", "result": "reject", "reason": "defect"}) == 60
+    )
+    assert g("inspector_verdicts_total", {"line": "line7", "camera": "camA", "result": "pass", "reason": "ok"}) == 240
+    assert g("inspector_defects_total", {"line": "line7", "camera": "camA", "class": "pit"}) == 60
+    assert g("inspector_latency_seconds_count", {"line": "line7", "camera": "camA"}) == n
+    # Each verdict was acquired ~5 ms before submit: none can have a latency below that.
+    assert g("inspector_latency_seconds_bucket", {"line": "line7", "camera": "camA", "le": "0.003"}) == 0
+
+
+def test_events_are_versioned_and_ordered_with_verdicts(ctx):
+    pub = Publisher(_cfg(actuator=False), TOPIC, None)
+    pub.start()
+    try:
+        sub = _subscriber(ctx, pub)
+        pub.submit(_verdict(0))
+        pub.event("reload", result="ok", config_hash="beef")
+        pub.submit(_verdict(1))
+        msgs = [_recv_json(sub) for _ in range(3)]
+    finally:
+        pub.close()
+    assert [t for t, _ in msgs] == [f"{TOPIC}/verdict", f"{TOPIC}/event", f"{TOPIC}/verdict"]
+    ev = msgs[1][1]
+    assert ev["schema"] == EVENT_SCHEMA and ev["kind"] == "reload" and ev["result"] == "ok"
+    assert ev["config_hash"] == "beef" and ISO.match(ev["time"]) and isinstance(ev["time_ns"], int)
+    assert pub.events_published >= 1 and pub.published == 2
+
+
+def test_topic_subscription_does_not_match_a_longer_camera_name(ctx):
+    pub10 = Publisher(_cfg(actuator=False), "line7/camA0", None)
+    pub10.start()
+    try:
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt_string(zmq.SUBSCRIBE, f"{TOPIC}/")
+        sub.connect(pub10.broadcast_endpoint)
+        time.sleep(0.2)
+        for i in range(20):
+            pub10.submit(_verdict(i))
+        assert not sub.poll(300)
+    finally:
+        pub10.close()
+
+
+def test_actuator_tracks_a_real_receiver_and_counts_undelivered(ctx):
+    metrics = Metrics("line7", "camA")
+    pub = Publisher(_cfg(), TOPIC, metrics)
+    pub.start()
+    g = metrics.registry.get_sample_value
+    labels = {"line": "line7", "camera": "camA"}
+    try:
+        assert pub.actuator_peers == 0 and g("inspector_actuator_connected", labels) == 0
+        # Nobody is there: every verdict is undelivered, and submit still returns at once.
+        for i in range(5):
+            pub.submit(_verdict(i))
+        _wait(lambda: pub.published == 5)
+        assert pub.actuator_undelivered == 5 and g("inspector_actuator_undelivered_total", labels) == 5
+
+        gateway = ctx.socket(zmq.PULL)
+        gateway.connect(pub.actuator_endpoint)
+        assert pub.wait_actuator_peers(1, 5)
+        _wait(lambda: g("inspector_actuator_connected", labels) == 1)
+        for i in range(5, 15):
+            pub.submit(_verdict(i, Reason.DEFECT))
+        got = [_recv_json(gateway) for _ in range(10)]
+        assert [m["seq"] for _, m in got] == list(range(5, 15))
+        assert all(t == f"{TOPIC}/verdict" and m["schema"] == VERDICT_SCHEMA for t, m in got)
+        assert pub.actuator_sent == 10 and pub.actuator_undelivered == 5
+
+        gateway.close(linger=0)
+        assert pub.wait_actuator_peers(0, 5), "disconnect not noticed"
+        _wait(lambda: g("inspector_actuator_connected", labels) == 0)
+        for i in range(15, 18):
+            pub.submit(_verdict(i))
+        _wait(lambda: pub.published == 18)
+        assert pub.actuator_undelivered == 8 and g("inspector_actuator_undelivered_total", labels) == 8
+    finally:
+        pub.close()
+
+
+def test_a_plain_tcp_connection_is_not_a_receiver():
+    import socket
+
+    pub = Publisher(_cfg(), TOPIC, None)
+    pub.start()
+    try:
+        host, port = pub.actuator_endpoint.removeprefix("tcp://").rsplit(":", 1)
+        s = socket.create_connection((host, int(port)))
+        time.sleep(0.3)
+        assert pub.actuator_peers == 0  # no ZMTP handshake, no receiver
+        s.close()
+    finally:
+        pub.close()
+
+
+def test_submit_never_blocks_and_counts_drops_when_the_queue_is_full(ctx):
+    release = threading.Event()
+
+    class StalledMetrics(Metrics):
+        # Stalls the publisher thread inside its first publish, as a stuck socket or CPU starvation would.
+        def verdict_published(self, v, latency_s):
+            release.wait(10)
+            super().verdict_published(v, latency_s)
+
+    metrics = StalledMetrics("line7", "camA")
+    pub = Publisher(_cfg(actuator=False), TOPIC, metrics, queue_size=16)
+    pub.start()
+    try:
+        sub = _subscriber(ctx, pub)
+        pub.submit(_verdict(0))
+        _wait(lambda: pub._queued_verdicts == 0)  # the thread took it and is stuck in publishing it
+        worst = 0.0
+        accepted = 0
+        for i in range(1, 1001):
+            t0 = time.perf_counter()
+            accepted += pub.submit(_verdict(i))
+            worst = max(worst, time.perf_counter() - t0)
+        assert worst < 0.05, f"submit blocked for {worst * 1000:.1f} ms"
+        assert accepted == 16 and pub.dropped == 1000 - 16
+        assert (
+            metrics.registry.get_sample_value(
+                "inspector_verdicts_dropped_total", {"line": "line7", "camera": "camA", "cause": "queue_full"}
+            )
+            == 1000 - 16
+        )
+        release.set()
+        got = [_recv_json(sub)[1]["seq"] for _ in range(17)]
+        assert got == list(range(17))
+    finally:
+        release.set()
+        pub.close()
+    assert pub.published + pub.dropped == 1001  # acquired == published + dropped
+
+
+def test_close_drains_the_queue_before_closing(ctx):
+    pub = Publisher(_cfg(actuator=False), TOPIC, None)
+    pub.start()
+    sub = _subscriber(ctx, pub)
+    n = 2000
+    for i in range(n):
+        assert pub.submit(_verdict(i))
+    pub.close(timeout_s=10)
+    assert pub.published == n and pub.dropped == 0
+    seqs = []
+    while sub.poll(500):
+        seqs.append(json.loads(sub.recv_multipart()[1])["seq"])
+    assert seqs == list(range(n))
+    assert not pub.submit(_verdict(n)) and pub.dropped == 1  # after close: counted, not lost silently
+
+
+def test_bind_failure_is_reported_by_start(ctx):
+    taken = ctx.socket(zmq.PUB)
+    port = taken.bind_to_random_port("tcp://127.0.0.1")
+    cfg = PublishConfig(broadcast=SocketConfig(bind=f"tcp://127.0.0.1:{port}"), actuator=None)
+    with pytest.raises(PublisherError, match=rf"broadcast socket to tcp://127.0.0.1:{port}"):
+        Publisher(cfg, TOPIC, None).start()
+    cfg = PublishConfig(
+        broadcast=SocketConfig(bind="tcp://127.0.0.1:0"), actuator=SocketConfig(bind=f"tcp://127.0.0.1:{port}")
+    )
+    with pytest.raises(PublisherError, match="actuator socket"):
+        Publisher(cfg, TOPIC, None).start()
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_listen_prints_each_verdict(as_json):
+    pub = Publisher(_cfg(actuator=False), TOPIC, None)
+    pub.start()
+    out = io.StringIO()
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(listen(pub.broadcast_endpoint, TOPIC, 5, as_json, out, 5.0)))
+    t.start()
+    try:
+        seq = 0
+        # The listener joins at some point of a running stream, like an integrator's would.
+        while t.is_alive() and seq < 2000:
+            pub.submit(_verdict(seq, Reason.DEFECT, [Defect("crack", 77, (5, 6, 7, 8), 0.8)]))
+            pub.event("noise")  # events are not verdicts: never printed
+            seq += 1
+            time.sleep(0.005)
+        t.join(5)
+    finally:
+        pub.close()
+    assert result == [5]
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 5
+    if as_json:
+        msgs = [json.loads(line) for line in lines]
+        assert all(m["schema"] == VERDICT_SCHEMA for m in msgs)
+        seqs = [m["seq"] for m in msgs]
+        assert seqs == list(range(seqs[0], seqs[0] + 5))
+    else:
+        assert all("line7/camA" in line and "REJECT" in line and "reason=defect" in line for line in lines)
+        assert "crack 77px@5,6" in lines[0]
+
+
+def test_format_verdict_line_shows_what_an_operator_needs():
+    msg = verdict_message(_verdict(3, Reason.TIMEOUT), "l1", "c1")
+    msg["detail"] = "not decided within 1000 ms"
+    line = format_verdict_line(msg)
+    assert "seq=3" in line and "REJECT" in line and "reason=timeout" in line and "decided_in=5.0ms" in line
+    assert "detail='not decided within 1000 ms'" in line
+
+
+def _wait(cond, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
