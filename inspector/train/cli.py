@@ -69,6 +69,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--keep-every", type=int, default=d.keep_every, help="keep OUT/epoch_NNN.pt every N epochs")
     p.add_argument("--crop", type=int, default=d.crop, help="segmenter branch crop (multiple of 32)")
     p.add_argument("--crop-defect-bias", type=float, default=d.crop_defect_bias)
     p.add_argument("--output-stride", type=int, choices=(8, 16, 32), default=d.output_stride)
@@ -121,6 +122,7 @@ def config_from_args(args: argparse.Namespace):
         amp=args.amp,
         resume=args.resume,
         plots=not args.no_plots,
+        keep_every=args.keep_every,
     )
 
 
@@ -163,7 +165,7 @@ def run_measure(args: argparse.Namespace) -> int:
     }
     rows = []
     for name, group in groups.items():
-        masks = [read_mask(s.mask) for s in group if s.mask is not None]
+        masks = [read_mask(s.mask, s.mask_threshold) for s in group if s.mask is not None]
         rows += [{"group": name, **r} for r in measure_resize(masks, sizes)]
     if args.json:
         print(json.dumps(rows, indent=1))

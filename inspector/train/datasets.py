@@ -11,9 +11,11 @@ Two layouts are read directly, without conversion:
   extension; a header row ``name,class`` is allowed). Class "good" (or no class and no defect pixels) means
   defect-free; an image with defect pixels but no class gets the class "defect".
 
-Mask threshold. Magnetic Tile's masks are anti-aliased (every value 0..255 occurs at defect borders), so a
-pixel is a defect pixel when its mask value is >= 128 (`MASK_THRESHOLD`). With that rule the data set has
-exactly the 49 small defective images (1..99 px) its description states; with "> 0" it would have 32.
+Mask threshold. In the generic layout any non-zero mask value is a defect (so 1, 255 or a class id all
+work). Magnetic Tile's masks are anti-aliased (every value 0..255 occurs at defect borders), so there a pixel
+is a defect pixel when its mask value is >= 128 (`MT_MASK_THRESHOLD`); with that rule the data set has exactly
+the 49 small defective images (1..99 px) its description states, with "> 0" it would have 32. Each Sample
+carries its threshold.
 
 Label noise (4 `MT_Uneven` images whose mask is empty). Decision: they stay **defective at image level**
 (the data set's authors filed them as Uneven, and a user's folder can hold the same: a defect class without
@@ -35,7 +37,7 @@ import numpy as np
 
 GOOD = "good"
 GENERIC_DEFECT = "defect"  # class of a defective image in a generic folder that names no class
-MASK_THRESHOLD = 128
+MT_MASK_THRESHOLD = 128
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -44,8 +46,9 @@ class Sample:
     image: Path
     mask: Path | None  # None: no mask file (defect-free, or a class without pixel annotation)
     cls: str  # "good" for defect-free
-    defect_area_px: int  # defect pixels in the mask at full resolution (mask >= MASK_THRESHOLD)
+    defect_area_px: int  # defect pixels in the mask at full resolution (mask >= mask_threshold)
     defective: bool
+    mask_threshold: int = 1  # mask values >= this are defect pixels (1 = non-zero; Magnetic Tile: 128)
 
     @property
     def has_pixel_labels(self) -> bool:
@@ -53,8 +56,20 @@ class Sample:
         return not self.defective or self.defect_area_px > 0
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Mask file -> (H, W) bool defect map."""
+def layout_mask_threshold(path: Path) -> int:
+    """The mask threshold of the layout a mask file lies in: Magnetic Tile's (MT_<class>/Imgs/) or non-zero."""
+    path = Path(path)
+    return MT_MASK_THRESHOLD if path.parent.name == "Imgs" and path.parent.parent.name.startswith("MT_") else 1
+
+
+def read_mask(path: Path, threshold: int | None = None) -> np.ndarray:
+    """Mask file -> (H, W) bool defect map: values >= threshold (8-bit masks), non-zero (others).
+
+    Without a threshold, the rule of the layout the file lies in (`layout_mask_threshold`), so a caller
+    holding only a path still reads a Magnetic Tile mask the way its data set description counts it.
+    """
+    if threshold is None:
+        threshold = layout_mask_threshold(path)
     mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if mask is None:
         raise OSError(f"cannot read mask {path}")
@@ -62,7 +77,7 @@ def read_mask(path: Path) -> np.ndarray:
         mask = mask.max(axis=2)
     if mask.dtype != np.uint8:  # 16-bit or float masks: non-zero means defect, like the generic layout says
         return mask > 0
-    return mask >= MASK_THRESHOLD
+    return mask >= threshold
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -83,8 +98,8 @@ def read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def _area(mask: Path | None) -> int:
-    return int(read_mask(mask).sum()) if mask is not None else 0
+def _area(mask: Path | None, threshold: int = 1) -> int:
+    return int(read_mask(mask, threshold).sum()) if mask is not None else 0
 
 
 def scan_magnetic_tile(root: str | Path) -> list[Sample]:
@@ -100,10 +115,10 @@ def scan_magnetic_tile(root: str | Path) -> list[Sample]:
             mask = image.with_suffix(".png")
             if not mask.is_file():
                 raise FileNotFoundError(f"{image}: mask {mask.name} missing")
-            area = _area(mask)
+            area = _area(mask, MT_MASK_THRESHOLD)
             if cls == GOOD and area:
                 raise ValueError(f"{mask}: a defect-free (MT_Free) image with {area} defect pixels")
-            samples.append(Sample(image, mask, cls, area, defective=cls != GOOD))
+            samples.append(Sample(image, mask, cls, area, cls != GOOD, MT_MASK_THRESHOLD))
     return samples
 
 
@@ -170,7 +185,7 @@ def load_sample(sample: Sample, classes: list[str]) -> tuple[np.ndarray, np.ndar
     image = read_image(sample.image)
     label = np.zeros(image.shape[:2], np.uint8)
     if sample.defective and sample.mask is not None:
-        mask = read_mask(sample.mask)
+        mask = read_mask(sample.mask, sample.mask_threshold)
         if mask.shape != label.shape:
             raise ValueError(f"{sample.mask}: mask {mask.shape} and image {label.shape} differ in size")
         label[mask] = 1 + classes.index(sample.cls)

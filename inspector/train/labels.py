@@ -10,7 +10,7 @@ that holds one of its pixels.
 
 Why 1 and not a minimum count: the paper's small defects are 1..99 px, and a minimum of, say, 10 px would
 turn most of them into "normal" blocks — the opposite of what the line needs. Anti-aliasing fuzz is removed
-earlier, by the mask threshold in `datasets.MASK_THRESHOLD`.
+earlier, by the mask threshold (`datasets.MT_MASK_THRESHOLD` for Magnetic Tile).
 """
 
 from __future__ import annotations

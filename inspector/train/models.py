@@ -10,10 +10,12 @@ against the gradient of one output cell with respect to the input):
 
 - ResNet-50 (torchvision's v1.5, stride on the 3x3 conv): conv1 7x7/2 -> 7, maxpool 3x3/2 -> 11; each
   bottleneck's 3x3 conv adds 2 * jump (its 1x1 convs add nothing): layer1 3 x 8 -> 35; layer2 8 (strided
-  conv, jump 4 -> 8) + 3 x 16 -> 91; layer3 16 + 5 x 32 -> 267; layer4 32 + 2 x 64 -> **427 px**. The
-  receptive field of block (i, j) is centred on the block, so on the paper's 224x224 input even a corner
-  block (centre 16 px from the border) reaches 213 px to every side (>= 208 needed): every block score is
-  decided with the whole image as context.
+  conv, jump 4 -> 8) + 3 x 16 -> 91; layer3 16 + 5 x 32 -> 267; layer4 32 + 2 x 64 -> **427 px**. Where it lies:
+  the paddings add up to 213 px (3 + 2 + the 1-px pads of every 3x3 conv times its jump), so cell i covers
+  input pixels [32 i - 213, 32 i + 213] — centred on the block's first pixel, not its middle. On the paper's
+  224x224 input the blocks of rows/columns 1..6 therefore see the whole image and those of row/column 0 all
+  but its last 10 px (a test measures both with gradients): each block score is decided with essentially the
+  whole image as context.
 - ResNet-18: 435 px, ResNet-34: 899 px, resnet-tiny (one BasicBlock per stage): 195 px — the demo models see
   a neighbourhood of roughly 6x6 blocks, not the whole image.
 """

@@ -83,6 +83,7 @@ class TrainConfig:
     amp: bool = False  # CUDA only: bfloat16 autocast
     resume: bool = False  # continue from out_dir/last.pt
     plots: bool = True  # loss curves and sample predictions as PNG
+    keep_every: int = 0  # also keep epoch_NNN.pt every N epochs (0: only last.pt and best.pt)
     val_batch: int = 8
 
     def __post_init__(self) -> None:
@@ -159,7 +160,8 @@ class PairDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         cfg = self.cfg
         rng = np.random.default_rng(item_seed(cfg.seed, self.epoch, index))
-        partner = self.good[int(rng.integers(len(self.good)))]
+        partner_index = int(rng.integers(len(self.good)))
+        partner = self.good[partner_index]
         items = [
             prepare(
                 s, self.classes, cfg.size, self.color, self.transform, int(rng.integers(2**31)), cfg.block_min_pixels
@@ -171,6 +173,7 @@ class PairDataset(Dataset):
             "seg": np.stack([p.seg for p in items]),
             "blocks": np.stack([p.blocks for p in items]),
             "defective": np.array([True, False]),
+            "source": np.array([index, partner_index]),  # indices into the defective and the good list
         }
         out["select"] = balanced_selection(items[0].blocks, items[1].blocks, rng, cfg.blocks_per_image)
         if cfg.task == "segmenter":
@@ -517,6 +520,8 @@ def _train(cfg, train_samples, val_samples, classes, out_dir: Path, ctx: D.DistC
                 "scheduler": schedule.state_dict(),
             }
             _atomic_save(ckpt, last_path)
+            if cfg.keep_every > 0 and (epoch + 1) % cfg.keep_every == 0:
+                _atomic_save(ckpt, out_dir / f"epoch_{epoch + 1:03d}.pt")
             if improved or not val:
                 _atomic_save({**ckpt, "optimizer": None, "scheduler": None}, best_path)
             (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")

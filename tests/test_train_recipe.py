@@ -1,0 +1,164 @@
+"""The training recipe on synthetic data: sampling, loss going down, checkpoints and resume, the CLI."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import make_dataset
+
+from inspector.train.augment import AugmentConfig
+from inspector.train.cli import main
+from inspector.train.datasets import load_dataset
+from inspector.train.recipe import PairDataset, TrainConfig, deployed_from_checkpoint, load_checkpoint, train
+
+torch.set_num_threads(2)
+SIZE = (96, 128)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, list, list[str]]:
+    root = make_dataset(tmp_path_factory.mktemp("synthetic"), n=48, size=SIZE, seed=1)
+    samples, classes = load_dataset(root)
+    return root, samples, classes
+
+
+def _cfg(task: str, **kw) -> TrainConfig:
+    base = dict(
+        task=task,
+        arch="resnet-tiny",
+        size=SIZE,
+        epochs=8,
+        batch=4,
+        lr=1e-3,
+        lr_schedule="constant",
+        workers=0,
+        threads=2,
+        augment=AugmentConfig(enabled=False),
+        crop=64,
+        plots=False,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_pairs_are_balanced_and_each_defective_image_has_a_genuine_partner(data):
+    _, samples, classes = data
+    defective = [s for s in samples if s.defective]
+    good = [s for s in samples if not s.defective]
+    dataset = PairDataset(defective, good, classes, _cfg("recognizer", augment=AugmentConfig()), "gray")
+    partners_by_epoch = []
+    total_pos = total_neg = 0
+    for epoch in range(2):
+        dataset.epoch = epoch
+        partners = []
+        for i in range(len(dataset)):
+            item = dataset[i]
+            assert item["defective"].tolist() == [True, False]
+            assert item["source"][0] == i
+            partners.append(int(item["source"][1]))
+            blocks, select = item["blocks"], item["select"]
+            assert not blocks[1].any()  # the partner is genuine
+            pos, neg = int(select[0].sum()), int(select[1].sum())
+            assert pos == neg == int(blocks[0].sum())  # all defective blocks, as many normal ones
+            assert (blocks[0][select[0]] == 1).all()
+            total_pos, total_neg = total_pos + pos, total_neg + neg
+        partners_by_epoch.append(partners)
+    assert total_pos == total_neg > 0
+    assert partners_by_epoch[0] != partners_by_epoch[1]  # partners are drawn anew each epoch
+    assert len(set(partners_by_epoch[0] + partners_by_epoch[1])) > len(good) // 3
+    dataset.epoch = 0
+    a, b = dataset[3], dataset[3]
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # an item depends on (seed, epoch, index) only
+
+
+def test_cap_on_blocks_per_image(data):
+    _, samples, classes = data
+    defective = [s for s in samples if s.defective]
+    good = [s for s in samples if not s.defective]
+    dataset = PairDataset(defective, good, classes, _cfg("recognizer", blocks_per_image=1), "gray")
+    for i in range(len(dataset)):
+        select = dataset[i]["select"]
+        assert select[0].sum() == select[1].sum() <= 1
+
+
+@pytest.mark.parametrize("task", ["recognizer", "segmenter"])
+def test_a_few_epochs_reduce_the_loss(data, tmp_path, task):
+    _, samples, classes = data
+    best = train(_cfg(task), samples, samples[:8], classes, tmp_path)
+    history = torch.load(tmp_path / "last.pt", weights_only=False)["history"]
+    losses = [h["train_loss"] for h in history]
+    assert len(losses) == 8 and best.is_file()
+    assert np.mean(losses[-2:]) < 0.6 * losses[0], losses
+    assert all(h["replica_divergence"] == 0 for h in history)
+
+
+def test_resume_continues_exactly(data, tmp_path):
+    """Stopped after epoch 1 and resumed == never stopped (weights bit for bit, with augmentation on)."""
+    _, samples, classes = data
+    cfg = _cfg("recognizer", epochs=3, lr_schedule="cosine", augment=AugmentConfig(), keep_every=1)
+    train(cfg, samples, samples[:6], classes, tmp_path / "straight")
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    shutil.copy(tmp_path / "straight" / "epoch_001.pt", interrupted / "last.pt")
+    train(
+        _cfg("recognizer", epochs=3, lr_schedule="cosine", augment=AugmentConfig(), resume=True),
+        samples,
+        samples[:6],
+        classes,
+        interrupted,
+    )
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
+    b = torch.load(interrupted / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 2
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+
+
+def test_checkpoint_rebuilds_the_model_alone(data, tmp_path):
+    _, samples, classes = data
+    best = train(_cfg("segmenter", epochs=1), samples, samples[:6], classes, tmp_path)
+    model, ckpt = load_checkpoint(best)
+    assert type(model).__name__ == "Segmenter" and not model.training
+    for key in ("arch", "task", "size", "in_channels", "classes", "mean", "std", "cfg", "seed", "epoch", "metrics"):
+        assert key in ckpt
+    assert ckpt["classes"] == classes and ckpt["num_classes"] == len(classes) + 1
+    deployed, _ = deployed_from_checkpoint(best)
+    frames = torch.randint(0, 256, (2, *SIZE, 1), dtype=torch.uint8)
+    with torch.no_grad():
+        scores = deployed(frames)
+    assert scores.shape == (2, len(classes) + 1, *SIZE)
+
+
+def test_cli_trains_and_plots(data, tmp_path):
+    root, _, _ = data
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--data",
+        str(root),
+        "--task",
+        "recognizer",
+        "--arch",
+        "resnet-tiny",
+        "--size",
+        "96x128",
+        "--epochs",
+        "1",
+        "--batch",
+        "4",
+        "--workers",
+        "0",
+        "--threads",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    assert {"best.pt", "last.pt", "history.json", "loss.png", "predictions.png", "train.log"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert main(["measure-resize", "--data", str(root), "--sizes", "64,96x128"]) == 0
