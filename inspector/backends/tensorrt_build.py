@@ -461,6 +461,9 @@ def build_serialized(
         raise BuildError(f"TensorRT's ONNX parser refused {onnx_path}:\n{errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        # TF32 is on by default for FP32 layers on Ampere+; "fp32" means FP32 (the tightest tolerance in docs/GPU.md).
+        config.clear_flag(trt.BuilderFlag.TF32)
     if not strongly_typed and precision in ("fp16", "int8"):
         if not hasattr(trt.BuilderFlag, "FP16"):
             raise BuildError(
