@@ -157,15 +157,17 @@ class Metrics:
             "inspector_engine", "The model loaded for each role (backend, model hash, ...).", (*lc, "role"), registry=r
         )
         self._config_info = Info("inspector_config", "The config in force.", lc, registry=r).labels(line, camera)
-        self._camera_connected = Gauge(
+        # The two connection gauges appear at their first report, not at zero: a source without a connection
+        # (synthetic, folder) or a disabled actuator channel must not look disconnected to an alert rule.
+        self._camera_connected_g = Gauge(
             "inspector_camera_connected", "1 while the camera delivers frames, 0 while it is lost.", lc, registry=r
-        ).labels(line, camera)
-        self._actuator_connected = Gauge(
+        )
+        self._actuator_connected_g = Gauge(
             "inspector_actuator_connected",
             "Receivers (reject actuator / PLC gateway) connected to the actuator channel; 0 = nobody listening.",
             lc,
             registry=r,
-        ).labels(line, camera)
+        )
         self._actuator_undelivered = Counter(
             "inspector_actuator_undelivered",
             "Verdicts that could not be handed to an actuator receiver (none connected, or its queue full).",
@@ -263,11 +265,11 @@ class Metrics:
         self._config_info.info({"config_hash": config_hash, **{k: str(v) for k, v in labels.items()}})
 
     def camera_connected(self, connected: bool) -> None:
-        self._camera_connected.set(1 if connected else 0)
+        self._camera_connected_g.labels(self.line, self.camera).set(1 if connected else 0)
 
     def actuator_connected(self, connected: bool | int) -> None:
         """True/False, or the number of receivers connected (the publisher passes the count)."""
-        self._actuator_connected.set(int(connected))
+        self._actuator_connected_g.labels(self.line, self.camera).set(int(connected))
 
     # ----------------------------------------------------------------------------------------- exporter
 

@@ -129,6 +129,8 @@ def test_alerting_series_exist_at_zero_before_anything_happens():
     # Impossible combinations are not invented.
     assert g("inspector_verdicts_total", {**L, "result": "reject", "reason": "ok"}) is None
     assert g("inspector_start_timestamp_seconds", L) > 1.6e9
+    # Connection gauges are absent until reported: a synthetic source or a disabled actuator is not "down".
+    assert g("inspector_camera_connected", L) is None and g("inspector_actuator_connected", L) is None
 
 
 def test_instances_do_not_collide():
