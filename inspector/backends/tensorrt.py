@@ -179,7 +179,8 @@ def resolve_engine(
         onnx_manifest = read_manifest(onnx_path)
     except ManifestError as exc:
         raise EngineRefused(f"cannot rebuild the engine for {model_path}: {exc}") from None
-    precision = settings.precision or "fp16"
+    # Rebuild at the precision asked for, else the one the engine had (an INT8 engine stays INT8), else FP16.
+    precision = settings.precision or (manifest.tensorrt.precision if manifest.tensorrt else "fp16")
     if precision == "int8":
         info = manifest.tensorrt
         if info is None or not info.calibration_source:
