@@ -202,3 +202,35 @@ def test_serve_reports_a_port_in_use():
         port = busy.getsockname()[1]
         with pytest.raises(RuntimeError, match=rf"127.0.0.1:{port}"):
             Metrics("l", "c").serve("127.0.0.1", port)
+
+
+PROM_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "docs" / "prometheus"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package: prometheus)")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "rules", "inspector.rules.yml"],
+        ["test", "rules", "inspector.rules.test.yml"],  # alerts fire (and stay quiet) on synthetic series
+        ["check", "config", "prometheus.yml"],
+    ],
+    ids=["check-rules", "test-rules", "check-config"],
+)
+def test_promtool_accepts_the_shipped_prometheus_files(args):
+    proc = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=120, cwd=PROM_DIR)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_alert_rules_only_use_metrics_the_exporter_has():
+    import re
+
+    m = Metrics("line2", "top")
+    _run_sequence(m)
+    exported = {s.name for fam in m.registry.collect() for s in fam.samples}
+    text = (PROM_DIR / "inspector.rules.yml").read_text()
+    # Not the recording rules' own names (line_camera:inspector_...:rate1m): those are not exporter metrics.
+    used = set(re.findall(r"(?<![:\w])(inspector_[a-z0-9_]+)(?![a-z0-9_:])", text))
+    assert {"inspector_frames_acquired_total", "inspector_latency_seconds_bucket"} <= used
+    missing = used - exported
+    assert not missing, f"rules refer to metrics the exporter does not have: {sorted(missing)}"
