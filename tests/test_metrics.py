@@ -234,3 +234,40 @@ def test_alert_rules_only_use_metrics_the_exporter_has():
     assert {"inspector_frames_acquired_total", "inspector_latency_seconds_bucket"} <= used
     missing = used - exported
     assert not missing, f"rules refer to metrics the exporter does not have: {sorted(missing)}"
+
+
+DASHBOARD = PROM_DIR.parent / "grafana" / "inspector.json"
+
+
+def _dashboard_exprs() -> list[str]:
+    import json
+
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs += [a["expr"] for a in dash["annotations"]["list"]]
+    # What Grafana substitutes before the query reaches Prometheus.
+    return [e.replace("$__rate_interval", "1m").replace("$line", ".*").replace("$camera", ".*") for e in exprs]
+
+
+def test_dashboard_queries_only_use_metrics_the_exporter_has():
+    import re
+
+    m = Metrics("line2", "top")
+    _run_sequence(m)
+    exported = {s.name for fam in m.registry.collect() for s in fam.samples}
+    exprs = _dashboard_exprs()
+    assert len(exprs) >= 15
+    used = {n for e in exprs for n in re.findall(r"(?<![:\w])(inspector_[a-z0-9_]+)", e)}
+    assert used - exported == set()
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package: prometheus)")
+def test_dashboard_queries_are_valid_promql(tmp_path):
+    import yaml
+
+    # promtool parses every expression of a rule file: wrap each dashboard query as a recording rule.
+    rules = [{"record": f"dashboard:q{i}", "expr": e} for i, e in enumerate(_dashboard_exprs())]
+    path = tmp_path / "dashboard.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    proc = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
