@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The demo models in engines/demo/, from nothing, with one command (a few minutes per model on a CPU):
+#
+#     tools/make_demo_models.sh            # writes engines/demo/{recognizer,segmenter}.onnx + manifests
+#
+# 1. writes two synthetic data sets with inspector.synth.write_dataset (the renderer the daemon's synthetic
+#    source uses, 320x320 mono8 like configs/demo.yaml's source): a training set (seed 1) and a separate test
+#    set (seed 2), about a third of the defects small (< 100 px);
+# 2. trains a resnet-tiny recognizer (224x224 -> 7x7 blocks) and a resnet-tiny segmenter (224x224, classes
+#    background + crack, pit, scratch, stain) with the paper's recipe; 15 % of the training set (stratified,
+#    seeded) is held out for checkpoint selection and the operating point;
+# 3. evaluates both on the test set, thresholds chosen on that validation split (never on the test set);
+# 4. exports both to ONNX with manifests (test metrics and suggested thresholds inside) and checks ONNX
+#    Runtime against PyTorch on the test images; writes engines/demo/decision.yaml (the suggested block).
+#
+# Everything is seeded; torch runs with a fixed thread count, so a rerun on the same machine reproduces the
+# same weights. Variables: PYTHON, WORK (scratch, default runs/demo), OUT (default engines/demo), EPOCHS_REC,
+# EPOCHS_SEG, N_TRAIN, N_TEST, THREADS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-.venv/bin/python}
+WORK=${WORK:-runs/demo}
+OUT=${OUT:-engines/demo}
+EPOCHS_REC=${EPOCHS_REC:-12}
+EPOCHS_SEG=${EPOCHS_SEG:-12}
+N_TRAIN=${N_TRAIN:-480}
+N_TEST=${N_TEST:-160}
+THREADS=${THREADS:-2}
+SIZE=224
+VAL_FRACTION=0.15
+DATASET="synthetic parts (inspector.synth.write_dataset: $N_TRAIN images 320x320 mono8, seed 1, defect p 0.5, small 0.3)"
+TRAIN=(-m inspector.train.cli)
+
+started=$(date +%s)
+mkdir -p "$WORK" "$OUT"
+if [[ ! -f "$WORK/data/train/classes.csv" || ! -f "$WORK/data/test/classes.csv" ]]; then
+    echo "== synthetic data: $N_TRAIN training and $N_TEST test images in $WORK/data"
+    rm -rf "$WORK/data"
+    "$PYTHON" - "$WORK/data" "$N_TRAIN" "$N_TEST" <<'EOF'
+import sys
+from pathlib import Path
+
+from inspector.synth import write_dataset
+
+root, n_train, n_test = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+common = dict(size=(320, 320), defect_probability=0.5, small_fraction=0.3, channels=1)
+write_dataset(root / "train", n_train, seed=1, **common)
+write_dataset(root / "test", n_test, seed=2, **common)
+EOF
+fi
+
+for task in recognizer segmenter; do
+    epochs=$EPOCHS_REC
+    [[ $task == segmenter ]] && epochs=$EPOCHS_SEG
+    echo "== train $task (resnet-tiny, ${SIZE}x${SIZE}, $epochs epochs)"
+    rm -rf "${WORK:?}/$task"
+    "$PYTHON" "${TRAIN[@]}" train --data "$WORK/data/train" --val-fraction $VAL_FRACTION --task $task \
+        --arch resnet-tiny --size $SIZE --epochs "$epochs" --batch 8 --lr 2e-3 --crop 128 --seed 0 \
+        --workers 1 --threads "$THREADS" --device cpu --out "$WORK/$task"
+    echo "== evaluate $task on the test set (operating point from the validation split)"
+    "$PYTHON" "${TRAIN[@]}" evaluate --model "$WORK/$task/best.pt" --data "$WORK/data/test" \
+        --val-from-train "$WORK/data/train" --val-fraction $VAL_FRACTION --threads "$THREADS" \
+        --out "$WORK/$task/eval.json" --yaml "$WORK/$task/decision.yaml"
+    echo "== export $task"
+    "$PYTHON" "${TRAIN[@]}" export --checkpoint "$WORK/$task/best.pt" --out "$OUT/$task.onnx" \
+        --evaluation "$WORK/$task/eval.json" --dataset "$DATASET" --parity-data "$WORK/data/test" \
+        --threads "$THREADS"
+done
+
+# One decision block for both models: the recognizer's block threshold, the segmenter's pixel threshold and
+# minimum area.
+{
+    echo "# Suggested by tools/make_demo_models.sh: operating point chosen on the validation split of the"
+    echo "# synthetic training set; test metrics in engines/demo/*.manifest.json (training.metrics)."
+    echo "decision:"
+    grep -h -E '^  (block_threshold|pixel_threshold|min_area_px):' "$WORK/recognizer/decision.yaml" \
+        "$WORK/segmenter/decision.yaml"
+} >"$OUT/decision.yaml"
+cat "$OUT/decision.yaml"
+ls -l "$OUT"
+echo "== done in $(($(date +%s) - started)) s"
