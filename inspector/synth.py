@@ -38,7 +38,7 @@ KINDS = ("scratch", "crack", "pit", "stain")
 SMALL_PX = 100  # a "small" defect covers fewer pixels than this
 SOFT_EDGE = 0.3  # soft defects end where their contrast falls below this fraction of the peak
 WEAK_FRACTION = 0.25  # share of defects drawn at low contrast
-_MIN_SIDE = 32
+_MIN_SIDE = 40  # below this a part cannot hold a >= 100 px crack (measured)
 _MAX_TRIES = 80
 
 
@@ -258,8 +258,9 @@ def _scratch(
     if small:
         length, thickness = rng.uniform(12, 40) * size, 1
     else:
-        length = rng.uniform(0.25, 0.6) * min(h, w) * size
+        length = min(rng.uniform(0.25, 0.6) * min(h, w) * size, max(h, w))
         thickness = int(rng.choice([1, 2])) if scale < 1.5 else int(rng.choice([2, 3]))
+        thickness = max(thickness, round(thickness * min(size, 3.0)))  # retries on small frames thicken it
     direction = np.array([np.cos(theta), np.sin(theta)])
     normal = np.array([-direction[1], direction[0]])
     t = np.linspace(-0.5, 0.5, 32)[:, None]
@@ -294,8 +295,10 @@ def _crack(
     if small:
         length, thickness, branches = rng.uniform(10, 30) * size, 1, int(rng.integers(0, 2))
     else:
-        length = rng.uniform(0.2, 0.5) * min(h, w) * size
-        thickness, branches = max(1, round(rng.uniform(1, 2.4) * scale)), int(rng.integers(1, 4))
+        length = min(rng.uniform(0.2, 0.5) * min(h, w) * size, max(h, w))
+        # On small frames a 1 px crack clipped by the part edge can stay under 100 px: retries thicken it.
+        thickness = max(1, round(rng.uniform(1, 2.4) * scale * size))
+        branches = int(rng.integers(1, 4))
     main = _walk(rng, np.array([x, y]), theta, length, step, 0.5)
     lines = [(main, thickness)]
     for _ in range(branches):
@@ -398,7 +401,7 @@ def _defect(
             return delta, footprint
         if not small and area >= SMALL_PX:
             return delta, footprint
-        size = size * 0.85 if small and area >= SMALL_PX else size * 1.15
+        size = size * 0.85 if small and area >= SMALL_PX else min(size * 1.15, 8.0)
     raise ValueError(
         f"cannot draw a {'small ' if small else ''}{kind} in a {interior.shape[0]}x{interior.shape[1]} frame; "
         "use a larger frame"

@@ -76,7 +76,7 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="good part"):
         render_part(rng, 64, 64, defective=False, kind="pit")
     with pytest.raises(ValueError, match="at least"):
-        render_part(rng, 16, 64, defective=False)
+        render_part(rng, 32, 64, defective=False)
     with pytest.raises(ValueError, match="channels"):
         render_part(rng, 64, 64, defective=False, channels=2)
 

@@ -1,0 +1,257 @@
+"""Synthetic and folder sources against the Source protocol: size/format, pacing, ground truth, bad frames."""
+
+import csv
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from inspector.config import FolderSourceConfig, SyntheticSourceConfig
+from inspector.sources import EndOfStream, SourceError, source_class
+from inspector.sources.folder import FolderSource
+from inspector.sources.pacing import Pacer
+from inspector.sources.synthetic import SyntheticSource
+from inspector.synth import write_dataset
+
+MAGNETIC_TILE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "magnetic-tile"
+
+
+class Events:
+    def __init__(self):
+        self.states = []
+
+    def camera_state(self, connected: bool, detail: str) -> None:
+        self.states.append((connected, detail))
+
+
+def _synthetic(**over):
+    base = dict(kind="synthetic", width=96, height=64, rate_hz=None, pool_size=6, seed=3)
+    base.update(over)
+    src = SyntheticSource(SyntheticSourceConfig(**base), Events())
+    src.open()
+    src.start()
+    return src
+
+
+def _grab_all(src, n, shape):
+    out = np.zeros(shape, np.uint8)
+    grabs, frames = [], []
+    for _ in range(n):
+        g = src.grab(out, 1.0)
+        assert g is not None
+        grabs.append(g)
+        frames.append(out.copy())
+    return grabs, frames
+
+
+def test_registry_points_at_these_classes():
+    assert source_class("synthetic") is SyntheticSource
+    assert source_class("folder") is FolderSource
+
+
+@pytest.mark.parametrize(("pixel_format", "channels"), [("mono8", 1), ("rgb8", 3), ("bgr8", 3)])
+def test_synthetic_delivers_the_configured_size_and_format(pixel_format, channels):
+    src = _synthetic(pixel_format=pixel_format)
+    grabs, frames = _grab_all(src, 8, (64, 96, channels))
+    assert [g.camera_frame_id for g in grabs] == list(range(8))
+    assert all((g.height, g.width) == (64, 96) and g.truth is not None for g in grabs)
+    np.testing.assert_array_equal(frames[0], frames[6])  # a pool of 6 parts, cycled
+    assert not np.array_equal(frames[0], frames[1])
+    assert src.events.states and src.events.states[0][0] is True
+    if pixel_format == "bgr8":
+        rgb = _grab_all(_synthetic(pixel_format="rgb8"), 1, (64, 96, 3))[1][0]
+        np.testing.assert_array_equal(frames[0], rgb[:, :, ::-1])
+    with pytest.raises(SourceError, match="slot"):
+        src.grab(np.zeros((64, 96, 4 - channels), np.uint8), 0.1)
+
+
+def test_synthetic_ground_truth_follows_the_config_and_the_seed():
+    src = _synthetic(pool_size=40, defect_probability=1.0, small_defect_fraction=1.0, defect_kinds=["crack"])
+    grabs, _ = _grab_all(src, 40, (64, 96, 1))
+    assert all(g.truth.defective and g.truth.kind == "crack" and 0 < g.truth.defect_area_px < 100 for g in grabs)
+    a, frames_a = _grab_all(_synthetic(seed=9), 3, (64, 96, 1))
+    b, frames_b = _grab_all(_synthetic(seed=9), 3, (64, 96, 1))
+    assert [g.truth for g in a] == [g.truth for g in b]
+    np.testing.assert_array_equal(np.stack(frames_a), np.stack(frames_b))
+    good = _grab_all(_synthetic(defect_probability=0.0), 6, (64, 96, 1))[0]
+    assert not any(g.truth.defective for g in good)
+
+
+def test_synthetic_paces_at_rate_hz():
+    src = _synthetic(rate_hz=50.0)
+    out = np.zeros((64, 96, 1), np.uint8)
+    src.grab(out, 1.0)
+    t0 = time.monotonic()
+    for _ in range(10):
+        assert src.grab(out, 1.0) is not None
+    elapsed = time.monotonic() - t0
+    # 10 periods of 20 ms; loose bounds (a shared CI machine), but far from "as fast as possible" or 2x slow.
+    assert 0.17 < elapsed < 0.4, elapsed
+
+
+def test_a_grab_that_is_not_due_times_out():
+    src = _synthetic(rate_hz=0.5)
+    out = np.zeros((64, 96, 1), np.uint8)
+    assert src.grab(out, 1.0) is not None  # the first frame is due at once
+    t0 = time.monotonic()
+    assert src.grab(out, 0.05) is None
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_pacer_has_no_drift_and_a_late_consumer_loses_frames_like_a_camera():
+    pacer = Pacer(200.0, backlog=4)
+    pacer.start(first_id=100)
+    t0 = time.monotonic()
+    for i in range(20):
+        frame_id, lost = pacer.wait(1.0)
+        assert (frame_id, lost) == (100 + i, 0)
+        time.sleep(0.002 if i % 2 else 0.0)  # jitter shorter than a period is absorbed, not accumulated
+    assert time.monotonic() - t0 == pytest.approx(19 / 200, abs=0.05)
+    time.sleep(0.1)  # 20 periods without fetching: the camera's 4 buffers overflow
+    frame_id, lost = pacer.wait(1.0)
+    assert lost >= 10 and frame_id == 120 + lost
+    burst = [pacer.wait(0.0) for _ in range(4)]  # the buffered frames come at once, in order, none lost
+    assert burst == [(frame_id + i, 0) for i in range(1, 5)]
+
+
+def test_synthetic_refuses_a_pool_that_does_not_fit():
+    src = SyntheticSource(SyntheticSourceConfig(kind="synthetic", width=16384, height=16384, pool_size=64), Events())
+    with pytest.raises(SourceError, match="pool_size"):
+        src.open()
+
+
+# ------------------------------------------------------------------------------------------ folder
+
+
+def _folder(path, **over):
+    base = dict(kind="folder", path=str(path), width=96, height=64, loop=False)
+    base.update(over)
+    src = FolderSource(FolderSourceConfig(**base), Events())
+    src.open()
+    src.start()
+    return src
+
+
+def _drain(src, shape):
+    out = np.zeros(shape, np.uint8)
+    grabs = []
+    with pytest.raises(EndOfStream):
+        for _ in range(1000):
+            grabs.append(src.grab(out, 1.0))
+    return grabs
+
+
+@pytest.fixture(scope="module")
+def generic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generic")
+    write_dataset(root, 8, seed=4, size=(64, 96), defect_probability=0.6)
+    return root
+
+
+def test_folder_replays_generic_layout_with_ground_truth_then_ends(generic):
+    src = _folder(generic)
+    grabs = _drain(src, (64, 96, 1))
+    rows = dict(list(csv.reader((generic / "classes.csv").open()))[1:])
+    assert len(grabs) == 8  # masks/ holds no frames
+    assert [g.camera_frame_id for g in grabs] == list(range(8))
+    for g, entry in zip(grabs, src.entries, strict=True):
+        cls = rows[entry.path.name]
+        assert g.bad_frame is None and g.truth is not None
+        assert g.truth.defective == (cls != "good") and g.truth.kind == (None if cls == "good" else cls)
+        if cls != "good":
+            mask = cv2.imread(str(generic / "masks" / entry.path.name), cv2.IMREAD_GRAYSCALE)
+            assert g.truth.defect_area_px == np.count_nonzero(mask)
+    with pytest.raises(EndOfStream):  # stays ended
+        src.grab(np.zeros((64, 96, 1), np.uint8), 0.1)
+
+
+def test_folder_delivers_the_pixels_of_the_file(generic):
+    src = _folder(generic, pixel_format="rgb8")
+    out = np.zeros((64, 96, 3), np.uint8)
+    src.grab(out, 1.0)
+    gray = cv2.imread(str(src.entries[0].path), cv2.IMREAD_GRAYSCALE)
+    for c in range(3):
+        np.testing.assert_array_equal(out[:, :, c], gray)
+
+
+def test_folder_loops_with_frame_ids_continuing(generic):
+    src = _folder(generic, loop=True, masks=False)
+    out = np.zeros((64, 96, 1), np.uint8)
+    first = src.grab(out, 1.0)
+    copy = out.copy()
+    for _ in range(7):
+        src.grab(out, 1.0)
+    again = src.grab(out, 1.0)
+    assert (first.camera_frame_id, again.camera_frame_id) == (0, 8)
+    np.testing.assert_array_equal(out, copy)
+    assert first.truth is None  # masks: false
+
+
+@pytest.fixture
+def odd_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "a_ok.png"), rng.integers(0, 255, (64, 96), dtype=np.uint8))
+    colour = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "b_colour.png"), colour)
+    cv2.imwrite(str(tmp_path / "c_big.png"), rng.integers(0, 255, (128, 192), dtype=np.uint8))
+    (tmp_path / "d_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    cv2.imwrite(str(tmp_path / "e_deep.png"), rng.integers(0, 65535, (64, 96), dtype=np.uint16))
+    (tmp_path / "notes.txt").write_text("not an image")
+    return tmp_path, colour
+
+
+def test_folder_flags_bad_frames_instead_of_skipping_them(odd_folder):
+    root, colour = odd_folder
+    src = _folder(root, resize=False)
+    out = np.zeros((64, 96, 1), np.uint8)
+    grabs = []
+    with pytest.raises(EndOfStream):
+        while True:
+            out[:] = 7
+            grabs.append((src.grab(out, 1.0), out.copy()))
+    names = [e.path.name for e in src.entries]
+    assert names == ["a_ok.png", "b_colour.png", "c_big.png", "d_broken.png", "e_deep.png"]
+    bad = {name: g.bad_frame for name, (g, _) in zip(names, grabs, strict=True)}
+    assert bad["a_ok.png"] is None and bad["b_colour.png"] is None  # colour converts to mono8
+    assert "192x128" in bad["c_big.png"] and "resize" in bad["c_big.png"]
+    assert "unreadable" in bad["d_broken.png"]
+    assert "uint16" in bad["e_deep.png"]
+    np.testing.assert_array_equal(grabs[1][1][:, :, 0], cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY))
+    assert np.all(grabs[2][1] == 7)  # a bad frame leaves the slot alone
+    assert [g.camera_frame_id for g, _ in grabs] == [0, 1, 2, 3, 4]  # still one frame each, no gaps
+
+
+def test_folder_resizes_when_asked(odd_folder):
+    root, _ = odd_folder
+    src = _folder(root, resize=True, pattern="c_*")
+    out = np.zeros((64, 96, 1), np.uint8)
+    g = src.grab(out, 1.0)
+    assert g.bad_frame is None and (g.height, g.width) == (64, 96)
+    big = cv2.imread(str(root / "c_big.png"), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(out[:, :, 0], cv2.resize(big, (96, 64), interpolation=cv2.INTER_AREA))
+
+
+def test_folder_without_images_is_a_clear_error(tmp_path):
+    (tmp_path / "readme.txt").write_text("nothing here")
+    with pytest.raises(SourceError, match="no images"):
+        _folder(tmp_path)
+    with pytest.raises(SourceError, match="not found"):
+        _folder(tmp_path / "missing")
+
+
+@pytest.mark.dataset
+def test_magnetic_tile_replay_reads_masks_beside_images():
+    if not (MAGNETIC_TILE / "MT_Fray").is_dir():
+        pytest.skip(f"Magnetic Tile data set not found at {MAGNETIC_TILE}")
+    src = _folder(MAGNETIC_TILE, pattern="MT_F*/Imgs/exp1_*", width=320, height=320)
+    grabs = _drain(src, (320, 320, 1))
+    names = [e.path for e in src.entries]
+    assert grabs and all(p.suffix == ".jpg" for p in names)  # the NAME.png masks are not frames
+    fray = [g for g, p in zip(grabs, names, strict=True) if p.parts[-3] == "MT_Fray"]
+    free = [g for g, p in zip(grabs, names, strict=True) if p.parts[-3] == "MT_Free"]
+    assert fray and free and all(g.bad_frame is None for g in grabs)
+    assert all(g.truth.defective and g.truth.kind == "fray" for g in fray)
+    assert sum(g.truth.defect_area_px > 0 for g in fray) >= len(fray) - 1
+    assert all(not g.truth.defective and g.truth.defect_area_px == 0 for g in free)
