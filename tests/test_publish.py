@@ -338,3 +338,22 @@ def _wait(cond, timeout_s: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.01)
+
+
+def test_protocol_doc_matches_the_wire_schema():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md").read_text()
+    example = json.loads(
+        re.search(r"```json\n(\{\n  \"schema\": \"inspector.verdict/1\".*?\n\})\n```", doc, re.S).group(1)
+    )
+    wire = verdict_message(_verdict(1, Reason.DEFECT, [Defect("scratch", 1, (0, 0, 1, 1), 0.5)]), "l", "c")
+    assert set(example) == set(wire)
+    assert set(example["defects"][0]) == set(wire["defects"][0])
+    # Every field is explained in the table (a row starting with the field name in backticks).
+    documented = set(re.findall(r"^\| `([a-z_]+)`", doc, re.M)) | {
+        n
+        for row in re.findall(r"^\| (`[a-z_]+`(?:, `[a-z_]+`)+) \|", doc, re.M)
+        for n in re.findall(r"`([a-z_]+)`", row)
+    }
+    assert set(wire) - {"schema", "line", "camera"} <= documented
