@@ -451,18 +451,27 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             loc = tuple(err["loc"])
-            message = err["msg"]
-            if err["type"] == "extra_forbidden":
+            message = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own validators
+            value = err.get("input")
+            kind = err["type"]
+            if kind == "extra_forbidden":
                 message = "unknown field" + _allowed_fields_hint(loc)
-            elif err["type"] == "missing":
+            elif kind == "missing":
                 message = "required field is missing"
+            elif kind in ("union_tag_invalid", "union_tag_not_found"):
+                # Point at the discriminator (source.kind) and its value, not at the whole section.
+                loc = (*loc, err["ctx"]["discriminator"].strip("'"))
+                if kind == "union_tag_invalid":
+                    message, value = f"unknown kind; allowed: {err['ctx']['expected_tags']}", err["ctx"]["tag"]
+                else:
+                    message = "required field is missing (it selects the kind of section)"
             issues.append(
                 ConfigIssue(
                     _yaml_path(lines, loc),
                     _nearest_line(lines, loc),
                     message,
-                    err.get("input"),
-                    has_value=err["type"] not in ("missing",) and "input" in err,
+                    value,
+                    has_value=kind not in ("missing", "union_tag_not_found") and "input" in err,
                 )
             )
         raise ConfigError(file, issues) from None
