@@ -22,8 +22,8 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 WORK=${WORK:-runs/demo}
 OUT=${OUT:-engines/demo}
-EPOCHS_REC=${EPOCHS_REC:-12}
-EPOCHS_SEG=${EPOCHS_SEG:-12}
+EPOCHS_REC=${EPOCHS_REC:-10}
+EPOCHS_SEG=${EPOCHS_SEG:-5}
 N_TRAIN=${N_TRAIN:-480}
 N_TEST=${N_TEST:-160}
 THREADS=${THREADS:-2}
