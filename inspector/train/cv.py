@@ -93,13 +93,13 @@ def cv_splits(
 # ----------------------------------------------------------------------------------------------- running
 
 
-def hardware() -> str:
+def hardware(device: str, threads: int) -> str:
     import torch
 
     cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    if torch.cuda.is_available():
+    if device != "cpu" and torch.cuda.is_available():
         return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)} (host: {cpu})"
-    return f"CPU only ({cpu}, torch threads {torch.get_num_threads()})"
+    return f"CPU only ({cpu}, {threads} torch thread(s) per process)"
 
 
 def run_group_task(split: Split, task: str, base_cfg: dict[str, Any], classes: list[str], out: Path, resume: bool):
@@ -295,7 +295,7 @@ def run_cv(args: argparse.Namespace) -> int:
         "classes": classes,
         "command": shlex.join(["inspector-train", *sys.argv[1:]]) if sys.argv else "",
         "commit": git_commit(),
-        "hardware": hardware(),
+        "hardware": hardware(args.device, args.threads),
         "started": started,
         "groups": args.groups,
         "split_seeds": [s.seed for s in splits],

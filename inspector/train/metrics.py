@@ -266,12 +266,13 @@ class PixelAccumulator:
 
 
 def summarize(values: list[float]) -> dict[str, float]:
-    """mean ± std (sample std, ddof=1) over groups, ignoring undefined (NaN) groups, and how many were defined."""
+    """mean ± std (sample std, ddof=1; NaN for fewer than 2) over groups, ignoring undefined (NaN) groups, and how
+    many were defined."""
     arr = np.asarray(values, dtype=np.float64)
     ok = arr[~np.isnan(arr)]
     return {
         "mean": float(ok.mean()) if ok.size else NAN,
-        "std": float(ok.std(ddof=1)) if ok.size > 1 else (0.0 if ok.size == 1 else NAN),
+        "std": float(ok.std(ddof=1)) if ok.size > 1 else NAN,  # one group has no spread to report
         "defined": int(ok.size),
         "n": int(arr.size),
     }
