@@ -420,6 +420,7 @@ class GenicamSource:
         self._ia_stack: contextlib.ExitStack | None = None
         self._converter: Converter | None = None
         self._layout: _Layout | None = None
+        self._buffer_pool: list[bytes] = []  # GenTL buffers, owned here and reused across reconnects
         self._views: dict[int, np.ndarray] = {}  # id(GenTL buffer bytes) -> image view, built once per buffer
         self._timestamps: str | None = None  # "ns", "ticks" or "host": what this device gives, found at frame 1
         self._tick_hz = 1
@@ -446,7 +447,13 @@ class GenicamSource:
         self._harvester = Harvester()
         for path in self._ctis:
             self._harvester.add_file(path)
-        self._connect()
+        try:
+            self._connect()
+        except BaseException:
+            # A refused open must not keep the producer's system module: in this process nothing else (not
+            # even a corrected retry) could enumerate the devices while it is held.
+            self.close()
+            raise
 
     def start(self) -> None:
         if self._ia is None:
@@ -661,11 +668,25 @@ class GenicamSource:
             except ValueError as exc:
                 raise SourceError(f"source.num_buffers {self.cfg.num_buffers}: {exc}") from None
             self._set_stream_mode(ia)
+            # harvesters allocates the GenTL buffers as Python bytes at every start, and the producer keeps a
+            # reference to each until it is revoked. A device that vanished cannot revoke them, so every
+            # reconnect would leak num_buffers x PayloadSize (80 MB a cycle on viky). The source owns the
+            # buffers instead and hands the same ones to each connection: memory stays flat (docs/CAMERA.md).
+            if hasattr(ia, "_create_raw_buffers"):
+                ia._create_raw_buffers = self._raw_buffers
+            else:  # pragma: no cover - a harvesters release without that hook
+                log.warning("harvesters has no buffer allocation hook: each reconnect may leak its buffers")
         except BaseException:
             stack.close()
             raise
         self._ia, self._ia_stack = ia, stack
         log.info("opened %s through %s", self.device_label, entry.cti)
+
+    def _raw_buffers(self, num_buffers: int = 0, size: int = 0) -> list[bytes]:
+        """The GenTL buffers to announce: the source's own, reused by every connection while the size holds."""
+        if len(self._buffer_pool) != num_buffers or any(len(b) != size for b in self._buffer_pool):
+            self._buffer_pool = [bytes(size) for _ in range(num_buffers)]
+        return self._buffer_pool
 
     def _check_format(self, node_map: Any) -> None:
         width, height, pixel_format = (_read(node_map, n) for n in ("Width", "Height", "PixelFormat"))
@@ -713,6 +734,10 @@ class GenicamSource:
         self._layout = None
         if ia is None:
             return
+        # genicam's ChunkAdapter registers weakref.finalize(self, self._destruct): the bound method keeps the
+        # adapter, and with it the device's whole GenApi node map (~0.4 MB), alive until that finalizer runs,
+        # which harvesters never does (it only drops its reference). Run it once the acquirer is gone.
+        adapter = getattr(ia, "_chunk_adapter", None)
         try:
             ia.stop()
         except Exception as exc:  # a lost device fails here in many ways; none actionable
@@ -721,6 +746,10 @@ class GenicamSource:
             stack.close()
         except Exception as exc:  # likewise
             log.debug("destroy after loss: %s", exc)
+        finalizer = getattr(adapter, "_finalizer", None)
+        if finalizer is not None:
+            with contextlib.suppress(Exception):
+                finalizer()
 
     def _lose(self, reason: str) -> None:
         self._fault = None
