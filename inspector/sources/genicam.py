@@ -328,7 +328,9 @@ def check_feature(node_map: Any, feature: GenicamFeature) -> str | None:
     if kind == EInterfaceType.intfIEnumeration:
         allowed = enum_entries(node)
         if not isinstance(value, str) or value not in allowed:
-            return f"{shown}: not an allowed entry of {name}; the device allows: {', '.join(allowed)}"
+            # YAML 1.1 reads unquoted On/Off/Yes/No as booleans: TriggerMode: Off arrives as False.
+            hint = ' (YAML reads unquoted On/Off as true/false: write "On"/"Off")' if isinstance(value, bool) else ""
+            return f"{shown}: not an allowed entry of {name}; the device allows: {', '.join(allowed)}{hint}"
         return None
     if kind == EInterfaceType.intfIBoolean:
         if not isinstance(value, bool):
