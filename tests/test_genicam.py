@@ -242,7 +242,7 @@ def test_reconnects_when_the_device_is_destroyed_under_the_running_source(opened
         run.wait_frames(10)
     assert events.flags() == [True, False, True]  # reported lost once, then connected once
     t_lost, _, why = events.states[1]
-    assert "producer error while fetching" in why
+    assert why.startswith("producer error while")  # fetching, or re-queueing when the close lands there
     assert t_lost - t_fault < 0.2  # an error is a loss at once, not after lost_after_ms
     after = [fid for t, fid in run.grabs if t > t_fault]
     assert after[:3] == [1, 2, 3]  # a new device object: acquisition restarted, frame ids from 1
