@@ -145,6 +145,7 @@ def test_rgba8_converts_to_rgb8_exactly(opened):
         ("Width", "wide", "Width = 'wide': Width is an Integer feature; give a number (100 .. 800 in steps of 1)"),
         ("ChunkModeActive", 1, "ChunkModeActive = 1: ChunkModeActive is a Boolean feature; give true or false"),
         ("AcquisitionStart", True, "AcquisitionStart is a Command node, which a config cannot set"),
+        ("GenDCStreamingMode", False, 'the device allows: Off, On (YAML reads unquoted On/Off as true/false'),
     ],
 )
 def test_an_invalid_feature_is_refused_naming_it_the_value_and_what_is_allowed(feature, value, message):
