@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import sys
@@ -166,6 +167,7 @@ def rss_mb() -> float:
 
 def bench_reconnect(args: argparse.Namespace) -> dict:
     """RSS across reconnect cycles: each destroys the device under the running source (DevClose)."""
+    logging.getLogger("inspector.sources.genicam").setLevel(logging.ERROR)  # one warning per cycle otherwise
     src = GenicamSource(camera_config(args, reconnect_backoff_ms=[1]), Events())
     src.open()
     src.start()
