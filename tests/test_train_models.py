@@ -17,7 +17,7 @@ from inspector.train.models import (
     receptive_field,
 )
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # 2 threads on a shared 2-core box are slower (measured 8x)
 
 
 @pytest.mark.parametrize("size", [(224, 224), (320, 320), (224, 320)])

@@ -15,8 +15,8 @@ from inspector.train.cli import main
 from inspector.train.datasets import load_dataset
 from inspector.train.recipe import PairDataset, TrainConfig, deployed_from_checkpoint, load_checkpoint, train
 
-torch.set_num_threads(2)
-SIZE = (96, 128)
+torch.set_num_threads(1)  # 2 threads on a shared 2-core box are slower (measured 8x)
+SIZE = (64, 96)
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +36,9 @@ def _cfg(task: str, **kw) -> TrainConfig:
         lr=1e-3,
         lr_schedule="constant",
         workers=0,
-        threads=2,
+        threads=1,
         augment=AugmentConfig(enabled=False),
-        crop=64,
+        crop=32,
         plots=False,
     )
     return TrainConfig(**{**base, **kw})
@@ -87,11 +87,11 @@ def test_cap_on_blocks_per_image(data):
 @pytest.mark.parametrize("task", ["recognizer", "segmenter"])
 def test_a_few_epochs_reduce_the_loss(data, tmp_path, task):
     _, samples, classes = data
-    best = train(_cfg(task), samples, samples[:8], classes, tmp_path)
+    best = train(_cfg(task, epochs=6), samples, samples[:8], classes, tmp_path)
     history = torch.load(tmp_path / "last.pt", weights_only=False)["history"]
     losses = [h["train_loss"] for h in history]
-    assert len(losses) == 8 and best.is_file()
-    assert np.mean(losses[-2:]) < 0.6 * losses[0], losses
+    assert len(losses) == 6 and best.is_file()
+    assert np.mean(losses[-2:]) < 0.75 * losses[0], losses
     assert all(h["replica_divergence"] == 0 for h in history)
 
 
@@ -145,7 +145,7 @@ def test_cli_trains_and_plots(data, tmp_path):
         "--arch",
         "resnet-tiny",
         "--size",
-        "96x128",
+        "64x96",
         "--epochs",
         "1",
         "--batch",
@@ -153,7 +153,7 @@ def test_cli_trains_and_plots(data, tmp_path):
         "--workers",
         "0",
         "--threads",
-        "2",
+        "1",
         "--out",
         str(out),
     ]
@@ -161,4 +161,13 @@ def test_cli_trains_and_plots(data, tmp_path):
     assert {"best.pt", "last.pt", "history.json", "loss.png", "predictions.png", "train.log"} <= {
         p.name for p in out.iterdir()
     }
-    assert main(["measure-resize", "--data", str(root), "--sizes", "64,96x128"]) == 0
+    assert main(["measure-resize", "--data", str(root), "--sizes", "64,64x96"]) == 0
+
+
+def test_auroc_hand_computed():
+    from inspector.train.recipe import auroc
+
+    # positives 0.9, 0.4; negatives 0.5, 0.1: pairs won 3 of 4 -> 0.75; a tie counts half
+    assert auroc(np.array([0.9, 0.4, 0.5, 0.1]), np.array([1, 1, 0, 0])) == 0.75
+    assert auroc(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5
+    assert np.isnan(auroc(np.array([0.5]), np.array([1])))

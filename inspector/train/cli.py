@@ -171,14 +171,15 @@ def run_measure(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     print(
-        "| defects | input | images | kept by nearest resize | median peak coverage | blocks kept |"
-        " median downscale | tiles per image |"
+        "| defects | input | images | kept by nearest resize | median peak coverage | peak < 0.5 |"
+        " median thinner side (net px) | blocks kept | median downscale | tiles per image |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['group']} | {r['height']}x{r['width']} | {r['masks']} | {r['nearest_kept']:.1%} | "
-            f"{r['area_peak_median']:.2f} | {r['blocks_kept']:.0%} | {r['scale_median']:.2f} | {r['tiles_mean']:.2f} |"
+            f"{r['area_peak_median']:.2f} | {r['diluted']:.1%} | {r['min_side_median']:.1f} | "
+            f"{r['blocks_kept']:.0%} | {r['scale_median']:.2f} | {r['tiles_mean']:.2f} |"
         )
     return 0
 

@@ -65,6 +65,8 @@ def measure_resize(
       segmenter's training label at network resolution keeps);
     - `area_peak_median`: median over masks of the largest INTER_AREA-resized mask value (1.0: some network
       pixel is entirely defect; 0.2: the defect is diluted to a fifth of a pixel, its contrast cut 5x);
+    - `diluted`: fraction whose peak is below 0.5 (no network pixel is even half defect: a faint smear);
+    - `min_side_median`: median of the defect's smaller bounding-box side in network pixels (thinness);
     - `blocks_kept`: fraction that keeps >= 1 defective block under the block rule (1.0 by construction);
     - `scale_median`: median linear downscale factor (max of the two axes); `tiles_mean`: mean number of
       size-sized tiles needed to cover the image at native resolution (inference cost relative to resize).
@@ -73,7 +75,7 @@ def measure_resize(
     for size in sizes:
         grid = grid_for(size, block)
         kept = blocks = 0
-        peak_values, scales, tiles = [], [], []
+        peak_values, scales, tiles, sides = [], [], [], []
         for mask in masks:
             m = mask.astype(np.uint8)
             kept += bool(resize_mask(m, size).any())
@@ -81,6 +83,9 @@ def measure_resize(
             peak_values.append(float(area.max()))
             blocks += bool(block_labels(mask, grid).any())
             h, w = mask.shape
+            ys, xs = np.nonzero(mask)
+            if len(ys):
+                sides.append(min((np.ptp(ys) + 1) * size[0] / h, (np.ptp(xs) + 1) * size[1] / w))
             scales.append(max(h / size[0], w / size[1]))
             tiles.append(math.ceil(h / size[0]) * math.ceil(w / size[1]))
         n = max(len(masks), 1)
@@ -91,6 +96,8 @@ def measure_resize(
                 "masks": len(masks),
                 "nearest_kept": kept / n,
                 "area_peak_median": float(np.median(peak_values)) if peak_values else 0.0,
+                "diluted": float(np.mean(np.array(peak_values) < 0.5)) if peak_values else 0.0,
+                "min_side_median": float(np.median(sides)) if sides else 0.0,
                 "blocks_kept": blocks / n,
                 "scale_median": float(np.median(scales)) if scales else 0.0,
                 "tiles_mean": float(np.mean(tiles)) if tiles else 0.0,
