@@ -84,6 +84,23 @@ def test_cap_on_blocks_per_image(data):
         assert select[0].sum() == select[1].sum() <= 1
 
 
+def test_normal_blocks_from_the_defective_image_keep_the_balance():
+    from inspector.train.recipe import balanced_selection
+
+    defective = np.zeros((7, 7), np.uint8)
+    defective[2:4, 2:4] = 1  # 4 defective blocks
+    good = np.zeros((7, 7), np.uint8)
+    rng = np.random.default_rng(0)
+    select = balanced_selection(defective, good, rng, normal_from_defective=0.5)
+    assert (select[0] & (defective == 1)).sum() == 4  # every defective block
+    own_normal = (select[0] & (defective == 0)).sum()
+    assert own_normal == 2 and select[1].sum() == 2  # 4 normal blocks: half from each image
+    select = balanced_selection(defective, good, rng)  # the paper: all normal blocks from the genuine image
+    assert select[0].sum() == 4 and select[1].sum() == 4
+    with pytest.raises(ValueError):
+        balanced_selection(defective, defective, rng)
+
+
 @pytest.mark.parametrize("task", ["recognizer", "segmenter"])
 def test_a_few_epochs_reduce_the_loss(data, tmp_path, task):
     _, samples, classes = data

@@ -75,6 +75,12 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output-stride", type=int, choices=(8, 16, 32), default=d.output_stride)
     p.add_argument("--block-min-pixels", type=int, default=d.block_min_pixels)
     p.add_argument("--blocks-per-image", type=int, default=d.blocks_per_image)
+    p.add_argument(
+        "--normal-from-defective",
+        type=float,
+        default=d.normal_from_defective,
+        help="share of normal blocks drawn from the defective image itself (0 = all from the genuine partner)",
+    )
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--rotation", type=float, default=a.rotation_deg, help="degrees, uniform in +-")
     p.add_argument("--perspective", type=float, default=a.perspective)
@@ -115,6 +121,7 @@ def config_from_args(args: argparse.Namespace):
         augment=augment,
         block_min_pixels=args.block_min_pixels,
         blocks_per_image=args.blocks_per_image,
+        normal_from_defective=args.normal_from_defective,
         crop=args.crop,
         crop_defect_bias=args.crop_defect_bias,
         output_stride=args.output_stride,

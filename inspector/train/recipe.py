@@ -76,6 +76,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     block_min_pixels: int = 1  # labels.py: defect pixels that make a block defective
     blocks_per_image: int = 0  # recognizer: cap on defective blocks per pair (0 = all)
+    normal_from_defective: float = 0.0  # recognizer: share of normal blocks drawn from the defective image
     crop: int = 128  # segmenter: branch crop side (multiple of 32, at most the input size)
     crop_defect_bias: float = 0.5  # segmenter: P(crop of a defective image centred on a defect pixel)
     output_stride: int = 16  # segmentation with resnet50: deep-feature stride (8 or 16; others stay at 32)
@@ -175,25 +176,39 @@ class PairDataset(Dataset):
             "defective": np.array([True, False]),
             "source": np.array([index, partner_index]),  # indices into the defective and the good list
         }
-        out["select"] = balanced_selection(items[0].blocks, items[1].blocks, rng, cfg.blocks_per_image)
+        out["select"] = balanced_selection(
+            items[0].blocks, items[1].blocks, rng, cfg.blocks_per_image, cfg.normal_from_defective
+        )
         if cfg.task == "segmenter":
             out["crop_box"] = np.stack([choose_crop(p.seg, cfg.crop, rng, cfg.crop_defect_bias) for p in items])
         return out
 
 
 def balanced_selection(
-    defective_blocks: np.ndarray, good_blocks: np.ndarray, rng: np.random.Generator, cap: int = 0
+    defective_blocks: np.ndarray,
+    good_blocks: np.ndarray,
+    rng: np.random.Generator,
+    cap: int = 0,
+    normal_from_defective: float = 0.0,
 ) -> np.ndarray:
-    """(2, gh, gw) bool: k defective blocks of the defective image and k random blocks of the genuine one."""
+    """(2, gh, gw) bool: the k defective blocks of the defective image, and k normal blocks — by default all
+    from the genuine image (the paper); `normal_from_defective` of them from the defective image's own normal
+    blocks instead, so "defect-free" is also learnt on the images that carry defects (otherwise a network can
+    lean on whatever tells the two image populations apart, e.g. their folders' lighting)."""
+    if good_blocks.any():
+        raise ValueError("a genuine image with defective blocks")
     select = np.zeros((2, *defective_blocks.shape), bool)
     positives = np.flatnonzero(defective_blocks)
     if cap > 0 and len(positives) > cap:
         positives = rng.choice(positives, cap, replace=False)
     k = min(len(positives), good_blocks.size)
     select[0].flat[positives[:k]] = True
-    # The genuine image's blocks are all normal (its mask is empty), so any k of them are normal blocks.
-    select[1].flat[rng.choice(good_blocks.size, k, replace=False)] = True
-    assert not good_blocks.any(), "a genuine image with defective blocks"
+    own_normal = np.flatnonzero(defective_blocks == 0)
+    k_own = min(round(normal_from_defective * k), len(own_normal))
+    if k_own:
+        select[0].flat[rng.choice(own_normal, k_own, replace=False)] = True
+    # The genuine image's blocks are all normal (its mask is empty), so any of them are normal blocks.
+    select[1].flat[rng.choice(good_blocks.size, k - k_own, replace=False)] = True
     return select
 
 
