@@ -188,3 +188,22 @@ def test_auroc_hand_computed():
     assert auroc(np.array([0.9, 0.4, 0.5, 0.1]), np.array([1, 1, 0, 0])) == 0.75
     assert auroc(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5
     assert np.isnan(auroc(np.array([0.5]), np.array([1])))
+
+
+def test_batches_do_not_depend_on_the_worker_count(data):
+    """Augmentation, partners and blocks are seeded per item, so worker processes change nothing."""
+    from torch.utils.data import DataLoader
+
+    from inspector.train.recipe import collate_pairs
+
+    _, samples, classes = data
+    defective = [s for s in samples if s.defective]
+    good = [s for s in samples if not s.defective]
+    dataset = PairDataset(defective, good, classes, _cfg("segmenter", augment=AugmentConfig()), "gray")
+    dataset.epoch = 1
+    batches = [
+        next(iter(DataLoader(dataset, batch_size=4, collate_fn=collate_pairs, num_workers=workers)))
+        for workers in (0, 2)
+    ]
+    for key in batches[0]:
+        assert torch.equal(batches[0][key], batches[1][key]), key
