@@ -258,6 +258,17 @@ def collate_plain(items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]
 # --------------------------------------------------------------------------------------------- training
 
 
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker: numpy and python from the worker's torch seed (which DataLoader derives per worker).
+
+    Items draw their own randomness from (seed, epoch, index); this only covers library code that would
+    reach for the global generators.
+    """
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -511,6 +522,9 @@ def _train(cfg, train_samples, val_samples, classes, out_dir: Path, ctx: D.DistC
             collate_fn=collate_pairs,
             num_workers=cfg.workers,
             pin_memory=ctx.device.type == "cuda",
+            # Worker seeds from (seed, epoch, rank), not from the global generator; numpy/random seeded too.
+            generator=torch.Generator().manual_seed(item_seed(cfg.seed, epoch, ctx.rank, salt=1)),
+            worker_init_fn=seed_worker,
         )
         ddp_model.train()
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not ctx.is_main, leave=False)
