@@ -21,7 +21,7 @@ Ties go to the more sensitive setting. Without validation data the thresholds gi
 0.5 / 0.5 / 1) are used, and the report says the operating point was not tuned.
 
 Subsets. "all": every test image. "small": the paper's small-defect subset — TPR over the defective test
-images whose defect covers 1..99 pixels of the full-resolution mask (mask >= 128), TNR over **all**
+images whose defect covers 1..99 pixels of the full-resolution mask (datasets.read_mask), TNR over **all**
 defect-free test images, ACC their mean. Defective images whose mask is empty (4 in Magnetic Tile's Uneven
 folder) count as defective in "all" and belong to no size subset; they are left out of pixel metrics.
 
