@@ -145,7 +145,7 @@ def test_rgba8_converts_to_rgb8_exactly(opened):
         ("Width", "wide", "Width = 'wide': Width is an Integer feature; give a number (100 .. 800 in steps of 1)"),
         ("ChunkModeActive", 1, "ChunkModeActive = 1: ChunkModeActive is a Boolean feature; give true or false"),
         ("AcquisitionStart", True, "AcquisitionStart is a Command node, which a config cannot set"),
-        ("GenDCStreamingMode", False, 'the device allows: Off, On (YAML reads unquoted On/Off as true/false'),
+        ("GenDCStreamingMode", False, "the device allows: Off, On (YAML reads unquoted On/Off as true/false"),
     ],
 )
 def test_an_invalid_feature_is_refused_naming_it_the_value_and_what_is_allowed(feature, value, message):
@@ -357,3 +357,108 @@ def test_camera_cli_lists_devices_and_features():
     assert rows["PixelFormat"]["allowed"] == "one of: RGBa8, Mono8"
     assert rows["PayloadSize"]["access"] == "read-only"
     assert "AcquisitionFrameRate" in rows
+
+
+def test_daemon_on_viky_publishes_one_verdict_per_frame_and_camera_events(tmp_path):
+    """The daemon (inspector run) on viky: a SUB socket gets verdicts with consecutive seq, and when the device
+    is destroyed under the running daemon, a camera-lost then a camera-connected event, with frames after."""
+    import gc
+    import json
+
+    zmq = pytest.importorskip("zmq")
+    cli = pytest.importorskip("inspector.cli", reason="the daemon's CLI (issue 3) is not in this tree yet")
+    from tiny_models import write_tiny_models
+
+    recognizer, segmenter = write_tiny_models(tmp_path / "models")
+    with socket_port() as port:
+        endpoint = f"tcp://127.0.0.1:{port}"
+    config = tmp_path / "line.yaml"
+    config.write_text(
+        f"""
+version: 1
+line: {{name: test, camera: viky}}
+source:
+  kind: genicam
+  device: "0"
+  width: 320
+  height: 240
+  pixel_format: mono8
+  num_buffers: 16
+  features:
+    - {{name: Width, value: 320}}
+    - {{name: Height, value: 240}}
+    - {{name: PixelFormat, value: Mono8}}
+    - {{name: AcquisitionFrameRate, value: 50.0}}
+  lost_after_ms: 1000
+  reconnect_backoff_ms: [100]
+models:
+  recognizer: {{path: {recognizer}}}
+  segmenter: {{path: {segmenter}}}
+publish:
+  broadcast: {{bind: "{endpoint}"}}
+  actuator: null
+metrics: {{enabled: false}}
+"""
+    )
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.RCVTIMEO, 200)
+    sub.connect(endpoint)
+    messages: list[dict] = []
+    done = threading.Event()
+
+    def listen_and_inject():
+        injected = False
+        while not done.is_set() or _poll(sub):
+            try:
+                _, payload = sub.recv_multipart()
+            except zmq.Again:
+                continue
+            messages.append(json.loads(payload))
+            verdicts = sum(m["schema"].startswith("inspector.verdict/") for m in messages)
+            if verdicts >= 30 and not injected:
+                injected = True
+                live = [o for o in gc.get_objects() if isinstance(o, GenicamSource) and o._ia is not None]
+                assert len(live) == 1
+                live[0]._ia.device.module.close()  # destroy the device under the running daemon
+
+    listener = threading.Thread(target=listen_and_inject, daemon=True)
+    listener.start()
+    try:
+        rc = cli.main(["run", "--config", str(config), "--max-frames", "120"])
+    finally:
+        time.sleep(0.5)
+        done.set()
+        listener.join(10)
+        sub.close(0)
+    assert rc == 0
+    verdicts = [m for m in messages if m["schema"].startswith("inspector.verdict/")]
+    seqs = [v["seq"] for v in verdicts]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gap: one verdict per frame, in order
+    assert seqs[-1] == 119  # the last of the 120 frames
+    camera_events = [m for m in messages if m["schema"].startswith("inspector.event/") and m["kind"] == "camera"]
+    states = [e.get("connected") for e in camera_events]
+    assert False in states and states[-1] is True  # lost once, then connected again
+    ids = [v["camera_frame_id"] for v in verdicts]
+    restart = ids.index(1, 1)  # frame ids start again at 1 on the re-created device
+    assert ids[:restart] == list(range(ids[0], ids[0] + restart))
+    assert ids[restart:] == list(range(1, len(ids) - restart + 1))
+
+
+def _poll(sock) -> bool:
+    return bool(sock.poll(0))
+
+
+class socket_port:
+    """A free TCP port on 127.0.0.1 (closed before use; good enough for a test)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self._s = socket.socket()
+        self._s.bind(("127.0.0.1", 0))
+        return self._s.getsockname()[1]
+
+    def __exit__(self, *exc):
+        self._s.close()

@@ -144,20 +144,58 @@ def bench_bare(args: argparse.Namespace) -> dict:
 
 
 def bench_daemon(args: argparse.Namespace) -> dict:
-    """The whole daemon in-process (recognizer on every frame), with the genicam source timed."""
+    """`inspector run` in-process (recognizer on every frame, segmenter gated), the genicam source timed."""
+    import tempfile
+
     import inspector.sources as sources
 
     try:
-        from inspector.daemon import Daemon  # noqa: F401 - the daemon's entry point (engineer A)
+        from inspector.cli import main as inspector_main
     except ImportError as exc:
-        print(json.dumps({"mode": "daemon", "skipped": f"inspector.daemon not available: {exc}"}))
+        print(json.dumps({"mode": "daemon", "skipped": f"the daemon's CLI is not available: {exc}"}), flush=True)
         return {}
-    sources.SOURCES["genicam"] = f"{__name__}:TimedGenicamSource"
-    return run_daemon(args)
+    demo = ROOT / "engines" / "demo"
+    with tempfile.TemporaryDirectory() as tmp:
+        if (demo / "recognizer.onnx").exists() and (demo / "segmenter.onnx").exists():
+            recognizer, segmenter, models = demo / "recognizer.onnx", demo / "segmenter.onnx", "engines/demo"
+        else:
+            sys.path.insert(0, str(ROOT / "tests"))
+            from tiny_models import write_tiny_models
 
-
-def run_daemon(args: argparse.Namespace) -> dict:  # replaced once the daemon's API is known
-    raise NotImplementedError
+            recognizer, segmenter = write_tiny_models(Path(tmp))
+            models = "tests/tiny_models.py"
+        cfg = camera_config(args)
+        config = Path(tmp) / "bench.yaml"
+        features = "".join(f"\n    - {{name: {f.name}, value: {f.value!r}}}" for f in cfg.features)
+        config.write_text(
+            f"""version: 1
+line: {{name: bench, camera: viky}}
+source:
+  kind: genicam
+  device: "{args.device}"
+  width: {args.width}
+  height: {args.height}
+  pixel_format: {args.pixel_format}
+  num_buffers: {args.buffers}
+  features:{features}
+models:
+  recognizer: {{path: {recognizer}}}
+  segmenter: {{path: {segmenter}}}
+publish: {{actuator: null, broadcast: {{bind: "tcp://127.0.0.1:*"}}}}
+metrics: {{enabled: false}}
+""".replace("'", '"')
+        )
+        sources.SOURCES["genicam"] = "bench_camera:TimedGenicamSource"
+        sys.modules.setdefault("bench_camera", sys.modules[__name__])
+        frames = int(args.seconds * args.rate)
+        t0 = time.monotonic()
+        rc = inspector_main(["run", "--config", str(config), "--max-frames", str(frames)])
+        wall = time.monotonic() - t0
+    src = TimedGenicamSource.last
+    if src is None:
+        print(json.dumps({"mode": "daemon", "error": f"inspector run exited {rc} without opening the camera"}))
+        return {}
+    return report("daemon + recognizer", src, wall, {"models": models, "exit_code": rc})
 
 
 def rss_mb() -> float:
