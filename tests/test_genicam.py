@@ -118,7 +118,7 @@ def test_frames_arrive_at_the_set_size_rate_and_format(opened, device, camera_fo
     assert all((g.height, g.width) == (240, 320) for g in grabs)
     assert all(g.timestamp_source == "host" and g.t_device_ns is None for g in grabs)  # viky has no timestamps
     elapsed = times[-1] - times[0]
-    assert 29 / 100 * 0.75 < elapsed < 29 / 100 * 1.6  # AcquisitionFrameRate = 100 took effect
+    assert 29 / 100 * 0.75 < elapsed < 29 / 100 * 2.0  # AcquisitionFrameRate = 100 took effect (20 fps default)
     assert src.stats.frames == 30 and src.stats.convert_ns > 0
 
 
@@ -265,7 +265,7 @@ def test_loss_is_detected_within_lost_after_ms_when_frames_stop(opened):
     t_lost, _, why = events.states[1]
     assert why == "no frame for 300 ms (fetches timed out)"
     last_frame = max(t for t, _ in run.grabs if t <= t_stop + 0.05)
-    assert 0.28 <= t_lost - last_frame <= 0.3 + 0.1  # within lost_after_ms (+ one 20 ms wait slice, + slack)
+    assert 0.28 <= t_lost - last_frame <= 0.3 + 0.2  # never early; late by at most a 20 ms slice + scheduling
 
 
 def _rss_mb() -> float:
