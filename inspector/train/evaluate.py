@@ -409,7 +409,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     }
     needed = ("pixel_threshold", "min_area_px") if info.pixel_task else ("block_threshold",)
     if all(k in fixed for k in needed):
-        thresholds, tuned_on = {k: fixed[k] for k in needed}, "given on the command line"
+        thresholds, tuned_on = {k: fixed[k] for k in needed}, "the command line (fixed, not tuned)"
     elif args.val_data or args.val_from_train:
         if args.val_data:
             val, _ = load_dataset(args.val_data)
