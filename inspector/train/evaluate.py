@@ -438,7 +438,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(jsonable(rep), indent=1) + "\n")
     block = decision_yaml(
-        thresholds, f"Suggested by inspector-train evaluate for {args.model}\noperating point tuned on {tuned_on}"
+        thresholds, f"Suggested by inspector-train evaluate for {args.model}\noperating point from {tuned_on}"
     )
     print(block, end="")
     if args.yaml:
