@@ -15,7 +15,8 @@
 #
 # Everything is seeded; torch runs with a fixed thread count, so a rerun on the same machine reproduces the
 # same weights. Variables: PYTHON, WORK (scratch, default runs/demo), OUT (default engines/demo), EPOCHS_REC,
-# EPOCHS_SEG, N_TRAIN, N_TEST, THREADS.
+# EPOCHS_SEG, N_TRAIN, N_TEST, THREADS, TASKS (default "recognizer segmenter": rebuild one model with
+# TASKS=recognizer; decision.yaml then takes the other model's block from its last run in WORK).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,7 @@ EPOCHS_SEG=${EPOCHS_SEG:-5}
 N_TRAIN=${N_TRAIN:-480}
 N_TEST=${N_TEST:-160}
 THREADS=${THREADS:-2}
+TASKS=${TASKS:-recognizer segmenter}
 SIZE=224
 VAL_FRACTION=0.15
 DATASET="synthetic parts (inspector.synth.write_dataset: $N_TRAIN images 320x320 mono8, seed 1, defect p 0.5, small 0.3)"
@@ -50,7 +52,7 @@ write_dataset(root / "test", n_test, seed=2, **common)
 EOF
 fi
 
-for task in recognizer segmenter; do
+for task in $TASKS; do
     epochs=$EPOCHS_REC
     [[ $task == segmenter ]] && epochs=$EPOCHS_SEG
     echo "== train $task (resnet-tiny, ${SIZE}x${SIZE}, $epochs epochs)"
