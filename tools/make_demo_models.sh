@@ -29,6 +29,8 @@ N_TRAIN=${N_TRAIN:-480}
 N_TEST=${N_TEST:-160}
 THREADS=${THREADS:-2}
 TASKS=${TASKS:-recognizer segmenter}
+# Extra `inspector-train train` flags for the recognizer only, e.g. REC_ARGS="--normal-from-defective 0.5".
+REC_ARGS=${REC_ARGS:-}
 SIZE=224
 VAL_FRACTION=0.15
 DATASET="synthetic parts (inspector.synth.write_dataset: $N_TRAIN images 320x320 mono8, seed 1, defect p 0.5, small 0.3)"
@@ -54,12 +56,13 @@ fi
 
 for task in $TASKS; do
     epochs=$EPOCHS_REC
-    [[ $task == segmenter ]] && epochs=$EPOCHS_SEG
+    extra=$REC_ARGS
+    [[ $task == segmenter ]] && epochs=$EPOCHS_SEG && extra=""
     echo "== train $task (resnet-tiny, ${SIZE}x${SIZE}, $epochs epochs)"
     rm -rf "${WORK:?}/$task"
     "$PYTHON" "${TRAIN[@]}" train --data "$WORK/data/train" --val-fraction $VAL_FRACTION --task $task \
         --arch resnet-tiny --size $SIZE --epochs "$epochs" --batch 8 --lr 2e-3 --crop 128 --seed 0 \
-        --workers 1 --threads "$THREADS" --device cpu --out "$WORK/$task"
+        --workers 1 --threads "$THREADS" --device cpu --out "$WORK/$task" $extra
     echo "== evaluate $task on the test set (operating point from the validation split)"
     "$PYTHON" "${TRAIN[@]}" evaluate --model "$WORK/$task/best.pt" --data "$WORK/data/test" \
         --val-from-train "$WORK/data/train" --val-fraction $VAL_FRACTION --threads "$THREADS" \
