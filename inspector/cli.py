@@ -1,0 +1,165 @@
+"""`inspector`: the command line of the runtime.
+
+    inspector run --config FILE [--max-frames N]     the daemon (what systemd runs)
+    inspector check-config FILE                       validate a line config and the models it names
+    inspector listen --config FILE [--count N] [--json]   print the verdicts that config publishes
+    inspector camera list | features DEVICE           GenICam cameras (integrators writing a config)
+
+Exit status: 0 ok; 2 bad config; 3 model/backend problem; 4 source or socket/port problem; 1 a runtime failure
+(the source failed for good while running). check-config uses 0 or 2 for anything it finds wrong. Errors are
+one clear message on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from inspector import camera_cli
+from inspector.config import ConfigError, load_config, resolve_path
+
+log = logging.getLogger("inspector")
+
+
+def _setup_logging(verbose: bool) -> None:
+    root = logging.getLogger()
+    if root.handlers:  # embedded (tests, benchmarks): the host decides where logs go
+        return
+    # Under systemd the journal timestamps each line; elsewhere a timestamp helps.
+    journal = "JOURNAL_STREAM" in os.environ
+    fmt = "%(levelname)s %(name)s: %(message)s" if journal else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, stream=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from inspector.daemon import Daemon
+
+    if args.max_frames is not None and args.max_frames < 1:
+        print("inspector run: --max-frames must be >= 1", file=sys.stderr)
+        return 2
+    daemon = Daemon(args.config, max_frames=args.max_frames, console=not args.no_console)
+    return daemon.run()
+
+
+def check_config(path: str | Path) -> list[str]:
+    """Problems with a config file and the models it names (empty = fine). No model is loaded into a backend."""
+    from inspector.decision import Decider, load_ignore_mask
+    from inspector.manifest import ManifestError, check_expectations
+    from inspector.pipeline import backend_settings, load_model_manifest
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        return str(exc).splitlines()
+    problems: list[str] = []
+    manifests = {}
+    specs = {"recognizer": config.models.recognizer}
+    if config.models.segmenter_mode != "never" and config.models.segmenter is not None:
+        specs["segmenter"] = config.models.segmenter
+    for role, spec in specs.items():
+        model = resolve_path(path, spec.path)
+        where = f"{path}: models.{role} ({model})"
+        try:
+            manifest = load_model_manifest(
+                config.models.backend, model, backend_settings(config), config.pipeline.batch_size
+            )
+            check_expectations(
+                manifest, task=role, expect_classes=spec.expect_classes, expect_input=spec.expect_input, where=where
+            )
+            if config.pipeline.batch_size > manifest.batch.max:
+                raise ManifestError(
+                    f"{where}: pipeline.batch_size {config.pipeline.batch_size} exceeds the model's largest batch "
+                    f"{manifest.batch.max}"
+                )
+            manifests[role] = manifest
+        except Exception as exc:  # ManifestError, BackendError: the message is the report
+            text = str(exc)
+            problems.append(text if text.startswith(str(path)) else f"{where}: {text}")
+    if "recognizer" in manifests and len(manifests) == len(specs):
+        frame = (config.source.height, config.source.width)
+        try:
+            mask = None
+            if config.decision.ignore_regions.mask:
+                mask = load_ignore_mask(resolve_path(path, config.decision.ignore_regions.mask), frame)
+            Decider(config.decision, frame, manifests["recognizer"], manifests.get("segmenter"), mask)
+        except (OSError, ValueError) as exc:
+            problems.append(f"{path}: decision: {exc}")
+    if config.source.kind == "folder":
+        folder = resolve_path(path, config.source.path)
+        if not folder.is_dir():
+            problems.append(f"{path}: source.path: {folder} is not a directory")
+    return problems
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    problems = check_config(args.file)
+    if problems:
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 2
+    print(f"{args.file}: ok")
+    return 0
+
+
+def connect_endpoint(bind: str) -> str:
+    """The address a subscriber on this host connects to for a bind address (wildcards -> loopback)."""
+    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
+        if bind.startswith(wildcard):
+            return "tcp://127.0.0.1:" + bind[len(wildcard) :]
+    return bind
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from inspector.publish import listen
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    endpoint = args.endpoint or connect_endpoint(config.publish.broadcast.bind)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how an integrator stops listening
+        listen(endpoint, config.topic, args.count, args.json, events=args.events, timeout_s=args.timeout)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="inspector", description="Real-time visual defect inspection.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the inspection daemon on a line config")
+    run.add_argument("--config", required=True, help="line config (YAML)")
+    run.add_argument("--max-frames", type=int, help="stop cleanly after N acquired frames (all verdicts published)")
+    run.add_argument("--no-console", action="store_true", help="no status line/log (the metrics still run)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a line config and check its models' manifests")
+    check.add_argument("file", help="line config (YAML)")
+    check.set_defaults(func=cmd_check_config)
+
+    lis = sub.add_parser("listen", help="print the verdicts a line config publishes (a ZeroMQ subscriber)")
+    lis.add_argument("--config", required=True, help="line config whose broadcast endpoint and topic to use")
+    lis.add_argument("--count", type=int, help="stop after N verdicts")
+    lis.add_argument("--json", action="store_true", help="one JSON object a line (the wire message)")
+    lis.add_argument("--events", action="store_true", help="also print events (start, stop, reload, camera)")
+    lis.add_argument("--endpoint", help="connect here instead of the config's broadcast address")
+    lis.add_argument("--timeout", type=float, help="stop when nothing arrived for this many seconds")
+    lis.set_defaults(func=cmd_listen)
+
+    camera_cli.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

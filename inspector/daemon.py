@@ -1,0 +1,367 @@
+"""The daemon: wires config, models, source, pipeline, publisher, metrics, systemd and signals together.
+
+Start-up (in this order; each failure is a one-paragraph message and an exit status, never a traceback):
+  config (exit 2) -> models loaded and warmed up (exit 3; 2 when the config disagrees with them) ->
+  publisher bound (exit 4) -> source opened (exit 4) -> metrics exporter (exit 4) -> pipeline started ->
+  READY=1 and a `start` event. READY therefore means: models loaded, warm-up inference done, frames flowing.
+
+Signals (handled on the main thread, which does nothing on the hot path):
+- SIGHUP: reload. The YAML is re-read and validated; a valid file becomes a new `Runtime` (models reused when
+  unchanged, new ones loaded and warmed up beside the running ones) swapped in between two batches. An invalid
+  file, or one that changes a restart-only setting (line, source, publish, metrics, pipeline.ring_slots), is
+  refused as a whole, logged with file/line or the settings named, counted as reload result "invalid", and the
+  running config stays. A valid file whose models cannot be loaded is counted "failed". RELOADING=1 ... READY=1.
+- SIGTERM / SIGINT: STOPPING=1, stop acquiring, inspect the frames in flight (or, past the drain budget,
+  reject them with reason shutdown), publish every verdict, close the publisher (it drains), exit 0.
+
+Events on the broadcast stream: start, stop, reload (result ok/invalid/failed), camera (connected or lost).
+
+The systemd watchdog is pinged only while verdicts are being made (service.Watchdog on the decided counter):
+a hung camera, model or pipeline stops the pings. On a hardware-triggered line WatchdogSec must therefore be
+longer than the longest legitimate gap between two parts, or systemd restarts an idle but healthy daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from inspector.config import Config, ConfigError, load_config, resolve_path
+from inspector.console import Console, LiveStats, MetricsTap
+from inspector.metrics import Metrics
+from inspector.pipeline import (
+    Pipeline,
+    Runtime,
+    StartupError,
+    build_runtime,
+    close_retired,
+    restart_only_changes,
+)
+from inspector.publish import Publisher, PublisherError
+from inspector.service import Notifier, Watchdog
+from inspector.sources import SourceError, source_class
+
+log = logging.getLogger("inspector.daemon")
+
+DRAIN_EXTRA_S = 2.0  # beyond deadline_ms, how long SIGTERM waits for frames in flight to be inspected
+PUBLISHER_CLOSE_S = 5.0
+
+
+class _Events:
+    """SourceEvents: camera state goes to the gauge, the log and the broadcast stream (never blocks)."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+
+    def camera_state(self, connected: bool, detail: str) -> None:
+        d = self.daemon
+        if d.metrics is not None:
+            d.metrics.camera_connected(connected)
+        (log.info if connected else log.warning)("camera %s: %s", "connected" if connected else "lost", detail)
+        if d.publisher is not None:
+            d.publisher.event("camera", connected=connected, detail=detail)
+
+
+def source_config(config: Config, config_file: str | Path) -> Any:
+    """The source section as the source class wants it: a folder path resolved against the config file."""
+    cfg = config.source
+    if cfg.kind == "folder":
+        return cfg.model_copy(update={"path": str(resolve_path(config_file, cfg.path))})
+    return cfg
+
+
+class Daemon:
+    def __init__(
+        self,
+        config_file: str | Path,
+        *,
+        max_frames: int | None = None,
+        console: bool = True,
+        config_overrides: dict[str, Any] | None = None,
+        install_signals: bool = True,
+        notifier: Notifier | None = None,
+    ):
+        self.config_file = Path(config_file)
+        self.max_frames = max_frames
+        self.use_console = console
+        self.overrides = config_overrides or {}
+        self.install_signals = install_signals
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.config: Config | None = None
+        self.metrics: Metrics | None = None
+        self.stats = LiveStats()
+        self.publisher: Publisher | None = None
+        self.source: Any = None
+        self.runtime: Runtime | None = None
+        self.pipeline: Pipeline | None = None
+        self.watchdog: Watchdog | None = None
+        self.console: Console | None = None
+        self.metrics_port: int | None = None
+        self.reloads: dict[str, int] = {"ok": 0, "invalid": 0, "failed": 0}
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._wake = threading.Event()
+        self._old_handlers: dict[int, Any] = {}
+        self._torn_down = False
+
+    # ------------------------------------------------------------------------------------------- config
+
+    def _load(self) -> Config:
+        config = load_config(self.config_file)
+        if self.overrides:
+            # Overrides (benchmarks) replace whole sections; validation of the file itself already happened.
+            config = config.model_copy(update=self.overrides)
+        return config
+
+    # ------------------------------------------------------------------------------------------ startup
+
+    def start(self) -> None:
+        """Bring everything up; raises StartupError (with the exit status) and leaves nothing running."""
+        try:
+            self._start()
+        except BaseException:
+            self._teardown()
+            raise
+
+    def _start(self) -> None:
+        try:
+            config = self._load()
+        except ConfigError as exc:
+            raise StartupError(2, str(exc)) from None
+        self.config = config
+        line, camera = config.line.name, config.line.camera
+        self.metrics = Metrics(line, camera)
+        tap = MetricsTap(self.metrics, self.stats)
+
+        t0 = time.perf_counter()
+        self.runtime = build_runtime(config, self.config_file)
+        log.info(
+            "models loaded and warmed up in %.1f s: %s (%s backend, segmenter %s)",
+            time.perf_counter() - t0,
+            ", ".join(f"{m.role}={m.path.name}" for m in self.runtime.models()),
+            config.models.backend,
+            config.models.segmenter_mode,
+        )
+
+        self.publisher = Publisher(config.publish, config.topic, tap)
+        try:
+            self.publisher.start()
+        except PublisherError as exc:
+            self.publisher = None
+            raise StartupError(4, f"publish: {exc}") from None
+
+        src_cfg = source_config(config, self.config_file)
+        try:
+            self.source = source_class(src_cfg.kind)(src_cfg, _Events(self))
+            self.source.open()
+        except SourceError as exc:
+            raise StartupError(4, f"source ({src_cfg.kind}): {exc}") from None
+        except ImportError as exc:  # a camera extra that is not installed
+            raise StartupError(4, f"source ({src_cfg.kind}): {exc}; install the camera extra") from None
+
+        if config.metrics.enabled:
+            try:
+                self.metrics_port = self.metrics.serve(config.metrics.bind, config.metrics.port)
+            except RuntimeError as exc:
+                raise StartupError(4, f"metrics: {exc}") from None
+            log.info("metrics on http://%s:%d/metrics", config.metrics.bind, self.metrics_port)
+        self._describe(self.runtime)
+
+        paced = getattr(config.source, "rate_hz", 0.0) is None  # a replay/simulator as fast as we take it
+        self.pipeline = Pipeline(
+            self.source,
+            self.runtime,
+            self.publisher,
+            self.metrics,
+            ring_slots=config.pipeline.ring_slots,
+            paced_by_pipeline=paced,
+            max_frames=self.max_frames,
+        )
+        if self.install_signals and threading.current_thread() is threading.main_thread():
+            for sig, handler in (
+                (signal.SIGHUP, self._on_hup),
+                (signal.SIGTERM, self._on_term),
+                (signal.SIGINT, self._on_term),
+            ):
+                self._old_handlers[sig] = signal.signal(sig, handler)
+        self.pipeline.start()
+        pipeline = self.pipeline
+        self.watchdog = Watchdog(self.notifier, lambda: pipeline.counters.decided)
+        self.publisher.event("start", config_hash=self.runtime.config_hash, model_hashes=self.runtime.model_hashes)
+        self.notifier.ready(f"inspecting {config.topic}, config {self.runtime.config_hash}")
+        self.watchdog.start()
+        if self.use_console:
+            self.console = Console(self.stats, config.console.status_interval_s, pipeline.counters)
+            publisher = self.publisher
+            self.console.dropped = lambda: publisher.dropped
+        log.info(
+            "inspecting %s from %s source (config %s, pid %d)",
+            config.topic,
+            config.source.kind,
+            self.runtime.config_hash,
+            os.getpid(),
+        )
+
+    def _describe(self, rt: Runtime) -> None:
+        assert self.metrics is not None
+        self.metrics.config_info(rt.config_hash, file=str(self.config_file))
+        for m in rt.models():
+            self.metrics.engine_info(
+                m.role,
+                backend=rt.config.models.backend,
+                path=str(m.path),
+                sha256=m.sha256,
+                architecture=m.manifest.architecture,
+                input=f"{m.manifest.input.height}x{m.manifest.input.width}x{m.manifest.input.channels}",
+            )
+
+    # -------------------------------------------------------------------------------------- main loop
+
+    def _on_hup(self, signum: int, frame: Any) -> None:
+        self.request_reload()
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.stop()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> int:
+        """start() + wait(): the whole life of `inspector run`. Returns the exit status."""
+        try:
+            self.start()
+        except StartupError as exc:
+            log.error("cannot start: %s", exc)
+            return exc.code
+        return self.wait()
+
+    def wait(self) -> int:
+        """Serve reloads and the console until stopped (signal, max_frames, end of stream), then shut down."""
+        assert self.pipeline is not None
+        try:
+            while not self._stop.is_set() and not self.pipeline.finished.is_set():
+                timeout = 0.25 if self.console is None else max(0.01, min(0.25, self.console.due()))
+                self._wake.wait(timeout)
+                self._wake.clear()
+                if self._reload.is_set() and not self._stop.is_set():
+                    self._reload.clear()
+                    self.reload()
+                if self.console is not None:
+                    self.console.tick()
+        finally:
+            rc = self._shutdown()
+        return rc
+
+    # ----------------------------------------------------------------------------------------- reload
+
+    def reload(self) -> str:
+        """Re-read the config file and apply it atomically, or refuse it. Returns ok / invalid / failed."""
+        assert self.runtime is not None and self.pipeline is not None and self.publisher is not None
+        assert self.metrics is not None and self.config is not None
+        self.notifier.reloading()
+        try:
+            result, error = self._reload_once()
+        finally:
+            self.notifier.ready(f"inspecting {self.config.topic}, config {self.runtime.config_hash}")
+        self.reloads[result] += 1
+        self.metrics.reload(result)
+        fields: dict[str, Any] = {"result": result, "config_hash": self.runtime.config_hash}
+        if error:
+            fields["error"] = error
+        self.publisher.event("reload", **fields)
+        return result
+
+    def _reload_once(self) -> tuple[str, str | None]:
+        assert self.runtime is not None and self.pipeline is not None and self.config is not None
+        try:
+            new = self._load()
+        except ConfigError as exc:
+            log.error("reload refused, the running config stays:\n%s", exc)
+            return "invalid", str(exc)
+        changed = restart_only_changes(self.config, new)
+        if changed:
+            error = (
+                f"{self.config_file}: reload refused, nothing applied: {', '.join(changed)} can only change with a "
+                "restart (systemctl restart); the running config stays"
+            )
+            log.error("%s", error)
+            return "invalid", error
+        try:
+            runtime = build_runtime(new, self.config_file, previous=self.runtime)
+        except StartupError as exc:
+            log.error("reload failed, the running config stays: %s", exc)
+            return "failed", str(exc)
+        old = self.pipeline.swap(runtime)
+        self.runtime, self.config = runtime, new
+        if old is not None and old is not runtime:
+            close_retired(old, runtime)
+        self._describe(runtime)
+        log.info("reloaded %s: config %s", self.config_file, runtime.config_hash)
+        return "ok", None
+
+    # --------------------------------------------------------------------------------------- shutdown
+
+    def _shutdown(self) -> int:
+        assert self.pipeline is not None and self.publisher is not None and self.runtime is not None
+        # STOPPING=1 first: systemd then knows the unit is going down (and the watchdog pauses with us).
+        self.notifier.stopping()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        drain_s = self.runtime.config.pipeline.deadline_ms / 1000 + DRAIN_EXTRA_S
+        self.pipeline.stop(drain_s)
+        if not self.pipeline.join(drain_s + 30):
+            log.error("pipeline threads did not stop; exiting anyway")
+        counters = self.pipeline.counters
+        reason = (
+            self.pipeline.fatal
+            or ("end of stream" if self.pipeline.end_of_stream else None)
+            or ("max frames" if self.max_frames is not None and counters.acquired >= self.max_frames else "stopped")
+        )
+        self.publisher.event("stop", reason=reason, acquired=counters.acquired, decided=counters.decided)
+        self.publisher.close(PUBLISHER_CLOSE_S)
+        if self.console is not None:
+            self.console.finish()
+        log.info(
+            "stopped (%s): acquired %d, published %d, dropped on the way out %d, not inspected %s",
+            reason,
+            counters.acquired,
+            self.publisher.published,
+            self.publisher.dropped,
+            counters.not_inspected or "none",
+        )
+        self._teardown()
+        return 1 if self.pipeline.fatal else 0
+
+    def _teardown(self) -> None:
+        """Release whatever was brought up (also after a failed start). Idempotent."""
+        if self._torn_down:
+            return
+        self._torn_down = True
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self._old_handlers.clear()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        if self.publisher is not None and not self.pipeline:
+            self.publisher.close(1.0)
+        if self.source is not None:
+            try:
+                self.source.close()
+            except Exception as exc:
+                log.warning("source.close() failed: %s", exc)
+            self.source = None
+        if self.runtime is not None:
+            close_retired(self.runtime, None)
+        if self.metrics is not None:
+            self.metrics.close()
+        self.notifier.close()
