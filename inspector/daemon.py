@@ -28,6 +28,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ class Daemon:
         config_overrides: dict[str, Any] | None = None,
         install_signals: bool = True,
         notifier: Notifier | None = None,
+        before_start: Callable[[Daemon], None] | None = None,
     ):
         self.config_file = Path(config_file)
         self.max_frames = max_frames
@@ -92,6 +94,9 @@ class Daemon:
         self.overrides = config_overrides or {}
         self.install_signals = install_signals
         self.notifier = notifier if notifier is not None else Notifier()
+        # Called after everything is up and before the first frame is acquired (embedding, tests: e.g. wait
+        # until a subscriber is connected so it sees seq 0).
+        self.before_start = before_start
         self.config: Config | None = None
         self.metrics: Metrics | None = None
         self.stats = LiveStats()
@@ -138,6 +143,14 @@ class Daemon:
         self.metrics = Metrics(line, camera)
         tap = MetricsTap(self.metrics, self.stats)
 
+        # Sockets first: monitors and the PLC gateway connect while the models load, and see the first verdict.
+        self.publisher = Publisher(config.publish, config.topic, tap)
+        try:
+            self.publisher.start()
+        except PublisherError as exc:
+            self.publisher = None
+            raise StartupError(4, f"publish: {exc}") from None
+
         t0 = time.perf_counter()
         self.runtime = build_runtime(config, self.config_file)
         log.info(
@@ -147,13 +160,6 @@ class Daemon:
             config.models.backend,
             config.models.segmenter_mode,
         )
-
-        self.publisher = Publisher(config.publish, config.topic, tap)
-        try:
-            self.publisher.start()
-        except PublisherError as exc:
-            self.publisher = None
-            raise StartupError(4, f"publish: {exc}") from None
 
         src_cfg = source_config(config, self.config_file)
         try:
@@ -189,11 +195,14 @@ class Daemon:
                 (signal.SIGINT, self._on_term),
             ):
                 self._old_handlers[sig] = signal.signal(sig, handler)
-        self.pipeline.start()
+        if self.before_start is not None:
+            self.before_start(self)
         pipeline = self.pipeline
         self.watchdog = Watchdog(self.notifier, lambda: pipeline.counters.decided)
         self.publisher.event("start", config_hash=self.runtime.config_hash, model_hashes=self.runtime.model_hashes)
+        # READY=1 before the first frame: models are loaded and warmed up, sockets bound, the source open.
         self.notifier.ready(f"inspecting {config.topic}, config {self.runtime.config_hash}")
+        self.pipeline.start()
         self.watchdog.start()
         if self.use_console:
             self.console = Console(self.stats, config.console.status_interval_s, pipeline.counters)
