@@ -65,6 +65,7 @@ class Collector:
         self.sub.setsockopt(zmq.RECONNECT_IVL, 10)
         self.sub.connect(f"tcp://127.0.0.1:{port}")
         self.messages: list[dict] = []
+        self.first_verdict_at = float("inf")  # monotonic time the first verdict arrived
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -75,8 +76,11 @@ class Collector:
             if not self.sub.poll(20):
                 continue
             _, payload = self.sub.recv_multipart()
+            msg = json.loads(payload)
+            if self.first_verdict_at == float("inf") and msg["schema"].startswith("inspector.verdict/"):
+                self.first_verdict_at = time.monotonic()
             with self._lock:
-                self.messages.append(json.loads(payload))
+                self.messages.append(msg)
 
     def verdicts(self) -> list[dict]:
         with self._lock:
