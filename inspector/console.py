@@ -60,6 +60,7 @@ class LiveStats:
                     w["lat"][w["n"]] = latency_s
                 w["n"] += 1
                 w["by_reason"][reason] = w["by_reason"].get(reason, 0) + 1
+                w["segmented"] += v.segmenter_ran
 
     def latency_percentiles_ms(self) -> tuple[float, float]:
         with self._lock:
@@ -72,14 +73,19 @@ class LiveStats:
     def begin_window(self, capacity: int) -> None:
         """Start recording every published verdict's latency (benchmarks), up to `capacity` of them."""
         with self._lock:
-            self._window = {"lat": np.zeros(capacity, np.float64), "n": 0, "by_reason": {}}
+            self._window = {"lat": np.zeros(capacity, np.float64), "n": 0, "by_reason": {}, "segmented": 0}
 
     def end_window(self) -> dict[str, Any]:
         with self._lock:
             w, self._window = self._window, None
         if w is None:
             raise RuntimeError("end_window() without begin_window()")
-        return {"published": w["n"], "latencies_s": w["lat"][: min(w["n"], len(w["lat"]))], "by_reason": w["by_reason"]}
+        return {
+            "published": w["n"],
+            "latencies_s": w["lat"][: min(w["n"], len(w["lat"]))],
+            "by_reason": w["by_reason"],
+            "segmented": w["segmented"],
+        }
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -164,8 +170,9 @@ class Console:
             log.info("%s", text)
 
     def finish(self) -> None:
-        """Final line (kept on screen in a terminal)."""
-        self.tick(force=True)
+        """Final line (kept on screen in a terminal), unless the last one is already current."""
+        if self.stats.snapshot()["published"] != self._last_published:
+            self.tick(force=True)
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()

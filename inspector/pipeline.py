@@ -101,6 +101,15 @@ class Runtime:
     def models(self) -> list[LoadedModel]:
         return [m for m in (self.recognizer, self.segmenter) if m is not None]
 
+    @property
+    def rec_key(self) -> tuple:
+        """What the recognizer's input depends on: frames preprocessed for an equal key can be reused."""
+        return input_key(self.recognizer.manifest)
+
+
+def input_key(m: ModelManifest) -> tuple:
+    return (m.input.height, m.input.width, m.input.channels, m.preprocessing.color, m.preprocessing.resize)
+
 
 def backend_settings(config: Config) -> Any:
     """ONNX Runtime takes its own section; both GPU backends take models.tensorrt."""
@@ -290,6 +299,7 @@ class _Item:
     slot: int
     verdict: Verdict
     bad: str | None = None
+    prepped: tuple | None = None  # input_key of the recognizer input already made from this slot, if any
 
 
 @dataclass
@@ -327,6 +337,15 @@ class Pipeline:
         self.ring = FrameRing(ring_slots, *shape)
         # Where an overload frame is read to: it must leave the camera, but there is no slot to keep it in.
         self._scratch = np.zeros(shape, np.uint8)
+        # The recognizer's resize runs in the acquisition thread, into one network-input row per slot: it then
+        # overlaps with inference (OpenCV and ONNX Runtime both release the GIL) instead of adding to it. The
+        # inference thread copies the row into the batch (input-sized, far smaller than the frame). A reload to
+        # a recognizer with another input spec falls back to resizing in the inference thread (key mismatch).
+        m = runtime.recognizer.manifest
+        self._prep_key = input_key(m)
+        self._prep = Preprocessor(
+            ring_slots, (m.input.height, m.input.width), m.preprocessing.color, cfg.pixel_format, m.preprocessing.resize
+        )
         self.counters = PipelineCounters()
         self.fatal: str | None = None  # set when the source failed for good
         self.end_of_stream = False
@@ -447,6 +466,11 @@ class Pipeline:
                 metrics.stage("acquire", time.perf_counter() - t0)
                 metrics.camera_drops(grab.camera_drops_before)
                 item = _Item(-1 if slot is None else slot, v, grab.bad_frame)
+                if slot is not None and grab.bad_frame is None:
+                    t1 = time.perf_counter()
+                    self._prep.put(slot, out)
+                    item.prepped = self._prep_key
+                    metrics.stage("preprocess", time.perf_counter() - t1)
                 with self._cond:
                     self.counters.acquired = seq
                     self._queue.append(item)
@@ -537,22 +561,23 @@ class Pipeline:
         held = self._held
         metrics = self.metrics
         try:
-            t0 = time.perf_counter()
             # The segmenter's rows are written here only when it sees every frame and cannot copy them.
             seg_upfront = rt.seg_pre is not None and rt.mode == "always" and not rt.seg_shares_input
+            rec_key = rt.rec_key
             for i, item in enumerate(todo):
                 held.append(item.slot)
-                frame = self.ring.view(item.slot)
-                rt.rec_pre.put(i, frame)
+                if item.prepped == rec_key:
+                    np.copyto(rt.rec_pre.buffer[i], self._prep.buffer[item.slot])
+                else:
+                    rt.rec_pre.put(i, self.ring.view(item.slot))
                 if seg_upfront:
-                    rt.seg_pre.put(i, frame)
+                    rt.seg_pre.put(i, self.ring.view(item.slot))
             # Gated with a different input spec needs the pixels again after the recognizer; otherwise the
             # slots are free now, before inference, so acquisition can reuse them while the models run.
             keep = rt.mode == "gated" and not rt.seg_shares_input
             if not keep:
                 self._release_held()
             t1 = time.perf_counter()
-            metrics.stage("preprocess", t1 - t0)
 
             block_scores = rt.recognizer.backend.run(n)["block_scores"]
             t2 = time.perf_counter()
@@ -644,12 +669,15 @@ class Pipeline:
 # -------------------------------------------------------------------------------------------- benchmark
 
 
-def benchmark(config_path: str | Path, seconds: float, *, settle_s: float = 1.0) -> dict:
+def benchmark(
+    config_path: str | Path, seconds: float, *, settle_s: float = 1.0, update: dict[str, dict] | None = None
+) -> dict:
     """Run the daemon in-process on the config's source for `seconds` and measure it.
 
     No metrics server and no actuator channel; the broadcast socket binds a free port. Frames from the first
-    `settle_s` are not counted (thread start-up, first batches). Returns frames/s of verdicts published,
-    acquisition-to-publish p50/p99 (ms) over the measured window, and the counts.
+    `settle_s` are not counted (thread start-up, first batches). `update` changes fields of sections, e.g.
+    {"models": {"segmenter_mode": "never"}} (paths in the file stay relative to it). Returns frames/s of
+    verdicts published, acquisition-to-publish p50/p99 (ms) over the measured window, and the counts.
     """
     from inspector.daemon import Daemon
 
@@ -664,6 +692,8 @@ def benchmark(config_path: str | Path, seconds: float, *, settle_s: float = 1.0)
         }
     )
     overrides = {"publish": publish, "metrics": config.metrics.model_copy(update={"enabled": False})}
+    for section, fields in (update or {}).items():
+        overrides[section] = getattr(config, section).model_copy(update=fields)
     daemon = Daemon(config_path, console=False, config_overrides=overrides, install_signals=False)
     daemon.start()
     stats = daemon.stats
@@ -685,6 +715,7 @@ def benchmark(config_path: str | Path, seconds: float, *, settle_s: float = 1.0)
         "seconds": elapsed,
         "published": window["published"],
         "by_reason": window["by_reason"],
+        "segmented": window["segmented"],
         "acquired_total": daemon.pipeline.counters.acquired if daemon.pipeline else 0,
         "mean_batch": (
             daemon.pipeline.counters.batched_frames / max(1, daemon.pipeline.counters.batches)
