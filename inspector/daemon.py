@@ -1,9 +1,10 @@
 """The daemon: wires config, models, source, pipeline, publisher, metrics, systemd and signals together.
 
 Start-up (in this order; each failure is a one-paragraph message and an exit status, never a traceback):
-  config (exit 2) -> models loaded and warmed up (exit 3; 2 when the config disagrees with them) ->
-  publisher bound (exit 4) -> source opened (exit 4) -> metrics exporter (exit 4) -> pipeline started ->
-  READY=1 and a `start` event. READY therefore means: models loaded, warm-up inference done, frames flowing.
+  config (exit 2) -> publisher bound (exit 4; first, so subscribers connect while the models load) ->
+  models loaded and warmed up (exit 3; 2 when the config disagrees with them) -> source opened (exit 4) ->
+  metrics exporter (exit 4) -> `start` event -> READY=1 -> first frame. READY therefore means: models loaded,
+  warm-up inference done, sockets bound, source open.
 
 Signals (handled on the main thread, which does nothing on the hot path):
 - SIGHUP: reload. The YAML is re-read and validated; a valid file becomes a new `Runtime` (models reused when
