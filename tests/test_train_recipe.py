@@ -190,6 +190,47 @@ def test_auroc_hand_computed():
     assert np.isnan(auroc(np.array([0.5]), np.array([1])))
 
 
+def test_best_pixel_f1_over_thresholds_hand_computed():
+    from inspector.train.recipe import best_f1_over_thresholds
+
+    # 5 bins (thresholds 0, .25, .5, .75, 1). Defect pixels at bins 2, 3, 3; background at 0 x 10, 1, 2, 4.
+    # t = .5: tp 3, fp 2 (bins 2 and 4), fn 0 -> F1 6/8 = .75; t = .25: 6/9; t = .75: tp 2, fp 1, fn 1 -> 4/6;
+    # t = 0: 6/19.
+    defect = np.array([0, 0, 1, 2, 0])
+    background = np.array([10, 1, 1, 0, 1])
+    f1, threshold = best_f1_over_thresholds(defect, background)
+    assert (f1, threshold) == (0.75, 0.5)
+    assert best_f1_over_thresholds(np.zeros(5, int), background) == (0.0, 0.0)  # no defect pixels: F1 0
+
+
+def test_segmenter_validation_reports_the_best_f1_where_the_arg_max_finds_nothing(data):
+    """The arg-max over background and defect classes can stay background while P(defect) already ranks the
+    defect pixels first; checkpoint selection must see that (key_metric)."""
+    from torch.utils.data import DataLoader
+
+    from inspector.train.recipe import EvalDataset, collate_plain, key_metric, validate
+
+    _, samples, classes = data
+    cfg = _cfg("segmenter")
+    defective = [s for s in samples if s.defective][:2]
+    loader = DataLoader(EvalDataset(defective, classes, cfg, "gray"), batch_size=2, collate_fn=collate_plain)
+
+    class Oracle(torch.nn.Module):
+        """P(background) 0.6 everywhere, the rest spread over the defect classes: 0.4 / n on truth pixels."""
+
+        def forward(self, x):
+            truth = next(iter(loader))["seg"] > 0
+            logits = torch.zeros(x.shape[0], len(classes) + 1, *x.shape[-2:])
+            logits[:, 0] = 5.0
+            logits[:, 1:] += torch.where(truth, 5.0 + np.log(0.4 / 0.6 / len(classes)), -5.0)[:, None]
+            return logits
+
+    metrics, _ = validate(Oracle(), "segmenter", loader, (0.5,), (0.25,), torch.device("cpu"))
+    assert metrics["val_f1"] == 0.0  # nothing wins the arg-max
+    assert metrics["val_best_f1"] == 1.0 and 0.0 < metrics["val_best_threshold"] <= 0.4
+    assert key_metric("segmenter") == "val_best_f1"
+
+
 def test_batches_do_not_depend_on_the_worker_count(data):
     """Augmentation, partners and blocks are seeded per item, so worker processes change nothing."""
     from torch.utils.data import DataLoader
