@@ -98,6 +98,15 @@ def raw_engine(config_path: Path, role: str, seconds: float) -> float:
         backend.close()
 
 
+def recognizer_name(config_path: Path) -> str:
+    """The recognizer's architecture and file, from its manifest: which model a result row is about."""
+    config = load_config(config_path)
+    path = resolve_path(config_path, config.models.recognizer.path).resolve()
+    manifest = load_model_manifest(config.models.backend, path, backend_settings(config), config.pipeline.batch_size)
+    where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    return f"`{manifest.architecture}` ({where})"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "folder-replay.yaml")
@@ -145,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Config `{args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config}`: "
         f"{config.models.backend}, batch {b}, intra-op threads {threads}, ring {config.pipeline.ring_slots} slots, "
         f"{config.source.width}x{config.source.height} {config.source.pixel_format} tiles preloaded; "
-        f"{args.seconds:g} s per measurement.",
+        f"{args.seconds:g} s per measurement; recognizer {recognizer_name(args.config)}.",
         "",
         "| work | raw engine frames/s | daemon frames/s | daemon / raw | acquisition-to-publish p50 ms | p99 ms |",
         "|---|---|---|---|---|---|",
