@@ -27,6 +27,7 @@ import logging
 import sys
 import threading
 import time
+import uuid
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
@@ -60,13 +61,19 @@ def split_topic(topic: str) -> tuple[str, str]:
     return line, camera
 
 
-def verdict_message(verdict: Verdict, line: str = "", camera: str = "") -> dict[str, Any]:
+def new_run_id() -> str:
+    """A fresh identifier for one daemon process: a restart is visible as a new run id (seq restarts at 0)."""
+    return uuid.uuid4().hex
+
+
+def verdict_message(verdict: Verdict, line: str = "", camera: str = "", run_id: str = "") -> dict[str, Any]:
     """The wire form of one verdict (schema inspector.verdict/1, docs/PROTOCOL.md)."""
     reason = verdict.reason.value if isinstance(verdict.reason, Reason) else str(verdict.reason)
     return {
         "schema": VERDICT_SCHEMA,
         "line": line,
         "camera": camera,
+        "run_id": run_id,
         "seq": verdict.seq,
         "camera_frame_id": verdict.camera_frame_id,
         "result": verdict.result,
@@ -88,10 +95,20 @@ def verdict_message(verdict: Verdict, line: str = "", camera: str = "") -> dict[
     }
 
 
-def event_message(kind: str, line: str = "", camera: str = "", t_ns: int | None = None, **fields: Any) -> dict:
+def event_message(
+    kind: str, line: str = "", camera: str = "", t_ns: int | None = None, run_id: str = "", **fields: Any
+) -> dict:
     """The wire form of one event (schema inspector.event/1): start, stop, reload, camera state, ..."""
     t = time.time_ns() if t_ns is None else t_ns
-    msg = {"schema": EVENT_SCHEMA, "line": line, "camera": camera, "kind": kind, "time": iso_utc(t), "time_ns": t}
+    msg = {
+        "schema": EVENT_SCHEMA,
+        "line": line,
+        "camera": camera,
+        "run_id": run_id,
+        "kind": kind,
+        "time": iso_utc(t),
+        "time_ns": t,
+    }
     for key, value in fields.items():
         if key in msg:
             raise ValueError(f"event field {key!r} clashes with the envelope")
@@ -120,6 +137,8 @@ class Publisher:
         self.cfg = cfg
         self.topic = topic
         self.line, self.camera = split_topic(topic)
+        # One per publisher, i.e. per daemon process (a reload keeps its publisher): see docs/PROTOCOL.md.
+        self.run_id = new_run_id()
         self._verdict_topic = f"{topic}/verdict".encode()
         self._event_topic = f"{topic}/event".encode()
         self.metrics = metrics
@@ -314,7 +333,7 @@ class Publisher:
     def _publish_verdict(self, pub: zmq.Socket, act: zmq.Socket | None, verdict: Verdict) -> None:
         t0 = time.perf_counter()
         try:
-            payload = _encode(verdict_message(verdict, self.line, self.camera))
+            payload = _encode(verdict_message(verdict, self.line, self.camera, self.run_id))
         except (TypeError, ValueError) as exc:
             log.error("verdict seq=%s cannot be encoded: %s", verdict.seq, exc)
             self._count_drop("encode_error")
@@ -338,7 +357,7 @@ class Publisher:
 
     def _publish_event(self, pub: zmq.Socket, kind: str, t_ns: int, fields: dict) -> None:
         try:
-            payload = _encode(event_message(kind, self.line, self.camera, t_ns=t_ns, **fields))
+            payload = _encode(event_message(kind, self.line, self.camera, t_ns=t_ns, run_id=self.run_id, **fields))
         except (TypeError, ValueError) as exc:
             log.error("event %r cannot be encoded: %s", kind, exc)
             return

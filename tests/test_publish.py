@@ -128,6 +128,9 @@ def test_every_verdict_reaches_a_subscriber_in_order(ctx):
     assert [m["seq"] for _, m in got] == list(range(n))
     assert {t for t, _ in got} == {f"{TOPIC}/verdict"}
     assert all(m["schema"] == VERDICT_SCHEMA and m["line"] == "line7" and m["camera"] == "camA" for _, m in got)
+    # One run id for the whole process, on every verdict; another publisher (a restarted daemon) gets another.
+    assert {m["run_id"] for _, m in got} == {pub.run_id} and len(pub.run_id) == 32
+    assert Publisher(_cfg(actuator=False), TOPIC, None).run_id != pub.run_id
     assert pub.published == n and pub.dropped == 0
     g = metrics.registry.get_sample_value
     assert (
@@ -155,6 +158,7 @@ def test_events_are_versioned_and_ordered_with_verdicts(ctx):
     ev = msgs[1][1]
     assert ev["schema"] == EVENT_SCHEMA and ev["kind"] == "reload" and ev["result"] == "ok"
     assert ev["config_hash"] == "beef" and ISO.match(ev["time"]) and isinstance(ev["time_ns"], int)
+    assert ev["run_id"] == pub.run_id == msgs[0][1]["run_id"]
     assert pub.events_published >= 1 and pub.published == 2
 
 
