@@ -54,12 +54,32 @@ class Preprocessing(_Model):
     """What happens before the graph (resize, channel conversion) and inside it (normalisation)."""
 
     resize: Literal["area", "linear"] = Field(
-        "area", description="cv2 interpolation used to bring the frame to the input size."
+        "area", description="cv2 interpolation used to bring the frame to the input size (fit squash)."
+    )
+    fit: Literal["squash", "place"] = Field(
+        "squash",
+        description="How a frame becomes the input. squash: resized to the input size, whatever its aspect ratio "
+        "(the paper's 224x224). place: resized by `scale` (aspect ratio kept; area down, linear up, untouched at "
+        "1.0) and written to the input's top-left corner, zeros elsewhere; only blocks/pixels that hold frame "
+        "pixels are scored (inspector.preprocess.place_image).",
+    )
+    scale: float | None = Field(
+        None,
+        gt=0,
+        le=16,
+        description="fit place: network pixels per frame pixel the model was trained at (1.0 = native resolution). "
+        "A frame too large for the input at this scale is shrunk further to fit, which the daemon reports.",
     )
     color: Literal["gray", "rgb"] = Field(description="Channel order the network expects.")
     mean: list[float] = Field(description="Per-channel mean on 0..1 pixels, subtracted inside the graph.")
     std: list[float] = Field(description="Per-channel std on 0..1 pixels, divided inside the graph.")
     normalization_in_graph: Literal[True] = True
+
+    @model_validator(mode="after")
+    def _scale_for_place(self) -> Preprocessing:
+        if (self.fit == "place") != (self.scale is not None):
+            raise ValueError("fit place needs a scale, and only fit place has one")
+        return self
 
 
 class BatchSpec(_Model):

@@ -7,6 +7,7 @@ folded into the exported graph (see `inspector.train.models.Normalize`), so the 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import cv2
@@ -58,6 +59,67 @@ def resize_image(
     src = image[:, :, 0] if image.shape[2] == 1 else image
     resized = cv2.resize(src, (width, height), interpolation=INTERPOLATION[interpolation])
     return convert_channels(resized, pixel_format, color)
+
+
+def placed_size(frame: tuple[int, int], scale: float, input_size: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) a frame of size `frame` takes inside a network input of `input_size` at `scale`.
+
+    Native-resolution models (scale 1.0) and scaled ones keep the frame's aspect ratio: the frame is resized
+    by `scale` and placed at the input's top-left corner, the rest of the input is 0 (see `place_image`). A
+    frame that would not fit is shrunk further, with the same factor on both axes, until it does: the aspect
+    ratio never changes, and callers report the extra shrink (`placed_scale`).
+    """
+    fh, fw = frame
+    height, width = input_size
+    h, w = max(1, round(fh * scale)), max(1, round(fw * scale))
+    if h > height or w > width:
+        fit = min(height / fh, width / fw)
+        h, w = max(1, min(height, math.floor(fh * fit))), max(1, min(width, math.floor(fw * fit)))
+    return h, w
+
+
+def placed_scale(frame: tuple[int, int], scale: float, input_size: tuple[int, int]) -> float:
+    """The linear scale actually applied by `place_image` (< `scale` when the frame had to shrink to fit)."""
+    h, w = placed_size(frame, scale, input_size)
+    return min(h / frame[0], w / frame[1])
+
+
+def place_image(
+    image: np.ndarray,
+    scale: float,
+    input_size: tuple[int, int],
+    *,
+    pixel_format: str = "mono8",
+    color: Literal["gray", "rgb"] = "gray",
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """(H, W[, C]) uint8 -> ((height, width, channels) network input, (h, w) of the image inside it).
+
+    The frame is resized by `scale` (INTER_AREA down, INTER_LINEAR up, untouched at 1.0: one resize at most),
+    converted to the network's channels and written to the top-left corner of a zero input; everything right
+    of and below it stays 0. Used by training (crops see the same zero border), evaluation and the daemon,
+    which pass `out` (a preallocated input row) to write in place.
+    """
+    if image.ndim == 2:
+        image = image[:, :, None]
+    height, width = input_size
+    channels = 1 if color == "gray" else 3
+    if out is None:
+        out = np.zeros((height, width, channels), np.uint8)
+    else:
+        out[...] = 0
+    h, w = placed_size(image.shape[:2], scale, input_size)
+    src = image[:, :, 0] if image.shape[2] == 1 else image
+    if (h, w) != image.shape[:2]:
+        interp = cv2.INTER_AREA if h < image.shape[0] else cv2.INTER_LINEAR
+        src = cv2.resize(src, (w, h), interpolation=interp)
+    out[:h, :w] = convert_channels(src, pixel_format, color)
+    return out, (h, w)
+
+
+def valid_grid(placed: tuple[int, int], block: int) -> tuple[int, int]:
+    """Blocks (rows, columns) of the output grid that hold at least one image pixel of a placed frame."""
+    return math.ceil(placed[0] / block), math.ceil(placed[1] / block)
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -1,86 +1,38 @@
-"""Cross-validation splits: stratified, disjoint, complete, reproducible; and the report tables."""
+"""Cross-validation: folds on Magnetic Tile, the summary tables, pooled and cross-fitted figures, the merge."""
 
 from __future__ import annotations
 
+import json
 import math
-from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from inspector.train.cv import cv_splits, markdown, stratum, summary
-from inspector.train.datasets import Sample
+from inspector.train.cv import compact, crossfit, markdown, pooled, run_summary, summary
 
 MAGNETIC_TILE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "magnetic-tile"
 
 
-def _samples() -> list[Sample]:
-    """A synthetic sample list shaped like Magnetic Tile's classes (files need not exist for splitting)."""
-    out = []
-    counts = {"good": 95, "blowhole": 23, "crack": 11, "fray": 6, "uneven": 20}
-    for cls, n in counts.items():
-        for i in range(n):
-            area = 0 if cls == "good" else (40 if i % 4 == 0 else 900)
-            if cls == "uneven" and i == 1:
-                area = 0  # an empty-mask defective image, like MT_Uneven's four
-            out.append(Sample(Path(f"/d/{cls}/{i:03d}.jpg"), None, cls, area, defective=cls != "good"))
-    return out
-
-
-def test_splits_are_disjoint_complete_and_stratified():
-    samples = _samples()
-    splits = cv_splits(samples, groups=5, test_fraction=0.2, val_fraction=0.1, seed=7)
-    assert len(splits) == 5
-    per_stratum = Counter(stratum(s) for s in samples)
-    for split in splits:
-        train, val, test = ({s.image for s in part} for part in (split.train, split.val, split.test))
-        assert not (train & val) and not (train & test) and not (val & test)
-        assert len(train) + len(val) + len(test) == len(samples)
-        # Every stratum (class x small/large/unlabelled) is split in the fixed proportions.
-        for key, n in per_stratum.items():
-            assert sum(stratum(s) == key for s in split.test) == round(0.2 * n), key
-            assert sum(stratum(s) == key for s in split.val) == round(0.1 * n), key
-        # So every defect class keeps its share of the test set, within one image per stratum of rounding.
-        for cls in ("good", "blowhole", "crack", "fray", "uneven"):
-            n = sum(s.cls == cls for s in samples)
-            assert abs(sum(s.cls == cls for s in split.test) - 0.2 * n) <= 1.5
-
-
-def test_splits_reproducible_per_seed_and_different_between_groups():
-    samples = _samples()
-    a = cv_splits(samples, groups=3, seed=1)
-    b = cv_splits(list(reversed(samples)), groups=3, seed=1)  # listing order must not matter
-    for sa, sb in zip(a, b, strict=True):
-        assert sa.seed == sb.seed
-        assert [s.image for s in sa.test] == [s.image for s in sb.test]
-        assert [s.image for s in sa.train] == [s.image for s in sb.train]
-    tests = [frozenset(s.image for s in split.test) for split in a]
-    assert len(set(tests)) == 3, "groups must be different random draws"
-    c = cv_splits(samples, groups=3, seed=2)
-    assert [s.image for s in c[0].test] != [s.image for s in a[0].test]
-
-
-def test_bad_fractions_refused():
-    with pytest.raises(ValueError):
-        cv_splits(_samples(), test_fraction=0.8, val_fraction=0.3)
-
-
 @pytest.mark.dataset
-def test_magnetic_tile_splits_keep_small_defects():
+def test_magnetic_tile_folds_keep_small_defects():
     if not MAGNETIC_TILE.is_dir():
         pytest.skip(f"Magnetic Tile data set not found at {MAGNETIC_TILE} (../shared/datasets/magnetic-tile)")
     from inspector.train.datasets import scan_magnetic_tile
+    from inspector.train.splits import assign_groups, kfold
 
-    samples = scan_magnetic_tile(MAGNETIC_TILE)
+    samples, _ = assign_groups(scan_magnetic_tile(MAGNETIC_TILE), MAGNETIC_TILE)
     small = [s for s in samples if s.defective and 0 < s.defect_area_px < 100]
     assert len(small) == 49
-    for split in cv_splits(samples, groups=5, seed=0):
+    folds = kfold(samples, 5, 0.1, seed=0)
+    assert sum(len(f.test) for f in folds) == len(samples)
+    for split in folds:
         n_small = sum(s.defective and 0 < s.defect_area_px < 100 for s in split.test)
-        assert 7 <= n_small <= 12  # 20 % of 49, rounded per class stratum
-        assert sum(not s.defective for s in split.test) == round(0.2 * 952)
+        assert 9 <= n_small <= 10  # 49 small defects over 5 folds
+        assert abs(sum(not s.defective for s in split.test) - 952 / 5) <= 1
 
 
-def _result(task: str, group: int, acc: float) -> dict:
+def _result(task: str, group: int, acc: float, records: list[tuple[bool, bool, float]] | None = None) -> dict:
     image = {"tpr": acc, "tnr": acc, "acc": acc, "ap": 0.9, "auroc": 0.95}
     r = {
         "task": task,
@@ -88,10 +40,25 @@ def _result(task: str, group: int, acc: float) -> dict:
         "thresholds": {"block_threshold": 0.5},
         "train_seconds": 60.0,
         "image": {"all": image, "small": {**image, "ap": None}},
+        "records": [
+            {
+                "name": f"{group}-{i}",
+                "cls": "x",
+                "defective": d,
+                "defect_area_px": 50 if sm else 500,
+                "small": sm,
+                "score": s,
+            }
+            for i, (d, sm, s) in enumerate(records or [])
+        ],
     }
     if task == "segmenter":
         r["pixel"] = {"all": {"precision": 0.5, "recall": 0.5, "f1": 0.5, "iou": 1 / 3}, "small": {"recall": None}}
     return r
+
+
+META = {"data": "d", "command": "inspector-train cv", "commit": "abc", "hardware": "cpu", "groups": 2,
+        "grouping": "one group per image", "val_fraction": 0.1, "data_name": "d"}  # fmt: skip
 
 
 def test_summary_and_markdown():
@@ -100,19 +67,56 @@ def test_summary_and_markdown():
     assert s["recognizer"]["image_all_acc"]["mean"] == pytest.approx(0.95)
     assert s["recognizer"]["image_all_acc"]["std"] == pytest.approx(math.sqrt(0.005))
     assert math.isnan(s["segmenter"]["pixel_small_recall"]["mean"])
-    meta = {
-        "data": "d",
-        "command": "inspector-train cv",
-        "commit": "abc",
-        "hardware": "cpu",
-        "started": "now",
-        "wall_seconds": 120,
-        "groups": 2,
-        "split_seeds": [1, 2],
-        "test_fraction": 0.2,
-        "val_fraction": 0.1,
-    }
-    md = markdown(results, meta)
+    md = markdown(results, META)
     assert "| recognizer | 0.950 ± 0.071 | 0.950 ± 0.071 | 0.950 ± 0.071 |" in md
-    # One group: a mean, but no spread; an undefined metric stays visibly undefined.
+    # One fold: a mean, but no spread; an undefined metric stays visibly undefined.
     assert "| segmenter | 0.500 ± n/a | 0.500 ± n/a | 0.500 ± n/a | 0.333 ± n/a | n/a ± n/a |" in md
+
+
+def test_crossfitted_thresholds_come_from_the_other_folds_only():
+    # Fold 0's scores sit high, fold 1's low: a threshold chosen on fold 1 (0.25) misplaces fold 0's good
+    # image; a threshold from fold 0 (0.75) misses fold 1's defect. Each fold gets the other's cut.
+    f0 = [(True, True, 0.9), (False, False, 0.6)]
+    f1 = [(True, False, 0.4), (False, False, 0.1)]
+    results = [_result("recognizer", 0, 1.0, f0), _result("recognizer", 1, 1.0, f1)]
+    cf = crossfit(results)
+    assert cf[0]["threshold"] == pytest.approx(0.25)  # midway between fold 1's 0.4 and 0.1
+    assert cf[1]["threshold"] == pytest.approx(0.75)
+    assert cf[0]["image"]["all"]["tnr"] == 0.0 and cf[1]["image"]["all"]["tpr"] == 0.0
+    p = pooled(results)  # at each fold's own validation threshold 0.5
+    assert (p["all"]["defective"], p["all"]["good"]) == (2, 2)
+    assert p["all"]["tpr"] == 0.5 and p["all"]["tnr"] == 0.5  # 0.9 caught, 0.4 missed; 0.6 is a false reject
+    assert p["small"]["defective"] == 1 and p["small"]["tpr"] == 1.0
+
+
+def test_summary_file_has_the_committed_fields_and_merges_folds(tmp_path):
+    rng = np.random.default_rng(0)
+    results = []
+    for g in range(3):
+        recs = [
+            (bool(d), bool(d and rng.random() < 0.3), float(rng.random() * 0.5 + 0.5 * d)) for d in rng.random(20) < 0.4
+        ]
+        results.append(_result("recognizer", g, 0.9, recs))
+        results.append(_result("classifier", g, 0.8, recs))
+    doc = compact(summary(results), META)
+    for key in ("dataset", "groups", "group_aware", "hardware"):
+        assert key in doc
+    assert doc["group_aware"] is True
+    for task in ("recognizer", "classifier"):
+        for key in ("small_acc", "acc", "ap", "auroc", "train_minutes_per_group", "pooled", "crossfit_small_acc"):
+            assert key in doc[task], (task, key)
+    folder = tmp_path / "results"
+    folder.mkdir()
+    for r in results:
+        (folder / f"group{r['group']}-{r['task']}.json").write_text(json.dumps({"meta": META, "result": r}))
+    import argparse
+
+    out = tmp_path / "summary.json"
+    assert run_summary(argparse.Namespace(results=folder, out=out, markdown=tmp_path / "cv.md")) == 0
+    merged = json.loads(out.read_text())
+    assert merged["recognizer"]["groups_run"] == [0, 1, 2]
+    assert merged["recognizer"]["acc"] == pytest.approx(0.9)
+    # A result of another protocol is refused, not merged.
+    (folder / "group3-recognizer.json").write_text(json.dumps({"meta": {**META, "groups": 7}, "result": results[0]}))
+    with pytest.raises(SystemExit, match="different protocol"):
+        run_summary(argparse.Namespace(results=folder, out=out, markdown=None))

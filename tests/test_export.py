@@ -27,7 +27,7 @@ from inspector.train.cli import main as train_cli
 from inspector.train.datasets import load_dataset
 from inspector.train.export import PARITY_ATOL, export_checkpoint
 
-SIZE = 64
+SIZE = 96
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
         code = train_cli(
             ["train", "--data", str(train_dir), "--val-fraction", "0.3", "--out", str(root / task), "--task", task,
              "--arch", "resnet-tiny", "--size", str(SIZE), "--epochs", "1", "--steps-per-epoch", "2", "--batch", "2",
-             "--crop", "32", "--workers", "0", "--threads", "1", "--no-plots", "--seed", "3"]
+             "--crop", "32", "--threads", "1", "--no-plots", "--seed", "3"]
         )  # fmt: skip
         assert code == 0
         out[task] = root / task / "best.pt"
@@ -107,12 +107,12 @@ def test_train_evaluate_export_end_to_end(trained, tmp_path, capsys):
     for task in ("recognizer", "segmenter"):
         report, decision = tmp_path / f"{task}.json", tmp_path / f"{task}.yaml"
         assert train_cli(
-            ["evaluate", "--model", str(trained[task]), "--data", str(trained["test"]), "--val-from-train",
-             str(trained["train"]), "--val-fraction", "0.3", "--threads", "1", "--out", str(report),
+            ["evaluate", "--model", str(trained[task]), "--data", str(trained["test"]), "--val-split",
+             str(trained["root"] / task / "split.json"), "--threads", "1", "--out", str(report),
              "--yaml", str(decision)]
         ) == 0  # fmt: skip
         rep = json.loads(report.read_text())
-        assert rep["thresholds_tuned_on"].startswith("validation split")
+        assert rep["thresholds_tuned_on"].startswith("the validation images of")
         assert rep["images"] == 12 and len(rep["records"]) == 12
         assert set(rep["image"]) == {"all", "small"}
         # The suggested block is a valid `decision:` section of the line config.
@@ -148,6 +148,21 @@ def test_train_evaluate_export_end_to_end(trained, tmp_path, capsys):
         assert rep_onnx["image"]["all"]["defective"] == rep["image"]["all"]["defective"]
     out = capsys.readouterr().out
     assert "decision:" in out and "parity ONNX Runtime vs PyTorch" in out
+
+
+def test_evaluate_never_guesses_an_operating_point(trained):
+    with pytest.raises(SystemExit, match="no operating point"):
+        train_cli(["evaluate", "--model", str(trained["recognizer"]), "--data", str(trained["test"]), "--threads", "1"])
+
+
+def test_native_resolution_models_record_their_placement(trained, tmp_path):
+    manifest, _ = export_checkpoint(trained["recognizer"], tmp_path / "r.onnx", threads=1)
+    assert manifest.preprocessing.fit == "place" and manifest.preprocessing.scale == 1.0
+    # A fully convolutional model exports at another input (e.g. the line camera's frame at its scale).
+    other, _ = export_checkpoint(trained["recognizer"], tmp_path / "r2.onnx", threads=1, input_size=(128, 192))
+    assert (other.input.height, other.input.width) == (128, 192) and other.grid == (4, 6)
+    classifier, _ = export_checkpoint(trained["classifier"], tmp_path / "c.onnx", threads=1)
+    assert classifier.preprocessing.fit == "squash" and classifier.preprocessing.scale is None
 
 
 def test_evaluate_refuses_test_images_in_validation(trained):

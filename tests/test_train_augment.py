@@ -1,11 +1,10 @@
-"""Joint augmentation keeps image and mask aligned."""
+"""Joint augmentation: one warp moves image and mask together; photometric changes touch only the image."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from inspector.train.augment import AugmentConfig, apply_augment, build_augment
+from inspector.train.augment import AugmentConfig, crop_transform, photometric, warp
 
 
 def _shape_image(channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -13,41 +12,67 @@ def _shape_image(channels: int) -> tuple[np.ndarray, np.ndarray]:
     label = np.zeros((120, 160), np.uint8)
     image[30:70, 50:110] = 220  # a bright rectangle ...
     label[30:70, 50:110] = 2  # ... labelled class 2
-    image[90:94, 20:140] = 220  # and a thin bar, class 1
-    label[90:94, 20:140] = 1
     return image, label
 
 
 def test_geometry_moves_image_and_mask_together():
-    cfg = AugmentConfig(rotation_deg=40, perspective=0.3, perspective_p=1.0, brightness=0.0, saturation=0.0)
-    transform = build_augment(cfg)
+    cfg = AugmentConfig(rotation_deg=40, zoom=0.2, perspective=0.1, perspective_p=1.0, brightness=0, contrast=0)
     for channels in (1, 3):
         image, label = _shape_image(channels)
-        for seed in range(5):
-            torch.manual_seed(seed)
-            out, mask = apply_augment(transform, image, label)
-            assert out.shape == image.shape and out.dtype == np.uint8
-            assert mask.shape == label.shape and mask.dtype == np.uint8
-            assert set(np.unique(mask)) <= {0, 1, 2}  # nearest neighbour: no invented class ids
-            assert not np.array_equal(mask, label)  # it did move
+        for seed in range(6):
+            rng = np.random.default_rng(seed)
+            m = crop_transform((50.0, 80.0), (96, 128), rng, cfg)
+            out, mask = warp(image, label, m, (96, 128))
+            assert out.shape == (96, 128, channels) and out.dtype == np.uint8
+            assert mask is not None and mask.shape == (96, 128) and mask.dtype == np.uint8
+            assert set(np.unique(mask)) <= {0, 2}  # the image's class id, nothing invented
             bright = out[..., 0] > 130
             labelled = mask > 0
             iou = (bright & labelled).sum() / (bright | labelled).sum()
-            assert iou > 0.9, f"seed {seed}: image and mask drifted apart (IoU {iou:.3f})"
+            assert iou > 0.85, f"seed {seed}: image and mask drifted apart (IoU {iou:.3f})"
 
 
-def test_photometric_changes_touch_only_the_image():
-    transform = build_augment(AugmentConfig(rotation_deg=0, perspective=0, brightness=0.5, saturation=0.5))
-    image, label = _shape_image(3)
+def test_a_one_pixel_defect_survives_rotation_and_zoom():
+    """The mask is warped with bilinear weights and '> 0': a defect is never thinned away by sampling."""
+    image = np.full((64, 64, 1), 100, np.uint8)
+    label = np.zeros((64, 64), np.uint8)
+    label[31, 33] = 1
+    cfg = AugmentConfig(rotation_deg=30, zoom=0.3, perspective=0, brightness=0, contrast=0)
+    for seed in range(20):
+        m = crop_transform((32.0, 32.0), (64, 64), np.random.default_rng(seed), cfg)
+        _, mask = warp(image, label, m, (64, 64))
+        assert mask is not None and mask.any(), f"seed {seed}: the defect vanished"
+
+
+def test_without_augmentation_a_crop_is_an_exact_cut():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (80, 100, 1), dtype=np.uint8)
+    label = (rng.random((80, 100)) > 0.9).astype(np.uint8)
+    m = crop_transform((40.0, 50.0), (32, 64), None, None)  # centre (40, 50): rows 24..56, columns 18..82
+    out, mask = warp(image, label, m, (32, 64))
+    np.testing.assert_array_equal(out, image[24:56, 18:82])
+    np.testing.assert_array_equal(mask, label[24:56, 18:82])
+    # Outside the image: zeros, the border the daemon puts around a placed frame.
+    m = crop_transform((0.0, 0.0), (32, 32), None, None)
+    out, _ = warp(image, label, m, (32, 32))
+    assert not out[:16].any() and not out[:, :16].any() and np.array_equal(out[16:, 16:], image[:16, :16])
+
+
+def test_photometric_changes_touch_only_the_image_and_keep_the_zero_border():
+    image, _ = _shape_image(3)
     image[..., 1] = 90  # some colour, so saturation has something to change
-    torch.manual_seed(1)
-    out, mask = apply_augment(transform, image, label)
-    np.testing.assert_array_equal(mask, label)
-    assert not np.array_equal(out, image)
+    image[:10] = 0  # a zero border, as around a placed frame
+    before = image.copy()
+    cfg = AugmentConfig(brightness=0.5, contrast=0.5, saturation=0.5)
+    out = photometric(image, np.random.default_rng(1), cfg)
+    assert not np.array_equal(out, before)
+    assert not out[:10].any()  # 0 stays 0 whatever the brightness did
 
 
 def test_disabled_is_the_identity():
     image, label = _shape_image(1)
-    assert build_augment(AugmentConfig(enabled=False)) is None
-    out, mask = apply_augment(None, image, label)
-    assert out is image and mask is label
+    assert photometric(image.copy(), None, None).tobytes() == image.tobytes()
+    m = crop_transform((60.0, 80.0), (120, 160), np.random.default_rng(0), AugmentConfig(enabled=False))
+    out, mask = warp(image, label, m, (120, 160))
+    np.testing.assert_array_equal(out, image)
+    np.testing.assert_array_equal(mask, label)

@@ -16,7 +16,7 @@ def test_two_process_ddp_run_keeps_replicas_identical_and_learns(tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "inspector.train.cli", "train", "--data", str(data), "--out", str(out),
         "--task", "recognizer", "--arch", "resnet-tiny", "--size", "64x96", "--epochs", "6", "--batch", "2",
-        "--lr", "1e-3", "--lr-schedule", "constant", "--no-augment", "--workers", "0", "--threads", "1",
+        "--lr", "1e-3", "--lr-schedule", "constant", "--no-augment", "--crop", "64", "--threads", "1",
         "--no-plots", "--val-fraction", "0.2",
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)

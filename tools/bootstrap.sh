@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up this checkout on a fresh machine (Debian/Ubuntu, Python >= 3.10).
 #   tools/bootstrap.sh run    -> .venv with the daemon and the camera extra (no torch): enough for the demo
-#   tools/bootstrap.sh test   -> also the training extra (torch, torchvision), dev tools, and the system
+#   tools/bootstrap.sh test   -> also the training extra (torch: its CPU build here), dev tools, and the system
 #                                packages the tests use for real: promtool (prometheus), systemd-analyze
 set -euo pipefail
 cd "$(dirname "$0")/.."

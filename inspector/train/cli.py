@@ -21,7 +21,11 @@ from pathlib import Path
 
 PLUGIN_MODULES = ("evaluate", "cv", "export")
 TASK_CHOICES = ("recognizer", "segmenter", "classifier", "deeplabv3plus")
-ARCH_CHOICES = ("resnet18", "resnet34", "resnet50", "resnet-tiny")
+ARCH_CHOICES = ("resnet-tiny", "resnet-small", "resnet18", "resnet34", "resnet50")  # models.ARCHS, without torch
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Module docstrings as written, and every option's default in --help."""
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -46,67 +50,131 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a recognizer, segmenter or baseline",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
-    p.add_argument("--data", required=True, type=Path, help="data set folder (Magnetic Tile or generic layout)")
-    p.add_argument("--val-data", type=Path, help="separate validation set; default: --val-fraction of --data")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held out per class for checkpoint selection")
-    p.add_argument("--out", required=True, type=Path, help="output folder (checkpoints, log, plots)")
-    p.add_argument("--task", choices=TASK_CHOICES, default=d.task)
-    p.add_argument("--arch", choices=ARCH_CHOICES, default=d.arch)
-    p.add_argument("--size", type=parse_size, default=d.size, help="network input N or HxW (multiples of 32)")
-    p.add_argument("--color", choices=("auto", "gray", "rgb"), default=d.color)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch, help="0 = a full pass")
-    p.add_argument("--batch", type=int, default=d.batch, help="defective/genuine pairs per step and process")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default=d.lr_schedule)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 coefficient")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads per process")
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--keep-every", type=int, default=d.keep_every, help="keep OUT/epoch_NNN.pt every N epochs")
-    p.add_argument("--crop", type=int, default=d.crop, help="segmenter branch crop (multiple of 32)")
-    p.add_argument("--crop-defect-bias", type=float, default=d.crop_defect_bias)
-    p.add_argument("--output-stride", type=int, choices=(8, 16, 32), default=d.output_stride)
-    p.add_argument("--block-min-pixels", type=int, default=d.block_min_pixels)
-    p.add_argument("--blocks-per-image", type=int, default=d.blocks_per_image)
-    p.add_argument(
-        "--normal-from-defective",
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, type=Path, help="data set folder (Magnetic Tile or generic layout)")
+    g.add_argument("--val-data", type=Path, help="separate validation set (default: --val-fraction of --data)")
+    g.add_argument(
+        "--val-fraction", type=float, default=0.15, help="held out (whole parts, per class) for checkpoint selection"
+    )
+    add_group_argument(g)
+    g.add_argument("--out", required=True, type=Path, help="output folder (checkpoints, log, plots)")
+    g = p.add_argument_group("model and input")
+    g.add_argument("--task", choices=TASK_CHOICES, default=d.task)
+    g.add_argument("--arch", choices=ARCH_CHOICES, default=d.arch, help="see docs/TRAINING.md, 'model ladder'")
+    g.add_argument(
+        "--scale",
+        type=parse_scale,
+        default="auto",
+        help="network px per image px: 1.0 = native resolution (default for all but the classifier); 'squash' "
+        "resizes every image to --size whatever its aspect ratio (the paper's classifier baseline, its default)",
+    )
+    g.add_argument(
+        "--size",
+        type=parse_size,
+        help="network input N or HxW, multiples of 32 (default: the smallest that holds every image at --scale; "
+        "224 when squashing)",
+    )
+    g.add_argument("--color", choices=("auto", "gray", "rgb"), default=d.color)
+    g.add_argument(
+        "--output-stride", type=int, choices=(8, 16, 32), default=d.output_stride, help="resnet50 segmenters"
+    )
+    g = p.add_argument_group("schedule")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch, help="0 = as many images as the data set")
+    g.add_argument("--batch", type=int, default=d.batch, help="images per step and process")
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--lr-schedule", choices=("cosine", "constant"), default=d.lr_schedule)
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 coefficient")
+    g.add_argument(
+        "--select",
+        choices=("best", "last"),
+        default=d.select,
+        help="checkpoint to keep as best.pt: the best on validation, or the schedule's last epoch",
+    )
+    g.add_argument("--max-minutes", type=float, default=d.max_minutes, help="stop after this much training time")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("recipe")
+    g.add_argument(
+        "--crop", type=int, default=d.crop, help="recognizer: training crop; segmenter: branch crop (0: 256 / 128)"
+    )
+    g.add_argument("--defect-bias", type=float, default=d.defect_bias, help="P(crop centred near a defect)")
+    g.add_argument("--defective-fraction", type=float, default=d.defective_fraction, help="of each batch")
+    g.add_argument("--block-min-pixels", type=int, default=d.block_min_pixels)
+    g.add_argument("--aux-weight", type=float, default=d.aux_weight, help="recognizer: dense mask loss (0 = off)")
+    g.add_argument("--aux-dilate", type=int, default=d.aux_dilate, help="recognizer: mask dilation (px) for it")
+    g.add_argument(
+        "--hard-negatives",
         type=float,
-        default=d.normal_from_defective,
-        help="share of normal blocks drawn from the defective image itself (0 = all from the genuine partner)",
+        default=d.hard_negatives,
+        help="recognizer: 0 = all normal blocks, k = hardest k x",
     )
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--rotation", type=float, default=a.rotation_deg, help="degrees, uniform in +-")
-    p.add_argument("--perspective", type=float, default=a.perspective)
-    p.add_argument("--brightness", type=float, default=a.brightness)
-    p.add_argument("--saturation", type=float, default=a.saturation)
-    p.add_argument("--hflip", action="store_true")
-    p.add_argument("--vflip", action="store_true")
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--no-augment", action="store_true")
+    g.add_argument("--rotation", type=float, default=a.rotation_deg, help="degrees, uniform in +-")
+    g.add_argument("--zoom", type=float, default=a.zoom, help="scale factor in 1 +- this")
+    g.add_argument("--perspective", type=float, default=a.perspective, help="corner jitter, fraction of the crop")
+    g.add_argument("--brightness", type=float, default=a.brightness)
+    g.add_argument("--contrast", type=float, default=a.contrast)
+    g.add_argument("--saturation", type=float, default=a.saturation)
+    g.add_argument("--no-hflip", action="store_true", help="parts whose mirror image is not a valid part")
+    g.add_argument("--no-vflip", action="store_true")
+    g = p.add_argument_group("machine")
+    g.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads per process")
+    g.add_argument(
+        "--no-cache", action="store_true", help="decode images on every use instead of once (data larger than memory)"
+    )
+    g.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    g.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    g.add_argument("--no-plots", action="store_true")
+    g.add_argument("--keep-every", type=int, default=d.keep_every, help="keep OUT/epoch_NNN.pt every N epochs")
     p.set_defaults(func=run_train)
+
+
+def parse_scale(text: str) -> float | str | None:
+    """'auto' (per task), 'squash' (None) or a positive number."""
+    if text in ("auto", "squash"):
+        return None if text == "squash" else "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"scale must be a number, 'auto' or 'squash', not {text!r}") from None
+    if not 0.05 <= value <= 4:
+        raise argparse.ArgumentTypeError(f"scale {value} must lie in [0.05, 4]")
+    return value
+
+
+def add_group_argument(parser) -> None:
+    parser.add_argument(
+        "--group-by",
+        metavar="REGEX",
+        help="part id from each file name (first capture group, else the match): images of one part never land "
+        "on two sides of a split. Default: the data set's groups.csv, else one group per image",
+    )
 
 
 def config_from_args(args: argparse.Namespace):
     from inspector.train.augment import AugmentConfig
-    from inspector.train.recipe import TrainConfig
+    from inspector.train.recipe import TrainConfig, default_scale
 
     augment = AugmentConfig(
         enabled=not args.no_augment,
         rotation_deg=args.rotation,
+        zoom=args.zoom,
         perspective=args.perspective,
         brightness=args.brightness,
+        contrast=args.contrast,
         saturation=args.saturation,
-        hflip=args.hflip,
-        vflip=args.vflip,
+        hflip=not args.no_hflip,
+        vflip=not args.no_vflip,
     )
     return TrainConfig(
         task=args.task,
         arch=args.arch,
+        scale=default_scale(args.task) if args.scale == "auto" else args.scale,
         size=args.size,
         color=args.color,
         epochs=args.epochs,
@@ -114,37 +182,58 @@ def config_from_args(args: argparse.Namespace):
         batch=args.batch,
         lr=args.lr,
         lr_schedule=args.lr_schedule,
+        warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay,
         seed=args.seed,
-        workers=args.workers,
         threads=args.threads,
+        cache_images=not args.no_cache,
         augment=augment,
-        block_min_pixels=args.block_min_pixels,
-        blocks_per_image=args.blocks_per_image,
-        normal_from_defective=args.normal_from_defective,
+        defective_fraction=args.defective_fraction,
         crop=args.crop,
-        crop_defect_bias=args.crop_defect_bias,
+        defect_bias=args.defect_bias,
+        block_min_pixels=args.block_min_pixels,
+        aux_weight=args.aux_weight,
+        aux_dilate=args.aux_dilate,
+        hard_negatives=args.hard_negatives,
         output_stride=args.output_stride,
         device=args.device,
         amp=args.amp,
         resume=args.resume,
         plots=not args.no_plots,
         keep_every=args.keep_every,
+        select=args.select,
+        max_minutes=args.max_minutes,
     )
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from inspector.train.datasets import load_dataset, stratified_split
+    from inspector.train.datasets import load_dataset
     from inspector.train.recipe import train
+    from inspector.train.splits import Split, assign_groups, check_disjoint, holdout
 
     cfg = config_from_args(args)
     samples, classes = load_dataset(args.data)
+    samples, how = assign_groups(samples, args.data, args.group_by)
+    print(how, file=sys.stderr)
     if args.val_data:
         val, val_classes = load_dataset(args.val_data)
         if set(val_classes) - set(classes):
             raise SystemExit(f"validation classes {sorted(set(val_classes) - set(classes))} not in training data")
+        overlap = {s.image.resolve() for s in val} & {s.image.resolve() for s in samples}
+        if overlap:
+            raise SystemExit(f"{len(overlap)} images are in both --data and --val-data")
     else:
-        samples, val = stratified_split(samples, args.val_fraction, cfg.seed)
+        samples, val = holdout(samples, args.val_fraction, cfg.seed)
+        if os.environ.get("RANK", "0") == "0":
+            # The exact validation images, for `inspector-train evaluate --val-split` to choose thresholds on.
+            split = {
+                "how": how,
+                "train": sorted(map(str, (s.image for s in samples))),
+                "val": sorted(map(str, (s.image for s in val))),
+            }
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "split.json").write_text(json.dumps(split, indent=0) + "\n")
+    check_disjoint([Split(0, cfg.seed, samples, val, [])])
     best = train(cfg, samples, val, classes, args.out)
     if os.environ.get("RANK", "0") == "0":
         print(f"best checkpoint: {best}")

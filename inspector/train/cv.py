@@ -1,22 +1,29 @@
-"""`inspector-train cv`: the paper's protocol — cross-validation groups, each model against its baseline.
+"""`inspector-train cv`: the paper's protocol — k-fold cross-validation, each model against its baseline on the
+same folds — and `inspector-train cv-summary`, which merges the folds' results into one summary.
 
-    inspector-train cv --data ../shared/datasets/magnetic-tile --out runs/cv-r50 --arch resnet50 --size 224 \\
-        --epochs 30 --groups 5 [--tasks recognizer,classifier,segmenter,deeplabv3plus] [--resume]
+    inspector-train cv --data ../shared/datasets/magnetic-tile --out runs/cv-small --arch resnet-small \\
+        --groups 5 [--only-groups 0,1] [--tasks recognizer,classifier,segmenter,deeplabv3plus] \\
+        [--results docs/results/mt-small] [--resume]
+    inspector-train cv-summary --results docs/results/mt-small --out docs/results/mt-small.json
 
-Groups. Each of the `--groups` groups draws its own train / validation / test split at random in fixed
-proportions (default 70 / 10 / 20 %), stratified: every stratum — defect class, and within a defect class
-"small" (1..99 px), "large" (>= 100 px) and "unlabelled" (empty mask) — is split in those proportions, so
-every group's test set holds the same share of each class and of the small defects the paper's headline
-metric is about. Group g's split is seeded with SeedSequence([seed, g]) (recorded in the results); the same
-command reproduces the same splits. Groups are independent random draws (as in the paper), not a partition
-into folds: an image can be a test image in several groups.
+Folds. `--groups` k group-aware, stratified folds (inspector.train.splits): every image is in exactly one test
+fold, images of one part (`--group-by`, or the data set's groups.csv) stay on one side of every split, and every
+fold holds its share of each defect class and of the small defects (1..99 px) the paper's headline metric is
+about. For split g: test = fold g; validation = `--val-fraction` of all images drawn (whole parts, stratified)
+from the other folds; train = the rest. The same command gives the same folds. A long protocol can run fold by
+fold (`--only-groups`), on several days or machines.
 
-Per group and task: train on the training part (checkpoint chosen on validation), choose the operating point on
-validation (`evaluate.choose_thresholds`), measure on test (`evaluate.report`). Every task of a group sees the
-same split, so the recognizer and its ResNet classifier baseline, and the segmenter and its DeepLabv3+
-baseline, are compared on the same images. Results: OUT/groupG/TASK/{best.pt, result.json}; OUT/cv.json (all
-numbers, the command, git commit, hardware, per-group seeds and training times) and OUT/cv.md (tables per
-group and mean ± std). With --resume a finished (group, task) is read back instead of retrained.
+Per fold and task: train on the training part (checkpoint chosen on validation), choose the operating point on
+validation (`evaluate.choose_thresholds`), measure on the test fold (`evaluate.report`). Every task of a fold
+sees the same split. Results: OUT/groupG/TASK/{best.pt, result.json}; with `--results DIR` each finished
+(fold, task) result (metrics and per-image test scores, no weights) is also written to
+DIR/groupG-TASK.json, small enough to commit as it completes.
+
+Summary (cv-summary, also written to OUT/cv.{json,md} after every model): per model, mean ± std over folds at
+the validation-chosen operating point; **pooled** over all test folds (each image scored by the one model that
+never saw it: every small defect of the data set counts once); and **cross-fitted**: fold g's threshold chosen
+on the pooled test scores of the *other* folds' models, never on fold g's — the answer to a validation split
+with too few defective images to place a threshold on (with 5 folds the cut is chosen on ~4/5 of the data).
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,58 +42,13 @@ from typing import Any
 import numpy as np
 
 from inspector.train import metrics as M
-from inspector.train.datasets import GOOD, Sample, summarize
-from inspector.train.evaluate import SMALL_DEFECT_PX, jsonable
+from inspector.train.datasets import summarize
+from inspector.train.evaluate import jsonable
+from inspector.train.splits import Split, assign_groups, kfold
 
 TASKS = ("recognizer", "classifier", "segmenter", "deeplabv3plus")
 BASELINE = {"recognizer": "classifier", "segmenter": "deeplabv3plus"}
-
-
-def stratum(sample: Sample) -> str:
-    if not sample.defective:
-        return GOOD
-    if sample.defect_area_px == 0:
-        return f"{sample.cls}/unlabelled"
-    return f"{sample.cls}/{'small' if sample.defect_area_px < SMALL_DEFECT_PX else 'large'}"
-
-
-def group_seed(seed: int, group: int) -> int:
-    return int(np.random.SeedSequence([seed, group]).generate_state(1)[0])
-
-
-@dataclass
-class Split:
-    group: int
-    seed: int
-    train: list[Sample]
-    val: list[Sample]
-    test: list[Sample]
-
-
-def cv_splits(
-    samples: list[Sample], groups: int = 5, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0
-) -> list[Split]:
-    """`groups` independent stratified train/val/test draws (see the module docstring)."""
-    if not (0 < test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
-        raise ValueError(f"fractions test {test_fraction} + val {val_fraction} must lie in (0, 1)")
-    strata: dict[str, list[Sample]] = {}
-    for s in sorted(samples, key=lambda s: str(s.image)):  # independent of the order files were listed in
-        strata.setdefault(stratum(s), []).append(s)
-    splits = []
-    for g in range(groups):
-        gs = group_seed(seed, g)
-        rng = np.random.default_rng(gs)
-        train, val, test = [], [], []
-        for key in sorted(strata):
-            members = strata[key]
-            order = rng.permutation(len(members))
-            n_test = round(test_fraction * len(members))
-            n_val = round(val_fraction * len(members))
-            test += [members[i] for i in order[:n_test]]
-            val += [members[i] for i in order[n_test : n_test + n_val]]
-            train += [members[i] for i in order[n_test + n_val :]]
-        splits.append(Split(g, gs, train, val, test))
-    return splits
+SUMMARY_FORMAT = "inspector-cv-summary/1"
 
 
 # ----------------------------------------------------------------------------------------------- running
@@ -99,26 +60,32 @@ def hardware(device: str, threads: int) -> str:
     cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     if device != "cpu" and torch.cuda.is_available():
         return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)} (host: {cpu})"
-    return f"CPU only ({cpu}, {threads} torch thread(s) per process)"
+    return f"CPU only ({cpu}, {threads} torch thread(s), torch {torch.__version__})"
 
 
-def run_group_task(split: Split, task: str, base_cfg: dict[str, Any], classes: list[str], out: Path, resume: bool):
+def run_group_task(
+    split: Split, task: str, base_cfg: dict[str, Any], classes: list[str], out: Path, resume: bool
+) -> dict[str, Any]:
     """Train, calibrate on validation, measure on test; -> the result dict (also written to out/result.json)."""
     from inspector.train.evaluate import TorchModel, choose_thresholds, report
-    from inspector.train.recipe import TrainConfig, train
+    from inspector.train.recipe import TrainConfig, default_scale, train
 
     result_path = out / "result.json"
     if resume and result_path.is_file():
         return json.loads(result_path.read_text())
-    cfg = TrainConfig(**{**base_cfg, "task": task, "seed": base_cfg.get("seed", 0) + split.group})
+    overrides = dict(base_cfg.get("per_task", {}).get(task, {}))
+    cfg_dict = {k: v for k, v in base_cfg.items() if k != "per_task"}
+    if cfg_dict.get("scale") == "auto":
+        cfg_dict["scale"] = default_scale(task)
+    cfg = TrainConfig(**{**cfg_dict, **overrides, "task": task, "seed": base_cfg.get("seed", 0) + split.fold})
     started = time.monotonic()
     best = train(cfg, split.train, split.val, classes, out)
     wall = time.monotonic() - started
     model = TorchModel(best, threads=cfg.threads, device="cuda" if _cuda(cfg.device) else "cpu")
     thresholds = choose_thresholds(model, split.val, batch=cfg.val_batch)
-    rep = report(model, split.test, thresholds, tuned_on=f"group {split.group} validation ({len(split.val)} images)")
+    rep = report(model, split.test, thresholds, tuned_on=f"fold {split.fold} validation ({len(split.val)} images)")
     rep.update(
-        group=split.group,
+        group=split.fold,
         split_seed=split.seed,
         task=task,
         train_seconds=model.checkpoint.get("train_seconds"),
@@ -153,47 +120,180 @@ def _fmt(v: float) -> str:
     return "n/a" if v != v else f"{v:.3f}"
 
 
-def summary(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """task -> metric name -> mean/std/defined/n over groups."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
+def _records(result: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, defective, small) of a result's test images."""
+    rec = result.get("records") or []
+    scores = np.array([r["score"] for r in rec], np.float64)
+    defective = np.array([r["defective"] for r in rec], bool)
+    small = np.array([r["small"] for r in rec], bool)
+    return scores, defective, small
+
+
+def _subset_metrics(scores, defective, small, threshold: float) -> dict[str, dict[str, float]]:
+    keep = small | ~defective
+    return {
+        "all": M.image_metrics(scores, defective, threshold),
+        "small": M.image_metrics(scores[keep], defective[keep], threshold),
+    }
+
+
+def crossfit(results: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """fold -> metrics on its test images at the threshold chosen on the other folds' pooled test scores."""
+    out = {}
+    for r in results:
+        others = [o for o in results if o["group"] != r["group"] and o.get("records")]
+        if not others or not r.get("records"):
+            continue
+        pooled = [_records(o) for o in others]
+        s = np.concatenate([p[0] for p in pooled])
+        d = np.concatenate([p[1] for p in pooled])
+        if not d.any() or d.all():
+            continue
+        t = M.best_threshold(s, d)
+        scores, defective, small = _records(r)
+        out[r["group"]] = {"threshold": t, "image": _subset_metrics(scores, defective, small, t)}
+    return out
+
+
+def pooled(results: list[dict[str, Any]], mode: str = "validation") -> dict[str, Any] | None:
+    """Every fold's test images together, each at its own fold's threshold (validation-chosen, or cross-fitted):
+    TPR/TNR/ACC over the whole data set; AP/AUROC over the pooled scores (models differ per fold: indicative)."""
+    if not results or not all(r.get("records") for r in results):
+        return None
+    cf = crossfit(results) if mode == "crossfit" else {}
+    calls, defective_all, small_all, scores_all = [], [], [], []
+    for r in results:
+        scores, defective, small = _records(r)
+        if mode == "crossfit":
+            if r["group"] not in cf:
+                return None
+            t = cf[r["group"]]["threshold"]
+        else:
+            t = float(r["thresholds"].get("block_threshold", r["thresholds"].get("min_area_px", 0.5)))
+        calls.append(scores >= t)
+        defective_all.append(defective)
+        small_all.append(small)
+        scores_all.append(scores)
+    called = np.concatenate(calls)
+    d, sm, s = np.concatenate(defective_all), np.concatenate(small_all), np.concatenate(scores_all)
+    out = {}
+    for name, keep in (("all", np.ones_like(d)), ("small", sm | ~d)):
+        c = M.Confusion(
+            tp=int((called & d & keep).sum()),
+            fn=int((~called & d & keep).sum()),
+            tn=int((~called & ~d & keep).sum()),
+            fp=int((called & ~d & keep).sum()),
+        )
+        out[name] = {
+            "tpr": c.tpr, "tnr": c.tnr, "acc": c.acc, "ap": M.average_precision(s[keep], d[keep]),
+            "auroc": M.auroc(s[keep], d[keep]), "defective": c.tp + c.fn, "good": c.tn + c.fp,
+        }  # fmt: skip
+    return out
+
+
+def summary(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """task -> metric name -> mean/std/defined/n over folds, plus pooled and cross-fitted figures."""
+    out: dict[str, dict[str, Any]] = {}
     for task in TASKS:
-        rows = [r for r in results if r["task"] == task]
+        rows = sorted((r for r in results if r["task"] == task), key=lambda r: r["group"])
         if not rows:
             continue
         keys = {f"image_{s}_{k}": ("image", s, k) for s, k in IMAGE_COLUMNS}
         keys.update({f"pixel_all_{k}": ("pixel", "all", k) for k in PIXEL_COLUMNS})
         keys.update({f"pixel_small_{k}": ("pixel", "small", k) for k in ("recall", "f1")})
-        out[task] = {name: M.summarize([_value(r, *where) for r in rows]) for name, where in keys.items()}
-        out[task]["train_seconds"] = M.summarize([float(r.get("train_seconds") or M.NAN) for r in rows])
+        s: dict[str, Any] = {name: M.summarize([_value(r, *where) for r in rows]) for name, where in keys.items()}
+        s["train_seconds"] = M.summarize([float(r.get("train_seconds") or M.NAN) for r in rows])
+        s["groups"] = [r["group"] for r in rows]
+        if task in ("recognizer", "classifier"):
+            cf = crossfit(rows)
+            for sub, key in (("all", "acc"), ("small", "acc"), ("small", "tpr"), ("small", "tnr")):
+                s[f"crossfit_{sub}_{key}"] = M.summarize([cf[g]["image"][sub][key] for g in sorted(cf)])
+            s["pooled"] = pooled(rows)
+            s["pooled_crossfit"] = pooled(rows, "crossfit") if len(rows) > 1 else None
+        out[task] = s
     return out
+
+
+def compact(summ: dict[str, dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """The committed summary (docs/results/NAME.json): the figures the issue asks for, per model."""
+    models = {}
+    for task, s in summ.items():
+        m = {
+            "small_acc": s["image_small_acc"]["mean"],
+            "small_tpr": s["image_small_tpr"]["mean"],
+            "small_tnr": s["image_small_tnr"]["mean"],
+            "acc": s["image_all_acc"]["mean"],
+            "ap": s["image_all_ap"]["mean"],
+            "auroc": s["image_all_auroc"]["mean"],
+            "train_minutes_per_group": s["train_seconds"]["mean"] / 60,
+            "groups_run": s["groups"],
+            "std": {k: s[f"image_{n}"]["std"] for k, n in (("small_acc", "small_acc"), ("acc", "all_acc"),
+                                                           ("ap", "all_ap"), ("auroc", "all_auroc"))},
+        }  # fmt: skip
+        if task in ("segmenter", "deeplabv3plus"):
+            m.update({f"pixel_{k}": s[f"pixel_all_{k}"]["mean"] for k in PIXEL_COLUMNS})
+            m["pixel_small_f1"] = s["pixel_small_f1"]["mean"]
+        if s.get("pooled"):
+            m["pooled"] = s["pooled"]
+        if s.get("pooled_crossfit"):
+            m["pooled_crossfit"] = s["pooled_crossfit"]
+            m["crossfit_small_acc"] = s["crossfit_small_acc"]["mean"]
+            m["crossfit_acc"] = s["crossfit_all_acc"]["mean"]
+        models[task] = m
+    return {
+        "format": SUMMARY_FORMAT,
+        "dataset": meta.get("data_name", meta.get("data")),
+        "groups": meta.get("groups"),
+        "groups_run": sorted({g for s in summ.values() for g in s["groups"]}),
+        "group_aware": True,
+        "grouping": meta.get("grouping"),
+        "hardware": meta.get("hardware"),
+        "commit": meta.get("commit"),
+        "command": meta.get("command"),
+        "config": meta.get("config"),
+        **models,
+    }
 
 
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     summ = summary(results)
     lines = [
-        f"# Cross-validation: {meta['data']}",
+        f"# Cross-validation: {meta.get('data')}",
         "",
-        f"- command: `{meta['command']}`",
-        f"- commit: `{meta['commit']}`; hardware: {meta['hardware']}; started {meta['started']}, "
-        f"wall time {meta['wall_seconds'] / 60:.1f} min",
-        f"- groups: {meta['groups']} (split seeds {', '.join(str(s) for s in meta['split_seeds'])}), "
-        f"train/val/test = {1 - meta['test_fraction'] - meta['val_fraction']:.2f}/{meta['val_fraction']:.2f}/"
-        f"{meta['test_fraction']:.2f} per stratum",
+        f"- command: `{meta.get('command')}`",
+        f"- commit: `{meta.get('commit')}`; hardware: {meta.get('hardware')}",
+        f"- {meta.get('groups')} group-aware stratified folds ({meta.get('grouping')}); folds run: "
+        f"{sorted({r['group'] for r in results})}",
         "- image level: ACC = (TPR + TNR) / 2; small = TPR on defective test images with 1..99 defect px, "
-        "TNR on all defect-free test images; operating point chosen on each group's validation split",
+        "TNR on all defect-free test images; operating point chosen on each fold's validation split",
         "- pixel level (segmenters): defect class vs background at native resolution, summed over test images",
         "",
-        "## Image level, mean ± std over groups",
+        "## Image level, mean ± std over folds (validation-chosen operating point)",
         "",
-        "| model | TPR | TNR | ACC | AP | AUROC | small TPR | small TNR | small ACC | train time / group |",
+        "| model | TPR | TNR | ACC | AP | AUROC | small TPR | small TNR | small ACC | train time / fold |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task, s in summ.items():
         cells = [f"{_fmt(s[f'image_{a}_{k}']['mean'])} ± {_fmt(s[f'image_{a}_{k}']['std'])}" for a, k in IMAGE_COLUMNS]
         lines.append(f"| {task} | {' | '.join(cells)} | {s['train_seconds']['mean'] / 60:.1f} min |")
+    pooled_rows = [(t, s) for t, s in summ.items() if s.get("pooled")]
+    if pooled_rows:
+        lines += ["", "## Pooled over all test folds (every image tested once)", "",
+                  "| model | operating point | TPR | TNR | ACC | small TPR | small TNR | small ACC "
+                  "| defective / small / good |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for task, s in pooled_rows:
+            for label, p in (("validation", s["pooled"]), ("cross-fitted", s.get("pooled_crossfit"))):
+                if not p:
+                    continue
+                a, sm = p["all"], p["small"]
+                lines.append(
+                    f"| {task} | {label} | {_fmt(a['tpr'])} | {_fmt(a['tnr'])} | {_fmt(a['acc'])} | {_fmt(sm['tpr'])} "
+                    f"| {_fmt(sm['tnr'])} | {_fmt(sm['acc'])} | {a['defective']} / {sm['defective']} / {a['good']} |"
+                )
     pixel_tasks = [t for t in summ if t in ("segmenter", "deeplabv3plus")]
     if pixel_tasks:
-        lines += ["", "## Pixel level, mean ± std over groups", "",
+        lines += ["", "## Pixel level, mean ± std over folds", "",
                   "| model | precision | recall | F1 | IoU | small-defect recall | small-defect F1 |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
         for task in pixel_tasks:
@@ -202,8 +302,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             lines.append(
                 f"| {task} | " + " | ".join(f"{_fmt(s[n]['mean'])} ± {_fmt(s[n]['std'])}" for n in names) + " |"
             )
-    lines += ["", "## Per group", "",
-              "| group | model | TPR | TNR | ACC | AP | AUROC | small TPR | small TNR | small ACC "
+    lines += ["", "## Per fold", "",
+              "| fold | model | TPR | TNR | ACC | AP | AUROC | small TPR | small TNR | small ACC "
               "| pixel P | pixel R | pixel F1 | IoU | thresholds | train s |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in sorted(results, key=lambda r: (r["group"], TASKS.index(r["task"]))):
@@ -217,42 +317,75 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def slim(result: dict[str, Any]) -> dict[str, Any]:
+    """A result without what is not needed to summarise it (the per-image records keep name, truth, score)."""
+    out = dict(result)
+    out["records"] = [
+        {k: r[k] for k in ("name", "cls", "defective", "defect_area_px", "small", "score")}
+        for r in result.get("records") or []
+    ]
+    return out
+
+
+def write_reports(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    doc = {"meta": meta, "summary": summary(results), "results": [slim(r) for r in results]}
+    (out / "cv.json").write_text(json.dumps(jsonable(doc), indent=1) + "\n")
+    (out / "cv.md").write_text(markdown(results, meta))
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from inspector.train.cli import ARCH_CHOICES, parse_size
+    from inspector.train.cli import ARCH_CHOICES, Formatter, add_group_argument, parse_scale, parse_size
 
     p = subparsers.add_parser(
         "cv",
-        help="the paper's cross-validation protocol: models against baselines on the same groups",
+        help="the paper's cross-validation protocol: models against baselines on the same folds",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     p.add_argument("--data", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, logs, cv.md)")
+    p.add_argument("--results", type=Path, help="also write each finished fold's result (no weights) here")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
-    p.add_argument("--groups", type=int, default=5)
-    p.add_argument("--only-groups", help="comma-separated group indices to run (e.g. to spread groups over machines)")
-    p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0, help="split seed; group g trains with seed + g")
-    p.add_argument("--arch", choices=ARCH_CHOICES, default="resnet50")
-    p.add_argument("--size", type=parse_size, default=(224, 224))
+    p.add_argument("--groups", type=int, default=5, help="number of folds")
+    p.add_argument("--only-groups", help="comma-separated fold indices to run (e.g. one fold per day or machine)")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="of all images, for validation")
+    add_group_argument(p)
+    p.add_argument("--seed", type=int, default=0, help="fold seed; fold g trains with seed + g")
+    p.add_argument("--arch", choices=ARCH_CHOICES, default="resnet-small")
+    p.add_argument("--scale", type=parse_scale, default="auto", help="see `train --help`")
+    p.add_argument("--size", type=parse_size, help="see `train --help`")
+    p.add_argument("--classifier-size", type=parse_size, default=(224, 224), help="the squashing baseline's input")
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--steps-per-epoch", type=int, default=0)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--segmenter-epochs", type=int, help="epochs for segmenter/deeplabv3plus (default: --epochs)")
+    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--crop", type=int, default=128, help="segmenter branch crop")
+    p.add_argument("--crop", type=int, default=0, help="see `train --help`")
+    p.add_argument("--aux-weight", type=float, default=1.0, help="see `train --help`")
+    p.add_argument("--hard-negatives", type=float, default=0.0, help="see `train --help`")
     p.add_argument("--output-stride", type=int, choices=(8, 16, 32), default=16)
+    p.add_argument("--select", choices=("best", "last"), default="best")
+    p.add_argument("--max-minutes", type=float, default=60.0, help="training time limit per model and fold")
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", action="store_true")
-    p.add_argument("--resume", action="store_true", help="reuse finished (group, task) results in OUT")
+    p.add_argument("--resume", action="store_true", help="reuse finished (fold, task) results in OUT")
     p.set_defaults(func=run_cv)
+
+    s = subparsers.add_parser(
+        "cv-summary",
+        help="merge the committed per-fold results of a cv run into one summary (JSON and Markdown)",
+        description=__doc__,
+        formatter_class=Formatter,
+    )
+    s.add_argument("--results", required=True, type=Path, help="folder of groupG-TASK.json files (cv --results)")
+    s.add_argument("--out", required=True, type=Path, help="summary JSON to write (e.g. docs/results/NAME.json)")
+    s.add_argument("--markdown", type=Path, help="also write the tables here")
+    s.set_defaults(func=run_summary)
 
 
 def run_cv(args: argparse.Namespace) -> int:
@@ -265,60 +398,103 @@ def run_cv(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; choose from {TASKS}")
     samples, classes = load_dataset(args.data)
-    splits = cv_splits(samples, args.groups, args.test_fraction, args.val_fraction, args.seed)
+    samples, grouping = assign_groups(samples, args.data, args.group_by)
+    print(grouping, flush=True)
+    splits = kfold(samples, args.groups, args.val_fraction, args.seed)
     if args.only_groups:
         wanted = {int(g) for g in args.only_groups.split(",")}
-        splits = [s for s in splits if s.group in wanted]
-    base_cfg = {
+        splits = [s for s in splits if s.fold in wanted]
+    segmenter_epochs = args.segmenter_epochs or args.epochs
+    base_cfg: dict[str, Any] = {
         "arch": args.arch,
+        "scale": args.scale,
         "size": args.size,
         "epochs": args.epochs,
-        "steps_per_epoch": args.steps_per_epoch,
         "batch": args.batch,
         "lr": args.lr,
         "weight_decay": args.weight_decay,
         "crop": args.crop,
+        "aux_weight": args.aux_weight,
+        "hard_negatives": args.hard_negatives,
         "output_stride": args.output_stride,
         "augment": AugmentConfig(enabled=not args.no_augment),
-        "workers": args.workers,
         "threads": args.threads,
         "device": args.device,
         "amp": args.amp,
         "seed": args.seed,
+        "select": args.select,
+        "max_minutes": args.max_minutes,
         "plots": True,
+        "per_task": {
+            "classifier": {"size": args.classifier_size, "scale": None if args.scale == "auto" else args.scale},
+            "segmenter": {"epochs": segmenter_epochs},
+            "deeplabv3plus": {"epochs": segmenter_epochs},
+        },
     }
     args.out.mkdir(parents=True, exist_ok=True)
     started, wall = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.monotonic()
     meta = {
         "data": str(args.data),
+        "data_name": args.data.resolve().name,
         "dataset_summary": summarize(samples),
         "classes": classes,
+        "grouping": grouping,
         "command": shlex.join(["inspector-train", *sys.argv[1:]]) if sys.argv else "",
         "commit": git_commit(),
         "hardware": hardware(args.device, args.threads),
         "started": started,
         "groups": args.groups,
-        "split_seeds": [s.seed for s in splits],
-        "test_fraction": args.test_fraction,
         "val_fraction": args.val_fraction,
         "tasks": tasks,
-        "config": {k: (v if not isinstance(v, AugmentConfig) else vars(v)) for k, v in base_cfg.items()},
+        "config": jsonable({k: (vars(v) if isinstance(v, AugmentConfig) else v) for k, v in base_cfg.items()}),
     }
     results = []
     for split in splits:
         for task in tasks:
-            print(f"== group {split.group} (seed {split.seed}): {task}; train {len(split.train)}, "
-                  f"val {len(split.val)}, test {len(split.test)} images", flush=True)  # fmt: skip
-            r = run_group_task(split, task, base_cfg, classes, args.out / f"group{split.group}" / task, args.resume)
+            print(f"== fold {split.fold}: {task}; train {len(split.train)}, val {len(split.val)}, "
+                  f"test {len(split.test)} images", flush=True)  # fmt: skip
+            r = run_group_task(split, task, base_cfg, classes, args.out / f"group{split.fold}" / task, args.resume)
             results.append(r)
             meta["wall_seconds"] = time.monotonic() - wall
             write_reports(args.out, results, meta)  # after every model: a killed run still leaves its tables
+            if args.results:
+                args.results.mkdir(parents=True, exist_ok=True)
+                doc = {"meta": meta, "result": slim(r)}
+                (args.results / f"group{split.fold}-{task}.json").write_text(json.dumps(jsonable(doc), indent=1) + "\n")
     print((args.out / "cv.md").read_text())
     return 0
 
 
-def write_reports(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    slim = [{k: v for k, v in r.items() if k != "records"} for r in results]
-    doc = {"meta": meta, "summary": summary(results), "results": slim}
-    (out / "cv.json").write_text(json.dumps(jsonable(doc), indent=1) + "\n")
-    (out / "cv.md").write_text(markdown(results, meta))
+def load_results(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The committed per-fold results of one protocol; refuses results of different protocols mixed."""
+    files = sorted(folder.glob("group*-*.json"))
+    if not files:
+        raise SystemExit(f"{folder}: no group*-TASK.json results")
+    results, metas = [], []
+    for f in files:
+        doc = json.loads(f.read_text())
+        results.append(doc["result"])
+        metas.append(doc["meta"])
+    keys = ("data_name", "groups", "grouping", "val_fraction")
+    first = {k: metas[0].get(k) for k in keys}
+    for f, m in zip(files, metas, strict=True):
+        if {k: m.get(k) for k in keys} != first:
+            raise SystemExit(f"{f}: a different protocol ({ {k: m.get(k) for k in keys} } vs {first})")
+    meta = dict(metas[-1])
+    meta["commits"] = sorted({m.get("commit") or "?" for m in metas})
+    meta["hardware_all"] = sorted({m.get("hardware") or "?" for m in metas})
+    return results, meta
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    results, meta = load_results(args.results)
+    doc = compact(summary(results), meta)
+    doc["commits"] = meta["commits"]
+    doc["hardware"] = "; ".join(meta["hardware_all"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(jsonable(doc), indent=1) + "\n")
+    table = markdown(results, meta)
+    if args.markdown:
+        args.markdown.write_text(table)
+    print(table)
+    return 0

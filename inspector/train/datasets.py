@@ -49,6 +49,7 @@ class Sample:
     defect_area_px: int  # defect pixels in the mask at full resolution (mask >= mask_threshold)
     defective: bool
     mask_threshold: int = 1  # mask values >= this are defect pixels (1 = non-zero; Magnetic Tile: 128)
+    group: str = ""  # the physical part (or batch) the image shows; splits keep a group on one side (splits.py)
 
     @property
     def has_pixel_labels(self) -> bool:

@@ -12,13 +12,18 @@ What an image's score is, per task (higher = more likely defective; defective if
   the frame area it covers — computed exactly as the daemon's `inspector.decision` does, so min_area_px
   means the same here and on the line.
 
-Operating point. Never chosen on the test set. With validation data (--val-data, or --val-from-train, which
-re-draws the validation split `inspector-train train` held out: same data, fraction and seed):
+Input. As the model was trained and as the daemon feeds it: squashed to the input size (the classifier
+baseline), or resized by the model's scale and placed at the input's top-left corner with zeros around it
+(native-resolution models); only the blocks and pixels that cover the image are scored.
+
+Operating point. Never chosen on the test set, never guessed. With validation data (--val-data, or --val-split,
+the split.json `inspector-train train` wrote: exactly the images training held out):
 - block_threshold (recognizer) / the classifier's threshold: maximises ACC = (TPR + TNR) / 2 on validation;
 - pixel_threshold (segmenters): maximises pixel F1 on validation (grid 0.001 within [0.05, 0.95]);
 - min_area_px (segmenters): then maximises image-level ACC of "largest blob >= min_area_px" on validation.
-Ties go to the more sensitive setting. Without validation data the thresholds given on the command line (or
-0.5 / 0.5 / 1) are used, and the report says the operating point was not tuned.
+Ties go to the more sensitive setting. Without validation data only thresholds given on the command line are
+used (the report says they were not tuned); with neither, evaluate refuses rather than report metrics at 0.5.
+Fewer than 20 defective validation images get a warning: `inspector-train cv` reports cross-fitted thresholds.
 
 Subsets. "all": every test image. "small": the paper's small-defect subset — TPR over the defective test
 images whose defect covers 1..99 pixels of the full-resolution mask (datasets.read_mask), TNR over **all**
@@ -47,14 +52,13 @@ import cv2
 import numpy as np
 
 from inspector.decision import GridMap
-from inspector.preprocess import resize_image
+from inspector.preprocess import place_image, resize_image
 from inspector.train import metrics as M
 from inspector.train.datasets import Sample, image_pixel_format, read_image, read_mask
 
 SMALL_DEFECT_PX = 100  # the paper's small defect: 1..99 defect pixels
 IMAGE_TASKS = ("recognizer", "classifier")
 PIXEL_TASKS = ("segmenter", "deeplabv3plus")
-DEFAULT_THRESHOLDS = {"block_threshold": 0.5, "pixel_threshold": 0.5, "min_area_px": 1}
 
 
 def is_small(sample: Sample) -> bool:
@@ -73,6 +77,7 @@ class ModelInfo:
     classes: list[str]  # defect classes (no background)
     source: str  # the checkpoint or ONNX file
     seed: int | None = None
+    scale: float | None = None  # fit place: network px per image px; None: squashed to `size`
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -102,6 +107,7 @@ class TorchModel:
             classes=list(ckpt["classes"]),
             source=str(checkpoint),
             seed=ckpt.get("seed"),
+            scale=ckpt.get("scale"),
             extra={"epoch": ckpt.get("epoch"), "train_seconds": ckpt.get("train_seconds")},
         )
 
@@ -140,6 +146,7 @@ class OnnxModel:
             classes=manifest.classes[1:] if manifest.task == "segmenter" else [],
             source=str(path),
             seed=training.seed if training else None,
+            scale=manifest.preprocessing.scale if manifest.preprocessing.fit == "place" else None,
         )
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -150,21 +157,34 @@ def open_model(path: str | Path, threads: int = 2) -> TorchModel | OnnxModel:
     return OnnxModel(path, threads) if str(path).endswith(".onnx") else TorchModel(path, threads)
 
 
-def network_input(image: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """A loaded image -> the (h, w, c) uint8 network input: the shared preprocessing, nothing else."""
-    return resize_image(image, info.size, pixel_format=image_pixel_format(image), color=info.color)  # type: ignore[arg-type]
+def network_input(image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, tuple[int, int]]:
+    """A loaded image -> ((h, w, c) uint8 network input, (h, w) the image covers in it): the shared
+    preprocessing (squashed, or placed at the model's scale), nothing else."""
+    fmt = image_pixel_format(image)
+    if info.scale is None:
+        return resize_image(image, info.size, pixel_format=fmt, color=info.color), info.size  # type: ignore[arg-type]
+    return place_image(image, info.scale, info.size, pixel_format=fmt, color=info.color)  # type: ignore[arg-type]
 
 
 def predict(
     model: TorchModel | OnnxModel, samples: Sequence[Sample], batch: int = 8
-) -> Iterator[tuple[Sample, np.ndarray, np.ndarray]]:
-    """Yield (sample, full-resolution image, model output for it) in order, running `batch` images at a time."""
+) -> Iterator[tuple[Sample, np.ndarray, np.ndarray, tuple[int, int]]]:
+    """Yield (sample, full-resolution image, model output for it, (h, w) of the input the image covers) in
+    order, running `batch` images at a time."""
     for start in range(0, len(samples), batch):
         chunk = samples[start : start + batch]
         images = [read_image(s.image) for s in chunk]
-        x = np.stack([network_input(im, model.info) for im in images])
-        out = model(x)
-        yield from zip(chunk, images, out, strict=True)
+        inputs = [network_input(im, model.info) for im in images]
+        out = model(np.stack([x for x, _ in inputs]))
+        yield from zip(chunk, images, out, [placed for _, placed in inputs], strict=True)
+
+
+def valid_output(out: np.ndarray, placed: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """The part of an output map (..., oh, ow) that covers image pixels: the zero border is never scored."""
+    oh, ow = out.shape[-2:]
+    rows = max(1, math.ceil(placed[0] * oh / size[0]))
+    cols = max(1, math.ceil(placed[1] * ow / size[1]))
+    return out[..., :rows, :cols]
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -226,7 +246,8 @@ def score(
     records: list[ImageRecord] = []
     acc_all, acc_small = M.PixelAccumulator(), M.PixelAccumulator()
     started = time.monotonic()
-    for sample, image, out in predict(model, samples, batch):
+    for sample, image, raw, placed in predict(model, samples, batch):
+        out = valid_output(raw, placed, info.size)
         if info.pixel_task:
             prob = defect_probability(out)
             frame = image.shape[:2]
@@ -364,24 +385,25 @@ def format_summary(rep: dict[str, Any]) -> str:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from inspector.train.cli import Formatter
+
     p = subparsers.add_parser(
         "evaluate",
         help="metrics of a checkpoint or ONNX model on a test set, thresholds chosen on validation data",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     p.add_argument("--model", required=True, type=Path, help="checkpoint (.pt) or exported model (.onnx)")
     p.add_argument("--data", required=True, type=Path, help="test data set (Magnetic Tile or generic layout)")
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val-data", type=Path, help="validation data set: the operating point is chosen on it")
     val.add_argument(
-        "--val-from-train",
+        "--val-split",
         type=Path,
-        metavar="TRAIN_DATA",
-        help="re-draw the validation split `inspector-train train --data TRAIN_DATA` held out (its --val-fraction "
-        "and the model's seed) and choose the operating point on it",
+        metavar="SPLIT_JSON",
+        help="the split.json `inspector-train train` wrote into its --out folder: the operating point is chosen on "
+        "exactly the images that training held out",
     )
-    p.add_argument("--val-fraction", type=float, default=0.1, help="with --val-from-train: the training's value")
     p.add_argument("--block-threshold", type=float, help="fixed (skips tuning for the recognizer/classifier)")
     p.add_argument("--pixel-threshold", type=float, help="fixed (skips tuning for segmenters, with --min-area-px)")
     p.add_argument("--min-area-px", type=int, help="fixed smallest rejecting blob (frame pixels)")
@@ -392,8 +414,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_evaluate)
 
 
+def samples_from_split(path: Path, side: str = "val") -> list[Sample]:
+    """The images one side of a split.json names, re-read (class, mask, area) from their data set."""
+    from inspector.train.datasets import load_dataset
+
+    doc = json.loads(path.read_text())
+    wanted = {str(Path(p).resolve()) for p in doc[side]}
+    if not wanted:
+        raise SystemExit(f"{path}: no {side} images")
+    roots = {Path(p).resolve().parent for p in doc[side]}
+    # The data set root is the nearest folder above the images that the loader accepts.
+    samples: list[Sample] = []
+    for candidate in sorted({r.parent for r in roots} | {r.parent.parent for r in roots}):
+        try:
+            found, _ = load_dataset(candidate)
+        except (FileNotFoundError, ValueError):
+            continue
+        samples = [s for s in found if str(s.image.resolve()) in wanted]
+        if len(samples) == len(wanted):
+            return samples
+    raise SystemExit(f"{path}: could not find all {len(wanted)} {side} images in a data set folder")
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    from inspector.train.datasets import load_dataset, stratified_split
+    from inspector.train.datasets import load_dataset
 
     model = open_model(args.model, args.threads)
     info = model.info
@@ -410,27 +454,33 @@ def run_evaluate(args: argparse.Namespace) -> int:
     needed = ("pixel_threshold", "min_area_px") if info.pixel_task else ("block_threshold",)
     if all(k in fixed for k in needed):
         thresholds, tuned_on = {k: fixed[k] for k in needed}, "the command line (fixed, not tuned)"
-    elif args.val_data or args.val_from_train:
+    elif args.val_data or args.val_split:
         if args.val_data:
             val, _ = load_dataset(args.val_data)
             tuned_on = f"validation set {args.val_data} ({len(val)} images)"
         else:
-            if info.seed is None:
-                raise SystemExit(f"{args.model} records no training seed; give --val-data instead")
-            samples, _ = load_dataset(args.val_from_train)
-            _, val = stratified_split(samples, args.val_fraction, info.seed)
-            tuned_on = f"validation split of {args.val_from_train} (fraction {args.val_fraction}, seed {info.seed})"
+            val = samples_from_split(args.val_split)
+            tuned_on = f"the validation images of {args.val_split} ({len(val)} images)"
         overlap = {s.image.resolve() for s in val} & {s.image.resolve() for s in test}
         if overlap:
             raise SystemExit(
                 f"{len(overlap)} test images are also validation images: the operating point would "
                 "be chosen on the test set"
             )
+        n_def = sum(s.defective for s in val)
+        if n_def < 20:
+            print(
+                f"warning: the operating point comes from {n_def} defective validation images: expect it to move "
+                "on new data (more validation data, or cross-fitted thresholds from `inspector-train cv`)",
+                file=sys.stderr,
+            )
         thresholds = {**choose_thresholds(model, val, args.batch), **{k: v for k, v in fixed.items() if k in needed}}
     else:
-        thresholds = {k: fixed.get(k, DEFAULT_THRESHOLDS[k]) for k in needed}
-        tuned_on = "nothing (defaults; give --val-data to choose the operating point on validation data)"
-        print(f"warning: operating point not tuned: {thresholds}", file=sys.stderr)
+        raise SystemExit(
+            "no operating point: give --val-data or --val-split (the threshold is chosen on validation images), "
+            f"or fixed {' and '.join('--' + k.replace('_', '-') for k in needed)}. Thresholds are never guessed "
+            "(0.5 is not an operating point) and never chosen on the test set"
+        )
     rep = report(model, test, thresholds, tuned_on=tuned_on, batch=args.batch)
     rep["data"] = str(args.data)
     print(format_summary(rep))

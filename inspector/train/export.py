@@ -152,10 +152,11 @@ def to_onnx(deployed: Any, size: tuple[int, int], channels: int, output: str, pa
 
 
 def parity_images(
-    size: tuple[int, int], color: str, data: Path | None, n: int = PARITY_IMAGES
+    size: tuple[int, int], color: str, data: Path | None, n: int = PARITY_IMAGES, scale: float | None = None
 ) -> tuple[np.ndarray, str]:
-    """n real images through the shared preprocessing -> (n, h, w, c) uint8, and where they came from."""
-    from inspector.preprocess import resize_image
+    """n real images through the shared preprocessing (squashed, or placed at `scale`) -> (n, h, w, c) uint8,
+    and where they came from."""
+    from inspector.preprocess import place_image, resize_image
     from inspector.train.datasets import image_pixel_format, load_dataset, read_image
 
     source = data if data is not None else (MAGNETIC_TILE if MAGNETIC_TILE.is_dir() else None)
@@ -171,7 +172,12 @@ def parity_images(
         rng = np.random.default_rng(0)
         images = [render_part(rng, 320, 320, defective=i % 2 == 0, channels=1)[0] for i in range(n)]
         where = f"synthetic parts (inspector.synth, seed 0, {n} images)"
-    batch = np.stack([resize_image(im, size, pixel_format=image_pixel_format(im), color=color) for im in images])  # type: ignore[arg-type]
+    if scale is None:
+        batch = np.stack([resize_image(im, size, pixel_format=image_pixel_format(im), color=color) for im in images])  # type: ignore[arg-type]
+    else:
+        batch = np.stack(
+            [place_image(im, scale, size, pixel_format=image_pixel_format(im), color=color)[0] for im in images]  # type: ignore[arg-type]
+        )
     return batch, where
 
 
@@ -234,8 +240,12 @@ def export_checkpoint(
     batch_max: int = 16,
     parity_data: Path | None = None,
     threads: int = 2,
+    input_size: tuple[int, int] | None = None,
 ) -> tuple[ModelManifest, dict[str, Any]]:
-    """Write OUT (.onnx) and OUT.manifest.json from a checkpoint; -> (manifest, parity/graph report)."""
+    """Write OUT (.onnx) and OUT.manifest.json from a checkpoint; -> (manifest, parity/graph report).
+
+    `input_size` exports a fully convolutional model (recognizer, segmenters) at another input than it was
+    validated on, e.g. the line camera's frame at the model's scale: the weights do not depend on it."""
     import torch
 
     from inspector.backends.onnx_check import check_model_for_manifest
@@ -248,6 +258,11 @@ def export_checkpoint(
     deployed, ckpt = deployed_from_checkpoint(checkpoint)
     task, arch = ckpt["task"], ckpt["arch"]
     height, width = (int(v) for v in ckpt["size"])
+    scale = ckpt.get("scale")
+    if input_size is not None:
+        if task == "classifier":
+            raise ValueError("the classifier baseline has a fixed input (global pooling over its training size)")
+        height, width = input_size
     channels = int(ckpt["in_channels"])
     if task in ("recognizer", "classifier"):
         if task == "classifier" and height != width:
@@ -271,7 +286,7 @@ def export_checkpoint(
 
     started = time.monotonic()
     graph = to_onnx(deployed, (height, width), channels, output.name, out)
-    batch, where = parity_images((height, width), ckpt["color"], parity_data)
+    batch, where = parity_images((height, width), ckpt["color"], parity_data, scale=scale)
     parity = check_parity(deployed, out, batch)
     parity["source"] = where
 
@@ -285,7 +300,14 @@ def export_checkpoint(
         architecture=architecture_name(task, arch),
         input=InputSpec(height=height, width=width, channels=channels),  # type: ignore[arg-type]
         outputs=[output],
-        preprocessing=Preprocessing(resize="area", color=ckpt["color"], mean=list(ckpt["mean"]), std=list(ckpt["std"])),
+        preprocessing=Preprocessing(
+            resize="area",
+            fit="squash" if scale is None else "place",
+            scale=scale,
+            color=ckpt["color"],
+            mean=list(ckpt["mean"]),
+            std=list(ckpt["std"]),
+        ),
         batch=BatchSpec(min=1, opt=min(4, batch_max), max=batch_max, dynamic=True),
         block_size=block_size,
         classes=classes,
@@ -315,6 +337,8 @@ def export_checkpoint(
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from inspector.train.cli import parse_size
+
     p = subparsers.add_parser(
         "export",
         help="checkpoint -> ONNX + manifest, with an ONNX Runtime vs PyTorch parity check",
@@ -335,6 +359,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--parity-data", type=Path, help="images for the parity check (default: Magnetic Tile, else synthetic)"
     )
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--input-size",
+        type=parse_size,
+        help="HxW network input to export at (recognizer/segmenter; default: the size it was validated at), e.g. "
+        "your camera's frame size times the model's scale, rounded up to multiples of 32",
+    )
     p.set_defaults(func=run_export)
 
 
@@ -348,6 +378,7 @@ def run_export(args: argparse.Namespace) -> int:
         batch_max=args.batch_max,
         parity_data=args.parity_data,
         threads=args.threads,
+        input_size=args.input_size,
     )
     parity = info["parity"]
     print(

@@ -23,24 +23,107 @@ against the gradient of one output cell with respect to the input):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet
-from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from inspector.preprocess import MEAN_GRAY, MEAN_RGB, STD_GRAY, STD_RGB
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet-tiny")
 TASKS = ("recognizer", "segmenter", "classifier", "deeplabv3plus")
 BLOCK_SIZE = 32  # total stride of every trunk in the recognizer: one output cell per 32x32 input block
 
-# resnet-tiny: torchvision's BasicBlock, one block per stage, narrow widths. ~0.3 M parameters (~1.2 MB fp32),
-# small enough to commit demo models to git and to train in seconds on a CPU.
-TINY_WIDTHS = (16, 32, 64, 128)
-TINY_BLOCKS = (1, 1, 1, 1)
+
+# ------------------------------------------------------------------------------------------ ResNet trunks
+#
+# Written here instead of taken from torchvision: torchvision's wheels on PyPI are built against the CUDA build
+# of torch, and the CPU build of torch (~200 MB instead of ~5.5 GB, what a CPU-only training box wants) cannot
+# import them. The blocks are the standard ones (He et al. 2016; "v1.5": the stride on the bottleneck's 3x3
+# conv), initialised the way torchvision does, so a ResNet-18/34/50 here has torchvision's layer shapes.
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1):
+        super().__init__()
+        if dilation > 1:
+            raise ValueError("BasicBlock trunks cannot be dilated; use output stride 32 or resnet50")
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _projection(inplanes, planes, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _projection(inplanes, planes * 4, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+def _projection(inplanes: int, outplanes: int, stride: int) -> nn.Module | None:
+    if stride == 1 and inplanes == outplanes:
+        return None
+    return nn.Sequential(nn.Conv2d(inplanes, outplanes, 1, stride=stride, bias=False), nn.BatchNorm2d(outplanes))
+
+
+Block = type[BasicBlock] | type[Bottleneck]
+
+
+def make_stage(block: Block, inplanes: int, planes: int, blocks: int, stride: int = 1, dilation: int = 1):
+    """One ResNet stage; a dilated stage keeps its resolution (stride 1) and dilates every 3x3 conv after the
+    first by `dilation` (the first uses the previous dilation, as torchvision's replace_stride_with_dilation)."""
+    first_dilation = max(dilation // 2, 1) if dilation > 1 else 1
+    layers = [block(inplanes, planes, stride, first_dilation)]
+    layers += [block(planes * block.expansion, planes, 1, dilation) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    block: Block
+    blocks: tuple[int, int, int, int]
+    widths: tuple[int, int, int, int]  # planes of layer1..layer4 (x block.expansion = output channels)
+    stem: int
+
+
+# The model ladder (docs/TRAINING.md gives accuracy, training minutes and inference ms for each):
+# - resnet-tiny: one BasicBlock per stage, widths 16..128, ~0.3 M parameters: demo models, fastest CPU lines;
+# - resnet-small: ResNet-18's layout (two BasicBlocks per stage) at half width, ~2.8 M parameters, a quarter
+#   of ResNet-18's compute: the CPU-only recommendation;
+# - resnet18/34/50: the standard trunks (the paper uses resnet50): GPU training.
+ARCH_SPECS: dict[str, ArchSpec] = {
+    "resnet-tiny": ArchSpec(BasicBlock, (1, 1, 1, 1), (16, 32, 64, 128), 16),
+    "resnet-small": ArchSpec(BasicBlock, (2, 2, 2, 2), (32, 64, 128, 256), 32),
+    "resnet18": ArchSpec(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), 64),
+    "resnet34": ArchSpec(BasicBlock, (3, 4, 6, 3), (64, 128, 256, 512), 64),
+    "resnet50": ArchSpec(Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), 64),
+}
+ARCHS = tuple(ARCH_SPECS)
 
 
 def mean_std(in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -57,46 +140,37 @@ class Trunk(nn.Module):
 
     def __init__(self, arch: str, in_channels: int, dilate: Sequence[bool] = (False, False, False)):
         super().__init__()
-        if arch not in ARCHS:
+        if arch not in ARCH_SPECS:
             raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-        if any(dilate) and arch != "resnet50":
-            # torchvision's BasicBlock refuses dilation > 1; only Bottleneck trunks can keep resolution.
+        spec = ARCH_SPECS[arch]
+        if any(dilate) and spec.block is not Bottleneck:
             raise ValueError(f"{arch} cannot be dilated (BasicBlock); use output stride 32 or resnet50")
-        if arch == "resnet-tiny":
-            net = resnet.ResNet(resnet.BasicBlock, list(TINY_BLOCKS))
-            stem = TINY_WIDTHS[0]
-            net.conv1 = nn.Conv2d(in_channels, stem, kernel_size=7, stride=2, padding=3, bias=False)
-            net.bn1 = nn.BatchNorm2d(stem)
-            # Reuse torchvision's own stage builder with narrow widths instead of copying it: _make_layer reads
-            # the running `inplanes`, so resetting it to the stem width chains the stages correctly.
-            net.inplanes = stem
-            for i, (width, blocks) in enumerate(zip(TINY_WIDTHS, TINY_BLOCKS, strict=True)):
-                setattr(
-                    net, f"layer{i + 1}", net._make_layer(resnet.BasicBlock, width, blocks, stride=1 if i == 0 else 2)
-                )
-            _init_like_torchvision(net)
-            self.block: type[nn.Module] = resnet.BasicBlock
-            self.channels = (stem, *TINY_WIDTHS)
-        else:
-            factory = {"resnet18": resnet.resnet18, "resnet34": resnet.resnet34, "resnet50": resnet.resnet50}[arch]
-            kwargs = {"replace_stride_with_dilation": list(dilate)} if arch == "resnet50" else {}
-            net = factory(weights=None, **kwargs)
-            if in_channels != 3:
-                net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-                nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
-            self.block = resnet.Bottleneck if arch == "resnet50" else resnet.BasicBlock
-            expansion = 4 if arch == "resnet50" else 1
-            self.channels = (64, 64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion)
-        stride = 4
-        strides = [stride]
-        for d in dilate:
-            stride = stride if d else stride * 2
-            strides.append(stride)
-        self.strides = (2, *strides)  # stem (before maxpool), layer1..layer4
         self.arch = arch
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu)
-        self.maxpool = net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.block: Block = spec.block
+        e = spec.block.expansion
+        self.channels = (spec.stem, *(w * e for w in spec.widths))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, spec.stem, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(spec.stem),
+            nn.ReLU(inplace=True),
+        )
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        stride, dilation, strides = 4, 1, [4]
+        stages = []
+        inplanes = spec.stem
+        for i, (planes, blocks) in enumerate(zip(spec.widths, spec.blocks, strict=True)):
+            s = 1
+            if i > 0:
+                if dilate[i - 1]:
+                    dilation *= 2
+                else:
+                    s, stride = 2, stride * 2
+                strides.append(stride)
+            stages.append(make_stage(spec.block, inplanes, planes, blocks, s, dilation))
+            inplanes = planes * e
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.strides = (2, *strides)  # stem (before maxpool), layer1..layer4
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (layer1 features at 1/4, layer4 features at 1/strides[4])."""
@@ -104,9 +178,16 @@ class Trunk(nn.Module):
         deep = self.layer4(self.layer3(self.layer2(low)))
         return low, deep
 
+    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """-> [layer1, layer2, layer3, layer4] outputs (strides 4, 8, 16, 32 undilated)."""
+        out = [self.layer1(self.maxpool(self.stem(x)))]
+        for layer in (self.layer2, self.layer3, self.layer4):
+            out.append(layer(out[-1]))
+        return out
 
-def _init_like_torchvision(module: nn.Module) -> None:
-    """The initialisation torchvision's ResNet applies in its constructor, for modules replaced afterwards."""
+
+def init_weights(module: nn.Module) -> None:
+    """He initialisation for convolutions, unit/zero batch norm: what torchvision's ResNet applies."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -132,20 +213,49 @@ class Recognizer(nn.Module):
     (N, C, H, W) -> logits (N, 2, H/32, W/32); channel 1 = defective. A 1x1 convolution applied at each cell is
     the FC layer applied to each 32x32 block's feature vector, so the network is the paper's classifier slid
     over the image in one pass.
+
+    Mixed supervision (training only): with `aux`, a light dense head predicts the defect mask at stride 8 from
+    layer2 fused with the upsampled layer4, so the pixel masks teach the trunk where defects are instead of
+    only which 32x32 blocks hold one (SegDecNet's lesson: a dense loss at a coarse stride plus a block/image
+    decision beats block labels alone). `forward` never runs it: the exported graph is the block head only.
     """
 
-    def __init__(self, arch: str, in_channels: int):
+    def __init__(self, arch: str, in_channels: int, aux: bool = False):
         super().__init__()
         self.trunk = Trunk(arch, in_channels)
-        self.head = nn.Conv2d(self.trunk.channels[4], 2, kernel_size=1)
+        c = self.trunk.channels
+        self.head = nn.Conv2d(c[4], 2, kernel_size=1)
+        self.aux = DenseHead(c[2], c[4], width=max(32, c[2])) if aux else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, deep = self.trunk(x)
         return self.head(deep)
 
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (block logits (N, 2, H/32, W/32), dense defect logits (N, 1, H/8, W/8) or None)."""
+        layers = self.trunk.stages(x)
+        blocks = self.head(layers[3])
+        return blocks, (self.aux(layers[1], layers[3]) if self.aux is not None else None)
 
-def build_recognizer(arch: str, in_channels: int) -> nn.Module:
-    return Recognizer(arch, in_channels)
+
+class DenseHead(nn.Module):
+    """Stride-8 defect logits from layer2 and layer4 (1x1 projections, upsample, add, 3x3, 1x1)."""
+
+    def __init__(self, mid_channels: int, deep_channels: int, width: int):
+        super().__init__()
+        self.mid = _conv_bn_relu(mid_channels, width, kernel=1)
+        self.deep = _conv_bn_relu(deep_channels, width, kernel=1)
+        self.fuse = _conv_bn_relu(width, width)
+        self.out = nn.Conv2d(width, 1, kernel_size=1)
+        init_weights(self)
+
+    def forward(self, mid: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(self.deep(deep), size=mid.shape[-2:], mode="bilinear", align_corners=False)
+        return self.out(self.fuse(self.mid(mid) + up))
+
+
+def build_recognizer(arch: str, in_channels: int, aux: bool = False) -> nn.Module:
+    return Recognizer(arch, in_channels, aux)
 
 
 def receptive_field(arch: str) -> int:
@@ -210,11 +320,8 @@ class Branch(nn.Module):
         super().__init__()
         stem = trunk.channels[0]
         self.stem = _conv_bn_relu(in_channels, stem, kernel=kernel, stride=2)
-        # A throwaway torchvision ResNet only lends its stage builder (_make_layer), fed the stem width.
-        lender = resnet.ResNet(trunk.block, [1, 1, 1, 1])
-        lender.inplanes = stem
-        self.stage = lender._make_layer(trunk.block, trunk.channels[1] // getattr(trunk.block, "expansion", 1), blocks)
-        _init_like_torchvision(self)
+        self.stage = make_stage(trunk.block, stem, trunk.channels[1] // trunk.block.expansion, blocks)
+        init_weights(self)
         self.out_channels = trunk.channels[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -264,7 +371,7 @@ class Segmenter(nn.Module):
         half = max(width // 2, 16)
         self.fuse2 = nn.Sequential(_conv_bn_relu(width + skip, half), _conv_bn_relu(half, half))
         self.classifier = nn.Conv2d(half, num_classes, kernel_size=1)
-        _init_like_torchvision(nn.ModuleList([self.deep_proj, self.low_proj, self.fuse4, self.branch_proj, self.fuse2]))
+        init_weights(nn.ModuleList([self.deep_proj, self.low_proj, self.fuse4, self.branch_proj, self.fuse2]))
 
     def _step1(self, x: torch.Tensor) -> torch.Tensor:
         low, deep = self.trunk(x)
@@ -314,6 +421,35 @@ def build_segmenter(arch: str, in_channels: int, num_classes: int, output_stride
     return Segmenter(arch, in_channels, num_classes, output_stride=output_stride)
 
 
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling (Chen et al. 2017/2018): a 1x1 conv, three dilated 3x3 convs and image
+    pooling in parallel, concatenated and projected, with dropout 0.5 as in DeepLabv3 (the baseline only)."""
+
+    def __init__(self, in_channels: int, rates: Sequence[int], out_channels: int = 256):
+        super().__init__()
+        branches: list[nn.Module] = [_conv_bn_relu(in_channels, out_channels, kernel=1)]
+        for rate in rates:
+            branches.append(
+                nn.Sequential(
+                    nn.Conv2d(in_channels, out_channels, 3, padding=rate, dilation=rate, bias=False),
+                    nn.BatchNorm2d(out_channels),
+                    nn.ReLU(inplace=True),
+                )
+            )
+        self.branches = nn.ModuleList(branches)
+        self.pool = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.ReLU(inplace=True)
+        )
+        self.project = nn.Sequential(
+            _conv_bn_relu(out_channels * (len(branches) + 1), out_channels, kernel=1), nn.Dropout(0.5)
+        )
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
+
+
 class DeepLabV3Plus(nn.Module):
     """Baseline: the original DeepLabv3+ (ASPP on the deep features, layer1 skip, two x4 upsamplings)."""
 
@@ -328,7 +464,7 @@ class DeepLabV3Plus(nn.Module):
         self.low_proj = _conv_bn_relu(c[1], skip, kernel=1)
         self.fuse = nn.Sequential(_conv_bn_relu(width + skip, width), _conv_bn_relu(width, width))
         self.classifier = nn.Conv2d(width, num_classes, kernel_size=1)
-        _init_like_torchvision(nn.ModuleList([self.low_proj, self.fuse]))
+        init_weights(nn.ModuleList([self.low_proj, self.fuse]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         low, deep = self.trunk(x)
@@ -341,10 +477,13 @@ def build_deeplabv3plus(arch: str, in_channels: int, num_classes: int, output_st
     return DeepLabV3Plus(arch, in_channels, num_classes, output_stride=output_stride)
 
 
-def build_model(task: str, arch: str, in_channels: int, num_classes: int = 2, output_stride: int = 16) -> nn.Module:
-    """Any of the four networks by task name (num_classes counts background; segmentation tasks only)."""
+def build_model(
+    task: str, arch: str, in_channels: int, num_classes: int = 2, output_stride: int = 16, aux: bool = False
+) -> nn.Module:
+    """Any of the four networks by task name (num_classes counts background; segmentation tasks only; `aux`:
+    the recognizer's training-only dense head)."""
     if task == "recognizer":
-        return build_recognizer(arch, in_channels)
+        return build_recognizer(arch, in_channels, aux)
     if task == "classifier":
         return build_classifier(arch, in_channels)
     if task == "segmenter":

@@ -1,30 +1,37 @@
-"""Training: the paper's recipe for the recognizer and the segmenter, and the same loop for the baselines.
+"""Training: the paper's recipe for the recognizer and the segmenter, with what from-scratch surface-defect
+training needs on a CPU budget, and the same loop for the baselines.
 
-Loss and optimiser. Logistic (softmax) cross-entropy plus an L2 penalty, minimised with Adam. The L2 term is
-Adam's own `weight_decay`, which adds ``weight_decay * w`` to the gradient — exactly the gradient of
-``weight_decay / 2 * ||w||^2`` added to the loss, i.e. the paper's "cross-entropy + L2". (AdamW's decoupled
-decay is a different regulariser, so it is not used.) It applies to convolution and linear weights only: an
-L2 pull on batch-norm scales and biases shrinks nothing that overfits and only fights the normalisation.
+Loss and optimiser. Cross-entropy plus an L2 penalty, minimised with Adam (the paper's). The L2 term is Adam's own
+`weight_decay`, which adds ``weight_decay * w`` to the gradient — exactly the gradient of
+``weight_decay / 2 * ||w||^2`` added to the loss. It applies to convolution and linear weights only: an L2 pull
+on batch-norm scales and biases shrinks nothing that overfits and only fights the normalisation. The learning
+rate warms up linearly over the first `warmup_steps` (from scratch, Adam's first steps on a randomly
+initialised ResNet are its least reliable) and then follows a cosine to 0.
 
-Sampling (all four tasks, so every model sees the same images per epoch). An epoch is one pass over the
-defective training images with pixel labels; item i pairs defective image i with a genuine (defect-free) image
-drawn at random for (seed, epoch, i).
-- recognizer: the loss counts the k defective 32x32 blocks of the defective image (labels.py's rule, full
-  resolution, after augmentation) and k blocks drawn at random from the genuine image: defective and normal
-  blocks in the ratio 1:1. `blocks_per_image` > 0 caps k (k defective blocks drawn at random).
-- classifier (baseline): the two images with their image labels — also 1:1.
-- segmenter: the whole image (resized) into the backbone, a random local crop into the branch, loss on the
-  crop's pixels only. With probability `crop_defect_bias` a defective image's crop is centred on one of its
-  defect pixels: a uniformly placed crop of a few-pixel defect would nearly always be pure background.
+Input (data.py). Each image is decoded once and kept at the training `scale` (1.0 = native resolution); the
+network input of a model is fixed (`size`, by default the smallest multiple of 32 that holds every image at
+that scale), with the frame at its top-left and zeros elsewhere — as in evaluation and in the daemon. The
+classifier baseline is the paper's: the whole image squashed to `size` (224x224), `scale` None.
+
+Sampling. Every step draws `batch` images, `defective_fraction` of them defective (balanced defective/normal,
+the paper's recipe): each list is visited in a fresh random order per pass, so every defect-free image is seen
+as often as any other (SegDecNet's "frequency of use" sampling, instead of drawing partners at random). An
+epoch is as many steps as it takes to draw as many images as the training set holds.
+
+- recognizer: a `crop` x `crop` window of each image (at the training scale), centred near a defect pixel
+  with probability `defect_bias` on defective images; loss over every 32x32 block of the crop: the mean
+  cross-entropy of the defective blocks and the mean of the normal ones, weighted equally (balanced blocks;
+  with `hard_negatives` > 0 the normal-block mean is over the hardest `hard_negatives` x #defective ones
+  only), plus `aux_weight` x the balanced binary cross-entropy of the dense head against the pixel mask at
+  stride 8, dilated by `aux_dilate` px (mixed supervision; `aux_weight` 0 trains block labels only).
+- classifier (baseline): the whole squashed image, its image label.
+- segmenter: the whole image (at scale) into the backbone, a `crop` x `crop` window into the branch (defect-
+  centred with probability `defect_bias`), loss on the window's pixels only.
 - deeplabv3plus (baseline): the whole image, loss on every pixel.
 
-Input. Every image is resized whole to the network input by `inspector.preprocess.resize_image` (the function
-the daemon uses); augmentation runs before that, at full resolution. docs/TRAINING.md records the measurement
-behind resizing rather than tiling.
-
-Reproducibility. Seeds for python, numpy and torch; an item's augmentation, partner image, block choice and
-crop depend only on (seed, epoch, index) and the epoch's order only on (seed, epoch), so a run resumed from
-its last checkpoint continues exactly as if it had never stopped (a test checks weights bit for bit on CPU).
+Reproducibility. Seeds for python, numpy and torch; an item's image choice, crop and augmentation depend only
+on (seed, epoch, step, slot) and the visiting order only on (seed, pass), so a run resumed from its last
+checkpoint continues exactly as if it had never stopped (a test checks weights bit for bit on CPU).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import json
 import math
 import platform
 import random
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,42 +51,56 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from inspector.preprocess import resize_image, resize_mask
 from inspector.train import distributed as D
-from inspector.train.augment import AugmentConfig, apply_augment, build_augment
-from inspector.train.datasets import Sample, image_pixel_format, load_sample, read_image, summarize
-from inspector.train.labels import BLOCK, block_labels, grid_for
+from inspector.train.augment import AugmentConfig, crop_transform, photometric, warp
+from inspector.train.data import (
+    BLOCK,
+    CachedImage,
+    ImageCache,
+    block_targets,
+    dense_targets,
+    input_size_for,
+    placed_input,
+    round_up,
+    training_crop,
+)
+from inspector.train.datasets import Sample, read_image, summarize
 from inspector.train.models import TASKS, Deployed, build_model, mean_std, normalize_batch
 
 CHECKPOINT_FORMAT = "inspector-train-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 SEGMENTATION_TASKS = ("segmenter", "deeplabv3plus")
+DEFAULT_CROP = {"recognizer": 0, "segmenter": 128}
+MIN_VAL_DEFECTIVE = 20  # fewer defective validation images than this: checkpoint and threshold are a guess
 
 
 @dataclass
 class TrainConfig:
     task: str = "recognizer"  # recognizer | segmenter | classifier | deeplabv3plus
-    arch: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet-tiny
-    size: tuple[int, int] = (224, 224)  # network input (height, width), multiples of 32
+    arch: str = "resnet-small"  # resnet-tiny | resnet-small | resnet18 | resnet34 | resnet50
+    scale: float | None = 1.0  # network px per image px; None: squash the whole image to `size` (classifier)
+    size: tuple[int, int] | None = None  # network input (h, w), multiples of 32; None: from the data (224 squashed)
     color: str = "auto"  # gray | rgb | auto (rgb if the first training image has 3 channels)
     epochs: int = 30
-    steps_per_epoch: int = 0  # 0: a full pass over the defective training images; > 0: stop the epoch early
-    batch: int = 8  # pairs per step and per process (2 * batch images)
+    steps_per_epoch: int = 0  # 0: as many images as the training set holds, per epoch
+    batch: int = 16  # images per step and per process
     lr: float = 1e-3
     lr_schedule: str = "cosine"  # cosine (per step, to 0) | constant
+    warmup_steps: int = 100
     weight_decay: float = 1e-4  # the L2 coefficient (Adam weight_decay, conv/linear weights only)
     seed: int = 0
-    workers: int = 2  # DataLoader worker processes
     threads: int = 2  # torch CPU threads per process
+    cache_images: bool = True  # decode every image once and keep it in memory (False: decode per use)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    block_min_pixels: int = 1  # labels.py: defect pixels that make a block defective
-    blocks_per_image: int = 0  # recognizer: cap on defective blocks per pair (0 = all)
-    normal_from_defective: float = 0.0  # recognizer: share of normal blocks drawn from the defective image
-    crop: int = 128  # segmenter: branch crop side (multiple of 32, at most the input size)
-    crop_defect_bias: float = 0.5  # segmenter: P(crop of a defective image centred on a defect pixel)
+    defective_fraction: float = 0.5  # share of each batch drawn from defective images
+    crop: int = -1  # recognizer: 0 = whole images, N = NxN crops; segmenter: branch crop (-1: 0 / 128); /32
+    defect_bias: float = 0.7  # P(a defective image's crop is centred near one of its defect pixels)
+    block_min_pixels: int = 1  # defect pixels that make a block defective
+    aux_weight: float = 1.0  # recognizer: weight of the dense (mixed supervision) loss; 0 = block labels only
+    aux_dilate: int = 2  # recognizer: dilation of the mask (px at training scale) for the dense targets
+    hard_negatives: float = 0.0  # recognizer: > 0 = normal-block loss over the hardest k x #defective blocks
     output_stride: int = 16  # segmentation with resnet50: deep-feature stride (8 or 16; others stay at 32)
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = False  # CUDA only: bfloat16 autocast
@@ -86,20 +108,38 @@ class TrainConfig:
     plots: bool = True  # loss curves and sample predictions as PNG
     keep_every: int = 0  # also keep epoch_NNN.pt every N epochs (0: only last.pt and best.pt)
     val_batch: int = 8
+    select: str = "best"  # best: the checkpoint with the best validation metric; last: the final epoch
+    max_minutes: float = 0.0  # > 0: stop after the epoch that passes this much training time
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, not {self.task!r}")
-        self.size = (int(self.size[0]), int(self.size[1]))
-        grid_for(self.size)  # raises unless multiples of 32
+        if self.size is not None:
+            self.size = (int(self.size[0]), int(self.size[1]))
+            if self.size[0] % BLOCK or self.size[1] % BLOCK or min(self.size) <= 0:
+                raise ValueError(f"size {self.size} must be positive multiples of {BLOCK}")
+        if self.scale is not None and not 0.05 <= self.scale <= 4:
+            raise ValueError(f"scale {self.scale} must lie in [0.05, 4] (network px per image px)")
         if isinstance(self.augment, dict):
             self.augment = AugmentConfig(**self.augment)
-        if self.task == "segmenter" and (self.crop % 32 or self.crop > min(self.size)):
-            raise ValueError(f"crop {self.crop} must be a multiple of 32 and fit in {self.size}")
+        if self.crop < 0:
+            self.crop = DEFAULT_CROP.get(self.task, 0)
+        if self.crop % BLOCK:
+            raise ValueError(f"crop {self.crop} must be a multiple of {BLOCK}")
+        if not 0 < self.defective_fraction < 1:
+            raise ValueError("defective_fraction must lie strictly between 0 and 1")
+        if self.select not in ("best", "last"):
+            raise ValueError("select must be best or last")
+        if self.batch < 2:
+            raise ValueError("batch must hold at least one defective and one normal image (>= 2)")
+
+    @property
+    def squash(self) -> bool:
+        return self.scale is None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["size"] = list(self.size)
+        d["size"] = list(self.size) if self.size else None
         return d
 
     @classmethod
@@ -108,108 +148,141 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def default_scale(task: str) -> float | None:
+    """The classifier baseline squashes (the paper's classifier); every other task keeps native resolution."""
+    return None if task == "classifier" else 1.0
+
+
 # ------------------------------------------------------------------------------------------------- data
 
 
-def item_seed(seed: int, epoch: int, index: int, salt: int = 0) -> int:
-    return int(np.random.SeedSequence([seed, epoch, index, salt]).generate_state(1)[0])
+def item_seed(seed: int, *keys: int) -> int:
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+class Visitor:
+    """Endless visiting order over n items: a fresh permutation per pass, seeded by (seed, salt, pass).
+
+    Position p of the endless order is a pure function of p, so a resumed run continues where it stopped."""
+
+    def __init__(self, n: int, seed: int, salt: int):
+        self.n, self.seed, self.salt = n, seed, salt
+        self._pass, self._order = -1, np.arange(0)
+
+    def at(self, position: int) -> int:
+        p, i = divmod(position, self.n)
+        if p != self._pass:
+            self._pass, self._order = p, np.random.default_rng(item_seed(self.seed, self.salt, p)).permutation(self.n)
+        return int(self._order[i])
 
 
 @dataclass
-class Prepared:
-    image: np.ndarray  # (h, w, c) uint8 network input
-    seg: np.ndarray  # (h, w) uint8 label at network resolution (nearest), for the segmenters
-    blocks: np.ndarray  # (gh, gw) uint8 block labels from the full-resolution label
-    defective: bool
+class Batch:
+    image: np.ndarray  # (B, h, w, C) uint8
+    defective: np.ndarray  # (B,) bool
+    blocks: np.ndarray | None = None  # recognizer: (B, h/32, w/32) uint8
+    dense: np.ndarray | None = None  # recognizer: (B, h/8, w/8) float32
+    seg: np.ndarray | None = None  # segmenters: (B, h, w) uint8
+    crop_box: np.ndarray | None = None  # segmenter: (B, 4) top, left, h, w
+    valid: np.ndarray | None = None  # recognizer: (B, h/32, w/32) bool, blocks that hold image pixels
 
 
-def prepare(
-    sample: Sample,
-    classes: list[str],
-    size: tuple[int, int],
-    color: str,
-    transform: Any,
-    seed: int,
-    min_pixels: int,
-) -> Prepared:
-    """Load, augment at full resolution (seeded), resize with the shared preprocessing, label."""
-    image, label = load_sample(sample, classes)
-    if transform is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            image, label = apply_augment(transform, image, label)
-    x = resize_image(image, size, pixel_format=image_pixel_format(image), color=color)
-    return Prepared(x, resize_mask(label, size), block_labels(label, grid_for(size), min_pixels), sample.defective)
+def valid_blocks(images: np.ndarray) -> np.ndarray:
+    """(B, h, w, C) uint8 -> (B, h/32, w/32) bool: blocks with any non-zero pixel, i.e. not pure zero border.
+    Pure border is never scored in evaluation or in the daemon, so it is left out of the loss too (thousands
+    of trivially normal border blocks would dilute the mean over normal blocks)."""
+    b, h, w, _ = images.shape
+    return images.reshape(b, h // BLOCK, BLOCK, w // BLOCK, BLOCK, -1).max(axis=(2, 4, 5)) > 0
 
 
-class PairDataset(Dataset):
-    """Item i: defective image i and a genuine partner, with the blocks and crops the loss counts."""
+class BatchMaker:
+    """Builds step `s` of epoch `e` from the cache: a pure function of (seed, e, s) and the cache."""
 
-    def __init__(self, defective: list[Sample], good: list[Sample], classes: list[str], cfg: TrainConfig, color: str):
-        if not defective or not good:
+    def __init__(self, cache: ImageCache, cfg: TrainConfig, rank: int = 0, world: int = 1):
+        self.cache, self.cfg, self.rank, self.world = cache, cfg, rank, world
+        self.defective = [i for i, d in enumerate(cache.defective_flags) if d]
+        self.good = [i for i, d in enumerate(cache.defective_flags) if not d]
+        if not self.defective or not self.good:
             raise ValueError(
-                f"training needs defective and defect-free images (got {len(defective)} and {len(good)}): "
-                "the recipe pairs each defective image with a genuine one"
+                f"training needs defective and defect-free images (got {len(self.defective)} and {len(self.good)}):"
+                " each batch balances the two"
             )
-        self.defective, self.good, self.classes, self.cfg, self.color = defective, good, classes, cfg, color
-        self.transform = build_augment(cfg.augment)
-        self.epoch = 0
+        self.n_defective = max(1, min(cfg.batch - 1, round(cfg.batch * cfg.defective_fraction)))
+        self.visit_defective = Visitor(len(self.defective), cfg.seed, 1)
+        self.visit_good = Visitor(len(self.good), cfg.seed, 2)
 
-    def __len__(self) -> int:
-        return len(self.defective)
+    def steps_per_epoch(self) -> int:
+        if self.cfg.steps_per_epoch > 0:
+            return self.cfg.steps_per_epoch
+        return max(1, math.ceil(len(self.cache) / (self.cfg.batch * self.world)))
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    def _canvas(self, items: list[CachedImage]) -> tuple[int, int]:
+        """The batch's own input: the largest image of the batch, rounded up to blocks (the network is fully
+        convolutional, so padding to the model's input would only add zero border on varied image sizes)."""
+        height = max(round_up(it.image.shape[0]) for it in items)
+        width = max(round_up(it.image.shape[1]) for it in items)
+        return min(height, self.cache.input_size[0]), min(width, self.cache.input_size[1])
+
+    def make(self, epoch: int, step: int) -> Batch:
         cfg = self.cfg
-        rng = np.random.default_rng(item_seed(cfg.seed, self.epoch, index))
-        partner_index = int(rng.integers(len(self.good)))
-        partner = self.good[partner_index]
-        items = [
-            prepare(
-                s, self.classes, cfg.size, self.color, self.transform, int(rng.integers(2**31)), cfg.block_min_pixels
+        global_step = epoch * self.steps_per_epoch() + step
+        n_def = self.n_defective
+        n_good = cfg.batch - n_def
+        # Each rank takes its own slice of the global order, so ranks never train on the same draw.
+        base_d = (global_step * self.world + self.rank) * n_def
+        base_g = (global_step * self.world + self.rank) * n_good
+        picks = [self.defective[self.visit_defective.at(base_d + k)] for k in range(n_def)]
+        picks += [self.good[self.visit_good.at(base_g + k)] for k in range(n_good)]
+        rngs = [np.random.default_rng(item_seed(cfg.seed, epoch, step, self.rank, k)) for k in range(len(picks))]
+        items = [self.cache[i] for i in picks]
+        defective = np.array([it.defective for it in items], bool)
+        aug = cfg.augment if cfg.augment.enabled else None
+        if cfg.task == "recognizer":
+            if cfg.crop > 0:
+                crop = (cfg.crop, cfg.crop)
+                pairs = [
+                    training_crop(it, crop, rng, aug, cfg.defect_bias) for it, rng in zip(items, rngs, strict=True)
+                ]
+            else:
+                canvas = self._canvas(items)
+                pairs = [whole_image(it, canvas, rng, aug) for it, rng in zip(items, rngs, strict=True)]
+            labels = [lab for _, lab in pairs]
+            images = np.stack([im for im, _ in pairs])
+            return Batch(
+                image=images,
+                defective=defective,
+                blocks=np.stack([block_targets(lab, BLOCK, cfg.block_min_pixels) for lab in labels]),
+                dense=np.stack([dense_targets(lab, 8, cfg.aux_dilate) for lab in labels]),
+                valid=valid_blocks(images),
             )
-            for s in (self.defective[index], partner)
-        ]
-        out: dict[str, np.ndarray] = {
-            "image": np.stack([p.image for p in items]),
-            "seg": np.stack([p.seg for p in items]),
-            "blocks": np.stack([p.blocks for p in items]),
-            "defective": np.array([True, False]),
-            "source": np.array([index, partner_index]),  # indices into the defective and the good list
-        }
-        out["select"] = balanced_selection(
-            items[0].blocks, items[1].blocks, rng, cfg.blocks_per_image, cfg.normal_from_defective
-        )
+        if cfg.task == "classifier":
+            size = self.cache.input_size
+            images = [whole_image(it, size, rng, aug) for it, rng in zip(items, rngs, strict=True)]
+            return Batch(image=np.stack([im for im, _ in images]), defective=defective)
+        height, width = self._canvas(items)
+        pairs = [whole_image(it, (height, width), rng, aug) for it, rng in zip(items, rngs, strict=True)]
+        seg = np.stack([lab for _, lab in pairs])
+        batch = Batch(image=np.stack([im for im, _ in pairs]), defective=defective, seg=seg)
         if cfg.task == "segmenter":
-            out["crop_box"] = np.stack([choose_crop(p.seg, cfg.crop, rng, cfg.crop_defect_bias) for p in items])
-        return out
+            c = min(cfg.crop, height, width) // 32 * 32
+            batch.crop_box = np.stack(
+                [choose_crop(s, c, rng, cfg.defect_bias) for s, rng in zip(seg, rngs, strict=True)]
+            )
+        return batch
 
 
-def balanced_selection(
-    defective_blocks: np.ndarray,
-    good_blocks: np.ndarray,
-    rng: np.random.Generator,
-    cap: int = 0,
-    normal_from_defective: float = 0.0,
-) -> np.ndarray:
-    """(2, gh, gw) bool: the k defective blocks of the defective image, and k normal blocks — by default all
-    from the genuine image (the paper); `normal_from_defective` of them from the defective image's own normal
-    blocks instead, so "defect-free" is also learnt on the images that carry defects (otherwise a network can
-    lean on whatever tells the two image populations apart, e.g. their folders' lighting)."""
-    if good_blocks.any():
-        raise ValueError("a genuine image with defective blocks")
-    select = np.zeros((2, *defective_blocks.shape), bool)
-    positives = np.flatnonzero(defective_blocks)
-    if cap > 0 and len(positives) > cap:
-        positives = rng.choice(positives, cap, replace=False)
-    k = min(len(positives), good_blocks.size)
-    select[0].flat[positives[:k]] = True
-    own_normal = np.flatnonzero(defective_blocks == 0)
-    k_own = min(round(normal_from_defective * k), len(own_normal))
-    if k_own:
-        select[0].flat[rng.choice(own_normal, k_own, replace=False)] = True
-    # The genuine image's blocks are all normal (its mask is empty), so any of them are normal blocks.
-    select[1].flat[rng.choice(good_blocks.size, k - k_own, replace=False)] = True
-    return select
+def whole_image(
+    item: CachedImage, size: tuple[int, int], rng: np.random.Generator | None, aug: AugmentConfig | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The whole cached image, augmented about its centre, at the top-left of a zero (h, w) input."""
+    h, w = item.image.shape[:2]
+    height, width = size
+    m = crop_transform((h / 2, w / 2), size, rng, aug)
+    # crop_transform centres the image in the output; move it back to the top-left corner.
+    shift = np.array([[1, 0, w / 2 - width / 2], [0, 1, h / 2 - height / 2], [0, 0, 1]], np.float64)
+    image, label = warp(item.image, item.label, shift @ m, size)
+    assert label is not None
+    return photometric(image, rng, aug), label
 
 
 def choose_crop(seg: np.ndarray, crop: int, rng: np.random.Generator, defect_bias: float) -> np.ndarray:
@@ -228,45 +301,51 @@ def choose_crop(seg: np.ndarray, crop: int, rng: np.random.Generator, defect_bia
     return np.array([top, left, crop, crop], np.int64)
 
 
-def collate_pairs(items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    """Pairs -> one batch: defective images first, then their partners in the same order."""
-    out = {}
-    for key in items[0]:
-        stacked = np.stack([it[key] for it in items])  # (B, 2, ...)
-        out[key] = torch.from_numpy(np.concatenate([stacked[:, 0], stacked[:, 1]]))
-    return out
+class Prefetcher:
+    """Builds the next batch in a background thread while the current one trains.
 
+    OpenCV and numpy release the GIL, so on two cores the crop/warp work overlaps the network's step instead of
+    adding to it; one batch ahead is enough (a batch takes milliseconds, a step tens to hundreds)."""
 
-class EvalDataset(Dataset):
-    """Plain images, no augmentation: validation and prediction plots."""
+    def __init__(self, maker: BatchMaker, plan: list[tuple[int, int]]):
+        self.maker, self.plan = maker, plan
+        self._next: Batch | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._i = 0
+        self._start(0)
 
-    def __init__(self, samples: list[Sample], classes: list[str], cfg: TrainConfig, color: str):
-        self.samples, self.classes, self.cfg, self.color = samples, classes, cfg, color
+    def _start(self, i: int) -> None:
+        if i >= len(self.plan):
+            self._thread = None
+            return
 
-    def __len__(self) -> int:
-        return len(self.samples)
+        def work() -> None:
+            try:
+                self._next = self.maker.make(*self.plan[i])
+            except BaseException as exc:  # re-raised in the training thread
+                self._error = exc
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        p = prepare(self.samples[index], self.classes, self.cfg.size, self.color, None, 0, self.cfg.block_min_pixels)
-        return {"image": p.image, "seg": p.seg, "blocks": p.blocks, "defective": np.array(p.defective)}
+        self._thread = threading.Thread(target=work, name="batches", daemon=True)
+        self._thread.start()
 
+    def __iter__(self):
+        return self
 
-def collate_plain(items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
+    def __next__(self) -> Batch:
+        if self._thread is None:
+            raise StopIteration
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        batch, self._next = self._next, None
+        self._i += 1
+        self._start(self._i)
+        assert batch is not None
+        return batch
 
 
 # --------------------------------------------------------------------------------------------- training
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader worker: numpy and python from the worker's torch seed (which DataLoader derives per worker).
-
-    Items draw their own randomness from (seed, epoch, index); this only covers library code that would
-    reach for the global generators.
-    """
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
 
 
 def seed_everything(seed: int) -> None:
@@ -281,31 +360,83 @@ def resolve_color(cfg: TrainConfig, samples: list[Sample]) -> str:
     return "rgb" if read_image(samples[0].image).shape[2] == 3 else "gray"
 
 
-def model_inputs(
-    batch: dict[str, torch.Tensor], mean: tuple[float, ...], std: tuple[float, ...], device
+def balanced_ce(
+    logits: torch.Tensor, target: torch.Tensor, hard_negatives: float = 0.0, valid: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """uint8 NHWC -> normalised NCHW: the arithmetic of models.Normalize, i.e. of the exported graph."""
-    return normalize_batch(batch["image"].to(device, non_blocking=True), mean, std)
+    """Mean cross-entropy of the defective cells and of the normal ones, weighted equally.
+
+    logits (N, 2, ...) and target (N, ...) long; `valid` (N, ...) bool keeps only those cells. Without
+    defective cells: the normal mean alone. With `hard_negatives` k > 0: the normal mean is over the hardest
+    max(k x #defective, N) normal cells."""
+    ce = F.cross_entropy(logits, target, reduction="none").flatten()
+    pos = target.flatten() > 0
+    if valid is not None:
+        keep = valid.flatten() | pos
+        ce, pos = ce[keep], pos[keep]
+    neg = ce[~pos]
+    n_pos = int(pos.sum())
+    if hard_negatives > 0 and len(neg):
+        k = min(len(neg), max(int(hard_negatives * n_pos), logits.shape[0]))
+        neg = torch.topk(neg, k).values
+    neg_mean = neg.mean() if len(neg) else ce.sum() * 0
+    if n_pos == 0:
+        return neg_mean
+    return 0.5 * ce[pos].mean() + 0.5 * neg_mean
 
 
-def training_loss(model: nn.Module, task: str, x: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    device = x.device
+def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with logits, mean over positive cells and over negative cells, weighted equally."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten()
+    pos = target.flatten() > 0.5
+    if not pos.any():
+        return bce.mean()
+    if pos.all():
+        return bce.mean()
+    return 0.5 * bce[pos].mean() + 0.5 * bce[~pos].mean()
+
+
+def training_loss(
+    model: nn.Module, cfg: TrainConfig, x: torch.Tensor, batch: Batch, device: torch.device
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """-> (loss, its parts for the log)."""
+    task = cfg.task
     if task == "recognizer":
-        logits = model(x)
-        target = batch["blocks"].to(device).long()
-        select = batch["select"].to(device)
-        per_block = F.cross_entropy(logits, target, reduction="none")
-        # Pairs without a defective block (rotated out of frame) select nothing; never divide by zero.
-        return (per_block * select).sum() / select.sum().clamp(min=1)
+        net = D.unwrap(model)
+        if cfg.aux_weight > 0:
+            blocks, dense = model.forward_train(x) if net is model else _ddp_forward_train(model, x)
+        else:
+            blocks, dense = model(x), None
+        assert batch.blocks is not None and batch.dense is not None
+        valid = torch.from_numpy(batch.valid).to(device) if batch.valid is not None else None
+        block_loss = balanced_ce(blocks, torch.from_numpy(batch.blocks).to(device).long(), cfg.hard_negatives, valid)
+        if dense is None:
+            return block_loss, {"block": block_loss.item()}
+        dense_loss = balanced_bce(dense[:, 0], torch.from_numpy(batch.dense).to(device))
+        loss = block_loss + cfg.aux_weight * dense_loss
+        return loss, {"block": block_loss.item(), "dense": dense_loss.item()}
     if task == "classifier":
-        return F.cross_entropy(model(x), batch["defective"].to(device).long())
-    target = batch["seg"].to(device).long()
+        loss = F.cross_entropy(model(x), torch.from_numpy(batch.defective).to(device).long())
+        return loss, {}
+    assert batch.seg is not None
+    target = torch.from_numpy(batch.seg).to(device).long()
     if task == "deeplabv3plus":
-        return F.cross_entropy(model(x), target)
-    boxes = batch["crop_box"]
-    crops = torch.stack([x[i, :, t : t + h, x0 : x0 + w] for i, (t, x0, h, w) in enumerate(boxes.tolist())])
-    target_crops = torch.stack([target[i, t : t + h, x0 : x0 + w] for i, (t, x0, h, w) in enumerate(boxes.tolist())])
-    return F.cross_entropy(model(x, crops, boxes.tolist()), target_crops)
+        return F.cross_entropy(model(x), target), {}
+    assert batch.crop_box is not None
+    boxes = batch.crop_box.tolist()
+    crops = torch.stack([x[i, :, t : t + h, c : c + w] for i, (t, c, h, w) in enumerate(boxes)])
+    target_crops = torch.stack([target[i, t : t + h, c : c + w] for i, (t, c, h, w) in enumerate(boxes)])
+    return F.cross_entropy(model(x, crops, boxes), target_crops), {}
+
+
+def _ddp_forward_train(model: nn.Module, x: torch.Tensor):
+    # DDP only hooks forward(); route forward_train through it so gradients are still all-reduced.
+    net = D.unwrap(model)
+    original = net.forward
+    net.forward = net.forward_train  # type: ignore[method-assign]
+    try:
+        return model(x)
+    finally:
+        net.forward = original  # type: ignore[method-assign]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -315,77 +446,90 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"lr_schedule must be cosine or constant, not {schedule!r}")
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(max(step - warmup, 0), max(total - warmup, 1)) / max(total - warmup, 1)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def predict_inputs(model: nn.Module, x_uint8: np.ndarray, mean, std, device: torch.device) -> torch.Tensor:
+    """uint8 NHWC -> probabilities exactly as the exported graph computes them (Deployed's arithmetic)."""
+    x = normalize_batch(torch.from_numpy(x_uint8).to(device), mean, std)
+    logits = model(x)
+    return torch.softmax(logits, 1)
+
+
+def image_scores(block_prob: np.ndarray, placed: list[tuple[int, int]]) -> np.ndarray:
+    """(N, gh, gw) P(defective block), placed (h, w) per image -> (N,) highest score over the blocks that hold
+    image pixels (the zero border's blocks are never scored: inspector.preprocess.valid_grid)."""
+    out = np.empty(len(placed), np.float64)
+    for i, (h, w) in enumerate(placed):
+        out[i] = block_prob[i, : math.ceil(h / BLOCK), : math.ceil(w / BLOCK)].max()
+    return out
+
+
 @torch.no_grad()
 def validate(
-    model: nn.Module,
-    task: str,
-    loader: DataLoader,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    device: torch.device,
-    keep: int = 0,
+    model: nn.Module, cfg: TrainConfig, cache: ImageCache, mean, std, device: torch.device, keep: int = 0
 ) -> tuple[dict[str, float], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """Loss and the metric that picks the best checkpoint; `keep` (image, truth, prediction) for plots."""
+    """The selection metric on the validation images, each placed in the model's input as evaluation does."""
+    from inspector.train import metrics as M
+
     model.eval()
-    losses, kept = [], []
-    tp = fn = tn = fp = 0  # images (recognizer, classifier) or pixels (segmenters)
-    # Segmenters: P(defect) histograms of defect and background pixels, for the best F1 over thresholds.
-    hist_defect = torch.zeros(F1_BINS, dtype=torch.int64)
-    hist_background = torch.zeros(F1_BINS, dtype=torch.int64)
-    scores, truths = [], []  # image scores and labels (recognizer, classifier)
-    for batch in loader:
-        x = model_inputs(batch, mean, std, device)
-        logits = model(x)
-        if task in ("recognizer", "classifier"):
-            truth = batch["defective"].to(device)
-            if task == "recognizer":
-                target = batch["blocks"].to(device).long()
-                losses.append(F.cross_entropy(logits, target).item())
-                prob = torch.softmax(logits, 1)[:, 1]
-                pred = prob.flatten(1).amax(1) >= 0.5  # image verdict: any block over the threshold
-            else:
-                losses.append(F.cross_entropy(logits, truth.long()).item())
-                prob = torch.softmax(logits, 1)[:, 1]
-                pred = prob >= 0.5
-            scores.append((prob.flatten(1).amax(1) if prob.ndim > 1 else prob).float().cpu())
-            truths.append(truth.cpu())
-            tp += int((pred & truth).sum())
-            fn += int((~pred & truth).sum())
-            tn += int((~pred & ~truth).sum())
-            fp += int((pred & ~truth).sum())
-            truth_maps = batch["blocks"] if task == "recognizer" else batch["defective"]
+    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    scores, truths = [], []
+    hist_defect = np.zeros(F1_BINS, np.int64)
+    hist_background = np.zeros(F1_BINS, np.int64)
+    size = cache.input_size
+    buffer = np.zeros((cfg.val_batch, *size, 1 if cache.color == "gray" else 3), np.uint8)
+    for start in range(0, len(cache), cfg.val_batch):
+        items = [cache[i] for i in range(start, min(start + cfg.val_batch, len(cache)))]
+        x = buffer[: len(items)]
+        for i, it in enumerate(items):
+            placed_input(it, size, out=x[i])
+        prob = predict_inputs(model, x, mean, std, device).float().cpu().numpy()
+        placed = [it.image.shape[:2] for it in items]
+        if cfg.task in ("recognizer", "classifier"):
+            p1 = prob[:, 1] if prob.ndim == 4 else prob[:, 1, None, None]
+            scores.append(image_scores(p1, placed) if cfg.task == "recognizer" else p1.reshape(-1))
+            truths += [it.defective for it in items]
+            maps = [block_targets(_pad_label(it, size), BLOCK) for it in items] if cfg.task == "recognizer" else None
+            for i in range(min(keep - len(kept), len(items))):
+                truth = maps[i] if maps is not None else np.array(items[i].defective)
+                kept.append((x[i].copy(), truth, p1[i] if cfg.task == "recognizer" else p1[i, 0, 0]))
         else:
-            target = batch["seg"].to(device).long()
-            losses.append(F.cross_entropy(logits, target).item())
-            prob = torch.softmax(logits, 1)
-            pred, truth_px = prob.argmax(1) > 0, target > 0
-            tp += int((pred & truth_px).sum())
-            fn += int((~pred & truth_px).sum())
-            tn += int((~pred & ~truth_px).sum())
-            fp += int((pred & ~truth_px).sum())
-            prob = 1 - prob[:, 0]  # P(any defect class) per pixel: what the daemon thresholds, and the plot
-            bins = (prob.float() * (F1_BINS - 1)).round().long().clamp(0, F1_BINS - 1)
-            hist_defect += torch.bincount(bins[truth_px].cpu(), minlength=F1_BINS)
-            hist_background += torch.bincount(bins[~truth_px].cpu(), minlength=F1_BINS)
-            truth_maps = batch["seg"]
-        for i in range(min(keep - len(kept), x.shape[0])):
-            kept.append((batch["image"][i].numpy(), truth_maps[i].numpy(), prob[i].float().cpu().numpy()))
+            pd = 1.0 - prob[:, 0]
+            for i, it in enumerate(items):
+                h, w = it.image.shape[:2]
+                p = pd[i, :h, :w]
+                truth = it.label > 0
+                bins = np.clip(np.rint(p * (F1_BINS - 1)).astype(np.int64), 0, F1_BINS - 1)
+                hist_defect += np.bincount(bins[truth], minlength=F1_BINS)
+                hist_background += np.bincount(bins[~truth], minlength=F1_BINS)
+                if len(kept) < keep:
+                    kept.append((x[i].copy(), _pad_label(it, size), pd[i]))
     model.train()
-    metrics = {"val_loss": float(np.mean(losses)) if losses else math.nan}
-    if task in ("recognizer", "classifier"):
-        tpr = tp / (tp + fn) if tp + fn else math.nan
-        tnr = tn / (tn + fp) if tn + fp else math.nan
-        metrics.update(val_tpr=tpr, val_tnr=tnr, val_acc=float(np.nanmean([tpr, tnr])))
-        metrics["val_auroc"] = auroc(torch.cat(scores).numpy(), torch.cat(truths).numpy()) if scores else math.nan
-    else:
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        iou = tp / (tp + fp + fn) if tp + fp + fn else 0.0
-        metrics.update(val_precision=precision, val_recall=recall, val_f1=f1, val_iou=iou)
-        best_f1, best_threshold = best_f1_over_thresholds(hist_defect.numpy(), hist_background.numpy())
-        metrics.update(val_best_f1=best_f1, val_best_threshold=best_threshold)
-    return metrics, kept
+    if cfg.task in ("recognizer", "classifier"):
+        s, t = np.concatenate(scores), np.array(truths, bool)
+        return {"val_ap": M.average_precision(s, t), "val_auroc": M.auroc(s, t)}, kept
+    best_f1, best_threshold = best_f1_over_thresholds(hist_defect, hist_background)
+    return {"val_best_f1": best_f1, "val_best_threshold": best_threshold}, kept
+
+
+def _pad_label(item: CachedImage, size: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(size, np.uint8)
+    h, w = item.label.shape
+    out[:h, :w] = item.label
+    return out
 
 
 F1_BINS = 1001  # P(defect) quantised to 0.001 for the threshold sweep
@@ -404,35 +548,59 @@ def best_f1_over_thresholds(hist_defect: np.ndarray, hist_background: np.ndarray
     return float(f1[i]), i / (len(hist_defect) - 1)
 
 
-def auroc(scores: np.ndarray, truth: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U, ties counted half); nan without both classes."""
-    pos, neg = scores[truth.astype(bool)], scores[~truth.astype(bool)]
-    if len(pos) == 0 or len(neg) == 0:
-        return math.nan
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
-
-
 def key_metric(task: str) -> str:
-    """What picks the best checkpoint. Image models: AUROC of the image score (max block probability) —
-    threshold-free, because the operating threshold is chosen afterwards (evaluation), and ACC at a fixed
-    0.5 on the maximum of 49 blocks mostly measures how the threshold happens to sit early in training.
-    Segmenters: the best pixel F1 of defect vs background over thresholds on P(defect) = 1 - P(background) —
-    threshold-free for the same reason, and because from scratch the arg-max over background and several
-    defect classes stays background long after the defects stand out (measured on the synthetic demo data:
-    F1 at the arg-max 0 for five epochs while P(defect) on cracks was already ~0.5)."""
-    return "val_best_f1" if task in SEGMENTATION_TASKS else "val_auroc"
+    """What picks the best checkpoint. Image models: the average precision of the image score (max block
+    probability) — threshold-free, because the operating threshold is chosen afterwards, and the metric the
+    line cares about (how cleanly defective parts rank above good ones); ties go to AUROC. Segmenters: the best
+    pixel F1 of defect vs background over thresholds on P(defect) = 1 - P(background) — threshold-free for the
+    same reason, and because from scratch the arg-max over background and several defect classes stays
+    background long after the defects stand out."""
+    return "val_best_f1" if task in SEGMENTATION_TASKS else "val_ap"
 
 
 def _is_better(metrics: dict[str, float], best: dict[str, float] | None, task: str) -> bool:
     if best is None:
         return True
-    k = key_metric(task)
-    a, b = metrics.get(k, math.nan), best.get(k, math.nan)
-    if math.isnan(b) or (not math.isnan(a) and a > b):
-        return True
-    return a == b and metrics["val_loss"] < best["val_loss"]
+    keys = [key_metric(task)] + (["val_auroc"] if task not in SEGMENTATION_TASKS else [])
+    for k in keys:
+        a, b = metrics.get(k, math.nan), best.get(k, math.nan)
+        if math.isnan(b) and not math.isnan(a):
+            return True
+        if not math.isnan(a) and not math.isnan(b) and a != b:
+            return a > b
+    return False
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def model_input_size(cfg: TrainConfig, samples: list[Sample]) -> tuple[int, int]:
+    """The network input: `size` if given; squashing: 224x224; else the smallest that holds every image."""
+    if cfg.size is not None:
+        return cfg.size
+    if cfg.squash:
+        return (224, 224)
+    import cv2
+
+    sizes = []
+    for s in samples:
+        h, w = _image_size(s.image, cv2)
+        sizes.append((h, w))
+    return input_size_for(sizes, cfg.scale or 1.0)
+
+
+def _image_size(path: Path, cv2) -> tuple[int, int]:
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise OSError(f"cannot read image {path}")
+    return int(image.shape[0]), int(image.shape[1])
+
+
+def build_cache(
+    samples: list[Sample], classes: list[str], cfg: TrainConfig, size: tuple[int, int], color: str, progress: bool
+) -> ImageCache:
+    lazy = not cfg.cache_images
+    return ImageCache(samples, classes, None if cfg.squash else cfg.scale, size, color, progress and not lazy, lazy)
 
 
 def train(
@@ -442,89 +610,71 @@ def train(
     classes: list[str],
     out_dir: str | Path,
 ) -> Path:
-    """Train one model; returns the best checkpoint (by the validation metric; the last one without a
-    validation set). Writes out_dir/{last,best}.pt, history.json, loss.png, predictions.png."""
+    """Train one model; returns the chosen checkpoint (by the validation metric, or the last epoch with
+    select=last or without validation data). Writes out_dir/{last,best}.pt, history.json, train.log, plots."""
     out_dir = Path(out_dir)
     ctx = D.setup(cfg.device)
     torch.set_num_threads(cfg.threads)
-    started = time.monotonic()
     try:
-        return _train(cfg, train_samples, val_samples, classes, out_dir, ctx, started)
+        return _train(cfg, train_samples, val_samples, classes, out_dir, ctx)
     finally:
         D.teardown(ctx)
 
 
-def _train(cfg, train_samples, val_samples, classes, out_dir: Path, ctx: D.DistContext, started: float) -> Path:
+def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path, ctx: D.DistContext) -> Path:
     seed_everything(cfg.seed)
     color = resolve_color(cfg, train_samples)
     in_channels = 1 if color == "gray" else 3
     mean, std = mean_std(in_channels)
     num_classes = 1 + len(classes)
     usable = [s for s in train_samples if s.has_pixel_labels]
-    defective = [s for s in usable if s.defective]
-    good = [s for s in usable if not s.defective]
     val = [s for s in val_samples if s.has_pixel_labels] if cfg.task in SEGMENTATION_TASKS else list(val_samples)
     log = _Log(out_dir, ctx.is_main)
+    size = model_input_size(cfg, usable + val)
+    n_val_defective = sum(s.defective for s in val)
+    how = "squashed to" if cfg.squash else f"at scale {cfg.scale}, placed in"
     log(
-        f"task {cfg.task}, arch {cfg.arch}, input {cfg.size[0]}x{cfg.size[1]} {color}, {ctx.world_size} process(es) "
+        f"task {cfg.task}, arch {cfg.arch}, images {how} {size[0]}x{size[1]} {color}, {ctx.world_size} process(es) "
         f"on {ctx.device}; train {summarize(train_samples)}; left out (defective without pixel labels): "
-        f"{len(train_samples) - len(usable)}; validation images: {len(val)}"
+        f"{len(train_samples) - len(usable)}; validation images: {len(val)} ({n_val_defective} defective)"
+    )
+    if val and n_val_defective < MIN_VAL_DEFECTIVE:
+        log(
+            f"warning: only {n_val_defective} defective validation images (< {MIN_VAL_DEFECTIVE}): the best "
+            "checkpoint and any threshold chosen on them are close to a guess. Consider --select last (the final "
+            "epoch of the schedule) and thresholds cross-fitted over CV groups (docs/EVALUATION.md)"
+        )
+
+    t0 = time.monotonic()
+    cache = build_cache(usable, classes, cfg, size, color, progress=ctx.is_main)
+    val_cache = build_cache(val, classes, cfg, size, color, progress=False) if val else None
+    log(
+        f"decoded {len(usable) + len(val)} images once in {time.monotonic() - t0:.1f} s "
+        f"({(cache.nbytes + (val_cache.nbytes if val_cache else 0)) / 2**20:.0f} MiB in memory)"
     )
 
-    model = build_model(cfg.task, cfg.arch, in_channels, num_classes, cfg.output_stride).to(ctx.device)
+    aux = cfg.task == "recognizer" and cfg.aux_weight > 0
+    model = build_model(cfg.task, cfg.arch, in_channels, num_classes, cfg.output_stride, aux=aux).to(ctx.device)
     optimizer = torch.optim.Adam(param_groups(model, cfg.weight_decay), lr=cfg.lr)
-
-    dataset = PairDataset(defective, good, classes, cfg, color)
-    per_rank = math.ceil(len(dataset) / ctx.world_size)
-    steps = math.ceil(per_rank / cfg.batch)
-    if cfg.steps_per_epoch > 0:
-        steps = min(steps, cfg.steps_per_epoch)
+    maker = BatchMaker(cache, cfg, ctx.rank, ctx.world_size)
+    steps = maker.steps_per_epoch()
     total_steps = steps * cfg.epochs
-    if cfg.lr_schedule == "cosine":
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
-        )
-    elif cfg.lr_schedule == "constant":
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    else:
-        raise ValueError(f"lr_schedule must be cosine or constant, not {cfg.lr_schedule!r}")
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, cfg.warmup_steps, cfg.lr_schedule)
+    )
 
     history: list[dict[str, Any]] = []
     step_losses: list[float] = []
     best: dict[str, float] | None = None
-    start_epoch = 0
+    start_epoch, trained_seconds = 0, 0.0
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    if cfg.resume and last_path.is_file():
-        ckpt = torch.load(last_path, map_location=ctx.device, weights_only=False)
-        for key in ("task", "arch", "in_channels", "classes"):
-            if ckpt[key] != {"task": cfg.task, "arch": cfg.arch, "in_channels": in_channels, "classes": classes}[key]:
-                raise ValueError(f"cannot resume {last_path}: its {key} is {ckpt[key]!r}")
-        if tuple(ckpt["size"]) != cfg.size:
-            raise ValueError(f"cannot resume {last_path}: input size {ckpt['size']} vs {list(cfg.size)}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["scheduler"])
-        history, step_losses, best = ckpt["history"], ckpt["step_losses"], ckpt.get("best_metrics")
-        start_epoch = ckpt["epoch"] + 1
-        started -= ckpt.get("train_seconds", 0.0)
-        log(f"resumed from {last_path} after epoch {ckpt['epoch']}")
-    elif cfg.resume:
-        log(f"--resume: no {last_path} yet, starting from scratch")
-    ddp_model = D.wrap(model, ctx)
-
-    val_loader = DataLoader(
-        EvalDataset(val, classes, cfg, color),
-        batch_size=cfg.val_batch,
-        shuffle=False,
-        collate_fn=collate_plain,
-        num_workers=cfg.workers,
-    )
     meta = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "task": cfg.task,
         "arch": cfg.arch,
-        "size": list(cfg.size),
+        "size": list(size),
+        "scale": cfg.scale,
         "in_channels": in_channels,
         "color": color,
         "classes": classes,
@@ -533,54 +683,82 @@ def _train(cfg, train_samples, val_samples, classes, out_dir: Path, ctx: D.DistC
         "std": list(std),
         "block_size": BLOCK if cfg.task == "recognizer" else None,
         "output_stride": cfg.output_stride,
+        "aux": aux,
         "cfg": cfg.to_dict(),
         "seed": cfg.seed,
         "world_size": ctx.world_size,
         "hardware": _hardware(ctx),
     }
+    if cfg.resume and last_path.is_file():
+        ckpt = torch.load(last_path, map_location=ctx.device, weights_only=False)
+        for key in ("task", "arch", "in_channels", "classes", "size", "scale", "aux"):
+            if ckpt.get(key) != meta[key]:
+                raise ValueError(f"cannot resume {last_path}: its {key} is {ckpt.get(key)!r}, not {meta[key]!r}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["scheduler"])
+        history, step_losses, best = ckpt["history"], ckpt["step_losses"], ckpt.get("best_metrics")
+        start_epoch = ckpt["epoch"] + 1
+        trained_seconds = ckpt.get("train_seconds", 0.0)
+        log(f"resumed from {last_path} after epoch {ckpt['epoch'] + 1}")
+    elif cfg.resume:
+        log(f"--resume: no {last_path} yet, starting from scratch")
+    ddp_model = D.wrap(model, ctx)
+    log(
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {cfg.epochs} epochs x {steps} steps "
+        f"x {cfg.batch} images{f' ({cfg.crop}x{cfg.crop} crops)' if cfg.task == 'recognizer' and cfg.crop else ''}"
+    )
 
     autocast = cfg.amp and ctx.device.type == "cuda"
+    bar = tqdm(
+        total=total_steps, initial=start_epoch * steps, desc="training", disable=not ctx.is_main, unit="step",
+        dynamic_ncols=True,
+    )  # fmt: skip
     for epoch in range(start_epoch, cfg.epochs):
-        dataset.epoch = epoch
-        loader = DataLoader(
-            dataset,
-            batch_size=cfg.batch,
-            sampler=D.make_sampler(dataset, ctx, cfg.seed, epoch, shuffle=True),
-            collate_fn=collate_pairs,
-            num_workers=cfg.workers,
-            pin_memory=ctx.device.type == "cuda",
-            # Worker seeds from (seed, epoch, rank), not from the global generator; numpy/random seeded too.
-            generator=torch.Generator().manual_seed(item_seed(cfg.seed, epoch, ctx.rank, salt=1)),
-            worker_init_fn=seed_worker,
-        )
+        epoch_started = time.monotonic()
         ddp_model.train()
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not ctx.is_main, leave=False)
-        epoch_losses = []
-        for step, batch in enumerate(loader):
-            if step >= steps:
-                break
-            x = model_inputs(batch, mean, std, ctx.device)
+        epoch_losses, parts_sum = [], {}
+        for batch in Prefetcher(maker, [(epoch, s) for s in range(steps)]):
+            x = normalize_batch(torch.from_numpy(batch.image).to(ctx.device), mean, std)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                loss = training_loss(ddp_model, cfg.task, x, batch)
+                loss, parts = training_loss(ddp_model, cfg, x, batch, ctx.device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            epoch_losses.append(loss.item())
+            value = float(loss.item())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"training loss became {value} at epoch {epoch + 1}; lower --lr")
+            epoch_losses.append(value)
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{schedule.get_last_lr()[0]:.2e}")
-        bar.close()
+            rate = bar.format_dict.get("rate") or 0.0
+            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{value:.3f}", img_s=f"{rate * cfg.batch:.1f}")
+        epoch_seconds = time.monotonic() - epoch_started
+        trained_seconds += epoch_seconds
         train_loss = D.mean_over_ranks(float(np.mean(epoch_losses)), ctx)
         divergence = D.replica_divergence(ddp_model, ctx)
         if ctx.is_main:
-            metrics, kept = validate(model, cfg.task, val_loader, mean, std, ctx.device, keep=6) if val else ({}, [])
-            record = {"epoch": epoch, "train_loss": train_loss, "replica_divergence": divergence, **metrics}
-            record["seconds"] = time.monotonic() - started
+            v0 = time.monotonic()
+            metrics, kept = validate(model, cfg, val_cache, mean, std, ctx.device, keep=6) if val_cache else ({}, [])
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                **{f"train_{k}": v / len(epoch_losses) for k, v in parts_sum.items()},
+                "replica_divergence": divergence,
+                **metrics,
+                "lr": schedule.get_last_lr()[0],
+                "steps_per_s": steps / epoch_seconds,
+                "images_per_s": steps * cfg.batch * ctx.world_size / epoch_seconds,
+                "val_seconds": time.monotonic() - v0,
+                "seconds": trained_seconds,
+            }
             history.append(record)
             step_losses.extend(epoch_losses)
-            improved = bool(val) and _is_better(metrics, best, cfg.task)
+            improved = bool(val_cache) and _is_better(metrics, best, cfg.task)
             if improved:
-                best = {k: v for k, v in metrics.items()}
+                best = dict(metrics)
             ckpt = {
                 **meta,
                 "epoch": epoch,
@@ -588,7 +766,7 @@ def _train(cfg, train_samples, val_samples, classes, out_dir: Path, ctx: D.DistC
                 "best_metrics": best,
                 "history": history,
                 "step_losses": step_losses,
-                "train_seconds": record["seconds"],
+                "train_seconds": trained_seconds,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": schedule.state_dict(),
@@ -596,10 +774,16 @@ def _train(cfg, train_samples, val_samples, classes, out_dir: Path, ctx: D.DistC
             _atomic_save(ckpt, last_path)
             if cfg.keep_every > 0 and (epoch + 1) % cfg.keep_every == 0:
                 _atomic_save(ckpt, out_dir / f"epoch_{epoch + 1:03d}.pt")
-            if improved or not val:
+            if (improved and cfg.select == "best") or not val_cache or cfg.select == "last":
                 _atomic_save({**ckpt, "optimizer": None, "scheduler": None}, best_path)
             (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-            log(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
+            left = (cfg.epochs - epoch - 1) * (trained_seconds / (epoch + 1 - start_epoch or 1))
+            log(
+                f"epoch {epoch + 1}/{cfg.epochs}: "
+                + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "seconds"))
+                + f"; {trained_seconds / 60:.1f} min so far, ETA {left / 60:.1f} min"
+                + (" *" if improved else "")
+            )
             if cfg.plots:
                 from inspector.train.plots import plot_losses, plot_predictions
 
@@ -607,6 +791,10 @@ def _train(cfg, train_samples, val_samples, classes, out_dir: Path, ctx: D.DistC
                 if kept:
                     plot_predictions(kept, cfg.task, out_dir / "predictions.png", title=f"epoch {epoch + 1}")
         D.barrier(ctx)
+        if cfg.max_minutes > 0 and trained_seconds > cfg.max_minutes * 60:
+            log(f"stopping after epoch {epoch + 1}: {trained_seconds / 60:.1f} min >= --max-minutes {cfg.max_minutes}")
+            break
+    bar.close()
     if not best_path.is_file() and last_path.is_file() and ctx.is_main:
         _atomic_save({**torch.load(last_path, weights_only=False), "optimizer": None, "scheduler": None}, best_path)
     return best_path
@@ -652,7 +840,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     ckpt = torch.load(path, map_location=device, weights_only=False)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an inspector training checkpoint")
-    model = build_model(ckpt["task"], ckpt["arch"], ckpt["in_channels"], ckpt["num_classes"], ckpt["output_stride"])
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path} is a version {ckpt.get('version')} checkpoint; this toolchain reads version "
+            f"{CHECKPOINT_VERSION} (retrain, or export it with the release that wrote it)"
+        )
+    model = build_model(
+        ckpt["task"], ckpt["arch"], ckpt["in_channels"], ckpt["num_classes"], ckpt["output_stride"], ckpt["aux"]
+    )
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
 

@@ -1,0 +1,194 @@
+"""Training data: decode each image once, keep it at the training scale, and cut augmented crops from memory.
+
+Why. Decoding a JPEG, resizing it and augmenting it with tensor ops for every item cost more CPU than the tiny
+networks' own training step (tools/bench_training.py measures both paths side by side). Here an image is
+decoded, converted to the network's channels and resized to the training scale once (`ImageCache`), then every
+training item is one `cv2.warpPerspective` of a crop out of that array (augment.py) and a lookup table.
+
+Scale and input. `scale` is network pixels per image pixel: 1.0 trains and runs at native resolution (the
+default: few-pixel defects stay few pixels instead of being averaged away by a squash to 224x224). The network
+input (`input_size`) is fixed per model: a frame is resized by `scale` and placed at its top-left corner, the
+rest is zero (inspector.preprocess.place_image) — in evaluation, in export parity checks and in the daemon
+alike. Training crops are cut from the same zero-bordered picture, so the network learns what the border looks
+like; blocks that hold no image pixel are never scored.
+
+Labels. At scale 1.0 the label is the mask itself. Downscaled, a pixel is defect when any defect pixel of the
+full-resolution mask falls in its area (INTER_AREA > 0), so a one-pixel defect survives a 4x shrink. Block labels
+and the dense auxiliary targets are counted on the crop's label, whose block grid is the network's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from inspector.preprocess import place_image, placed_size, resize_image
+from inspector.train.augment import AugmentConfig, crop_transform, photometric, warp
+from inspector.train.datasets import Sample, image_pixel_format, load_sample
+
+BLOCK = 32
+
+
+@dataclass
+class CachedImage:
+    sample: Sample
+    image: np.ndarray  # (h, w, C) uint8 at the training scale, network channels
+    label: np.ndarray  # (h, w) uint8: 0 background, 1 + class index on defect pixels
+    defect_yx: np.ndarray  # (n, 2) int32: up to 4096 defect pixels (for crops centred on a defect)
+
+    @property
+    def defective(self) -> bool:
+        return self.sample.defective
+
+
+def round_up(value: int, multiple: int = BLOCK) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def input_size_for(sizes: list[tuple[int, int]], scale: float) -> tuple[int, int]:
+    """The smallest network input (multiples of 32) that holds every image of `sizes` at `scale`."""
+    if not sizes:
+        raise ValueError("no images to size the network input from")
+    height = max(round(h * scale) for h, _ in sizes)
+    width = max(round(w * scale) for _, w in sizes)
+    return round_up(height), round_up(width)
+
+
+def scale_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Full-resolution label -> `size` (h, w): defect wherever a defect pixel falls in the area (any-rule)."""
+    if label.shape == size:
+        return label
+    h, w = size
+    if not label.any():
+        return np.zeros(size, np.uint8)
+    covered = cv2.resize((label > 0).astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
+    ids = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
+    # Where nearest sampling missed the defect, take the image's (most common) defect id.
+    fallback = np.bincount(label[label > 0]).argmax()
+    return np.where(covered, np.where(ids > 0, ids, fallback), 0).astype(np.uint8)
+
+
+def load_cached(
+    sample: Sample, classes: list[str], scale: float | None, input_size: tuple[int, int], color: str
+) -> CachedImage:
+    """One sample at the training scale; `scale` None squashes it to `input_size` (the classifier baseline)."""
+    image, label = load_sample(sample, classes)
+    fmt = image_pixel_format(image)
+    if scale is None:
+        h, w = input_size
+        canvas = resize_image(image, input_size, pixel_format=fmt, color=color)  # type: ignore[arg-type]
+    else:
+        placed = placed_size(image.shape[:2], scale, input_size)
+        canvas, (h, w) = place_image(image, scale, placed, pixel_format=fmt, color=color)  # type: ignore[arg-type]
+    small = scale_label(label, (h, w))
+    ys, xs = np.nonzero(small)
+    if len(ys) > 4096:
+        keep = np.linspace(0, len(ys) - 1, 4096).astype(np.int64)
+        ys, xs = ys[keep], xs[keep]
+    return CachedImage(sample, canvas[:h, :w], small, np.stack([ys, xs], 1).astype(np.int32))
+
+
+class ImageCache:
+    """Every sample decoded once at the training scale (see the module docstring).
+
+    `lazy` decodes on every access instead (for data sets larger than memory): slower, and item for item the
+    same arrays, so batches do not depend on it (a test checks that)."""
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        classes: list[str],
+        scale: float | None,
+        input_size: tuple[int, int],
+        color: str,
+        progress: bool = False,
+        lazy: bool = False,
+    ):
+        self.samples, self.classes = samples, classes
+        self.scale, self.input_size, self.color, self.lazy = scale, input_size, color, lazy
+        self.defective_flags = [s.defective for s in samples]
+        self._items: list[CachedImage] = []
+        if not lazy:
+            iterator = samples
+            if progress:
+                from tqdm import tqdm
+
+                iterator = tqdm(samples, desc="decoding", leave=False)
+            self._items = [load_cached(s, classes, scale, input_size, color) for s in iterator]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> CachedImage:
+        if self.lazy:
+            return load_cached(self.samples[index], self.classes, self.scale, self.input_size, self.color)
+        return self._items[index]
+
+    @property
+    def items(self) -> list[CachedImage]:
+        return self._items if not self.lazy else [self[i] for i in range(len(self))]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(it.image.nbytes + it.label.nbytes for it in self._items)
+
+
+def crop_center(item: CachedImage, crop: tuple[int, int], rng: np.random.Generator, defect_bias: float):
+    """(y, x) the crop is centred on: near a defect pixel with probability `defect_bias` (defective images),
+    otherwise anywhere in the image — a uniformly placed crop of a few-pixel defect would nearly always miss it."""
+    h, w = item.image.shape[:2]
+    if len(item.defect_yx) and rng.random() < defect_bias:
+        y, x = item.defect_yx[int(rng.integers(len(item.defect_yx)))]
+        # Anywhere in the crop, uniformly: a defect kept near the crop's centre teaches a fully convolutional
+        # network "defects sit in the middle" (it can read position from the zero padding), which is worthless
+        # on a whole frame. Measured: block AUROC 0.52 on whole validation images with a +-1/4 crop jitter.
+        return float(y + rng.uniform(-crop[0] / 2, crop[0] / 2)), float(x + rng.uniform(-crop[1] / 2, crop[1] / 2))
+    return float(rng.uniform(0, h)), float(rng.uniform(0, w))
+
+
+def training_crop(
+    item: CachedImage,
+    crop: tuple[int, int],
+    rng: np.random.Generator,
+    augment: AugmentConfig | None,
+    defect_bias: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented (crop_h, crop_w, C) uint8 crop and its (crop_h, crop_w) label."""
+    m = crop_transform(crop_center(item, crop, rng, defect_bias), crop, rng, augment)
+    image, label = warp(item.image, item.label, m, crop)
+    assert label is not None
+    return photometric(image, rng, augment), label
+
+
+def placed_input(item: CachedImage, input_size: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+    """The cached image at the top-left of a zero network input: what evaluation and the daemon feed."""
+    height, width = input_size
+    if out is None:
+        out = np.zeros((height, width, item.image.shape[2]), np.uint8)
+    else:
+        out[...] = 0
+    h, w = item.image.shape[:2]
+    out[:h, :w] = item.image
+    return out
+
+
+def block_targets(label: np.ndarray, block: int = BLOCK, min_pixels: int = 1) -> np.ndarray:
+    """(H, W) label of a block-aligned crop -> (H/block, W/block) uint8: 1 where >= min_pixels defect pixels."""
+    h, w = label.shape
+    counts = (label > 0).reshape(h // block, block, w // block, block).sum(axis=(1, 3))
+    return (counts >= min_pixels).astype(np.uint8)
+
+
+def dense_targets(label: np.ndarray, stride: int = 8, dilate_px: int = 0) -> np.ndarray:
+    """(H, W) label -> (H/stride, W/stride) float32 in {0, 1}: a cell is defect when a defect pixel of the
+    label, dilated by `dilate_px`, falls in it (SegDecNet's dilated, max-pooled masks: thin or coarsely drawn
+    defects are not under-covered at the coarse stride)."""
+    defect = (label > 0).astype(np.uint8)
+    if dilate_px > 0 and defect.any():
+        k = 2 * dilate_px + 1
+        defect = cv2.dilate(defect, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    h, w = defect.shape
+    return defect.reshape(h // stride, stride, w // stride, stride).max(axis=(1, 3)).astype(np.float32)
