@@ -148,3 +148,41 @@ def test_tiny_models_are_small():
     for task in ("recognizer", "segmenter"):
         params = sum(p.numel() for p in build_model(task, "resnet-tiny", 1, 3).parameters())
         assert params * 4 < 2.5e6, f"{task}: {params} parameters"
+
+
+def test_per_image_standardisation_ignores_lighting_and_keeps_the_border():
+    from inspector.train.models import ImageStandardize
+
+    mean, std = mean_std(1)
+    std_layer = ImageStandardize(mean, std)
+    frames = torch.randint(1, 150, (2, 64, 96, 1), dtype=torch.uint8)  # 1.2 x + 30 stays below 255: no clipping
+    frames[:, 40:] = 0  # zero border below the frame, as place_image writes it
+    brighter = (frames.float() * 1.2 + 30).clamp(1, 255).to(torch.uint8) * (frames > 0)
+    a = std_layer(normalize_batch(frames, mean, std))
+    b = std_layer(normalize_batch(brighter, mean, std))
+    assert a[:, :, 40:].abs().max() == 0  # the border stays 0
+    frame = a[:, :, :40]
+    assert frame.mean().abs() < 1e-4 and (frame.std() - 1).abs() < 0.05
+    torch.testing.assert_close(a, b, atol=0.05, rtol=0)  # brightness and contrast are gone (uint8 rounding left)
+
+
+@pytest.mark.parametrize("task", ["recognizer", "segmenter"])
+def test_standardised_models_export_for_tensorrt(task, tmp_path):
+    """The standardisation is part of the graph: ONNX Runtime agrees with PyTorch, TensorRT's op table accepts it."""
+    pytest.importorskip("onnx")
+    import onnxruntime as ort
+
+    from inspector.train.export import OPSET, to_onnx
+
+    model = build_model(task, "resnet-tiny", 1, 3, standardize=True).eval()
+    deployed = Deployed(model, task, *mean_std(1)).eval()
+    out = "block_scores" if task == "recognizer" else "pixel_scores"
+    to_onnx(deployed, (64, 96), 1, out, tmp_path / "m.onnx")
+    frames = torch.randint(0, 256, (2, 64, 96, 1), dtype=torch.uint8)
+    frames[:, 50:] = 0
+    with torch.no_grad():
+        ref = deployed(frames).numpy()
+    got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"image": frames.numpy()}
+    )[0]
+    assert abs(got - ref).max() < 1e-4 and OPSET == 17

@@ -37,9 +37,10 @@ THREADS=${THREADS:-2}
 LR_REC=${LR_REC:-1e-3}
 LR_SEG=${LR_SEG:-2e-3}
 TASKS=${TASKS:-recognizer segmenter}
-# Extra `inspector-train train` flags for the recognizer only, e.g. REC_ARGS="--normal-from-defective 0.5".
+# Extra `inspector-train train` flags for the recognizer only, e.g. REC_ARGS="--aux-weight 0".
 REC_ARGS=${REC_ARGS:-}
-SIZE=224
+# INPUT: how frames become network input (see `inspector-train train --help`, --scale/--size).
+INPUT=${INPUT:---scale squash --size 224}
 VAL_FRACTION=0.15
 DATASET="synthetic parts (inspector.synth.write_dataset: $N_TRAIN images 320x320 mono8, seed 1, defect p 0.5, small 0.3)"
 TRAIN=(-m inspector.train.cli)
@@ -67,14 +68,14 @@ for task in $TASKS; do
     lr=$LR_REC
     extra=$REC_ARGS
     [[ $task == segmenter ]] && epochs=$EPOCHS_SEG && lr=$LR_SEG && extra=""
-    echo "== train $task (resnet-tiny, ${SIZE}x${SIZE}, $epochs epochs)"
+    echo "== train $task (resnet-tiny, $INPUT, $epochs epochs)"
     rm -rf "${WORK:?}/$task"
     "$PYTHON" "${TRAIN[@]}" train --data "$WORK/data/train" --val-fraction $VAL_FRACTION --task $task \
-        --arch resnet-tiny --size $SIZE --epochs "$epochs" --batch 8 --lr "$lr" --crop 128 --seed 0 \
-        --workers 1 --threads "$THREADS" --device cpu --out "$WORK/$task" $extra
+        --arch resnet-tiny $INPUT --epochs "$epochs" --batch 16 --lr "$lr" --seed 0 \
+        --threads "$THREADS" --device cpu --out "$WORK/$task" $extra
     echo "== evaluate $task on the test set (operating point from the validation split)"
     "$PYTHON" "${TRAIN[@]}" evaluate --model "$WORK/$task/best.pt" --data "$WORK/data/test" \
-        --val-from-train "$WORK/data/train" --val-fraction $VAL_FRACTION --threads "$THREADS" \
+        --val-split "$WORK/$task/split.json" --threads "$THREADS" \
         --out "$WORK/$task/eval.json" --yaml "$WORK/$task/decision.yaml"
     echo "== export $task"
     "$PYTHON" "${TRAIN[@]}" export --checkpoint "$WORK/$task/best.pt" --out "$OUT/$task.onnx" \

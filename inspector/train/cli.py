@@ -78,6 +78,12 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--color", choices=("auto", "gray", "rgb"), default=d.color)
     g.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=d.standardize,
+        help="standardise each image's brightness and contrast inside the network",
+    )
+    g.add_argument(
         "--output-stride", type=int, choices=(8, 16, 32), default=d.output_stride, help="resnet50 segmenters"
     )
     g = p.add_argument_group("schedule")
@@ -100,7 +106,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--crop", type=int, default=d.crop, help="recognizer: training crop; segmenter: branch crop (0: 256 / 128)"
     )
-    g.add_argument("--defect-bias", type=float, default=d.defect_bias, help="P(crop centred near a defect)")
+    g.add_argument(
+        "--defect-bias", type=float, default=d.defect_bias, help="P(a defective window holds a defect); -1: per task"
+    )
     g.add_argument("--defective-fraction", type=float, default=d.defective_fraction, help="of each batch")
     g.add_argument("--block-min-pixels", type=int, default=d.block_min_pixels)
     g.add_argument("--aux-weight", type=float, default=d.aux_weight, help="recognizer: dense mask loss (0 = off)")
@@ -111,6 +119,10 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         default=d.hard_negatives,
         help="recognizer: 0 = all normal blocks, k = hardest k x",
     )
+    g.add_argument(
+        "--ignore-ring", type=int, default=d.ignore_ring, help="recognizer: normal blocks this near a defect unscored"
+    )
+    g.add_argument("--image-weight", type=float, default=d.image_weight, help="recognizer: highest-block image loss")
     g = p.add_argument_group("augmentation")
     g.add_argument("--no-augment", action="store_true")
     g.add_argument("--rotation", type=float, default=a.rotation_deg, help="degrees, uniform in +-")
@@ -177,6 +189,7 @@ def config_from_args(args: argparse.Namespace):
         scale=default_scale(args.task) if args.scale == "auto" else args.scale,
         size=args.size,
         color=args.color,
+        standardize=args.standardize,
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
         batch=args.batch,
@@ -195,6 +208,8 @@ def config_from_args(args: argparse.Namespace):
         aux_weight=args.aux_weight,
         aux_dilate=args.aux_dilate,
         hard_negatives=args.hard_negatives,
+        ignore_ring=args.ignore_ring,
+        image_weight=args.image_weight,
         output_stride=args.output_stride,
         device=args.device,
         amp=args.amp,

@@ -131,15 +131,45 @@ def mean_std(in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return (MEAN_GRAY, STD_GRAY) if in_channels == 1 else (MEAN_RGB, STD_RGB)
 
 
+class ImageStandardize(nn.Module):
+    """Per-image standardisation of the (already normalised) input over its frame pixels: x -> (x - m) / s.
+
+    m and s are the image's own mean and standard deviation over all channels, computed over the pixels that
+    are not zero border (an input pixel of 0 in every channel, which is what `place_image` writes around a
+    frame); the border stays 0. Why: on a line the lighting drifts and parts differ in brightness and contrast;
+    normalising each image removes that before the first convolution, instead of leaving the network to learn
+    the invariance from a few hundred images (it costs two reductions). Caveat, stated: a frame pixel that is 0
+    in every channel (a clipped black) counts as border.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        # The normalised value of a uint8 0: the border, per channel.
+        zero = -torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)
+        self.register_buffer("zero", zero.view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frame = ((x - self.zero).abs().amax(dim=1, keepdim=True) > 1e-4).to(x.dtype)  # (N, 1, H, W)
+        count = frame.sum(dim=(1, 2, 3), keepdim=True).clamp(min=1.0) * x.shape[1]
+        mean = (x * frame).sum(dim=(1, 2, 3), keepdim=True) / count
+        var = (((x - mean) * frame) ** 2).sum(dim=(1, 2, 3), keepdim=True) / count
+        return (x - mean) / torch.sqrt(var + 1e-4) * frame
+
+
 class Trunk(nn.Module):
     """ResNet conv1..layer4, returning the stage outputs a head needs.
 
     `channels` gives the output width of stem/layer1..layer4; `block` the residual block type (so the
-    segmenter's branch can reuse the same kind); `strides` the total stride after each stage.
+    segmenter's branch can reuse the same kind); `strides` the total stride after each stage. With
+    `standardize`, the input is standardised per image first (ImageStandardize).
     """
 
-    def __init__(self, arch: str, in_channels: int, dilate: Sequence[bool] = (False, False, False)):
+    def __init__(
+        self, arch: str, in_channels: int, dilate: Sequence[bool] = (False, False, False), standardize: bool = False
+    ):
         super().__init__()
+        mean, std = mean_std(in_channels)
+        self.standardize = ImageStandardize(mean, std) if standardize else None
         if arch not in ARCH_SPECS:
             raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
         spec = ARCH_SPECS[arch]
@@ -172,15 +202,18 @@ class Trunk(nn.Module):
         self.strides = (2, *strides)  # stem (before maxpool), layer1..layer4
         init_weights(self)
 
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return self.standardize(x) if self.standardize is not None else x
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (layer1 features at 1/4, layer4 features at 1/strides[4])."""
-        low = self.layer1(self.maxpool(self.stem(x)))
+        low = self.layer1(self.maxpool(self.stem(self.prepare(x))))
         deep = self.layer4(self.layer3(self.layer2(low)))
         return low, deep
 
     def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """-> [layer1, layer2, layer3, layer4] outputs (strides 4, 8, 16, 32 undilated)."""
-        out = [self.layer1(self.maxpool(self.stem(x)))]
+        out = [self.layer1(self.maxpool(self.stem(self.prepare(x))))]
         for layer in (self.layer2, self.layer3, self.layer4):
             out.append(layer(out[-1]))
         return out
@@ -220,9 +253,9 @@ class Recognizer(nn.Module):
     decision beats block labels alone). `forward` never runs it: the exported graph is the block head only.
     """
 
-    def __init__(self, arch: str, in_channels: int, aux: bool = False):
+    def __init__(self, arch: str, in_channels: int, aux: bool = False, standardize: bool = False):
         super().__init__()
-        self.trunk = Trunk(arch, in_channels)
+        self.trunk = Trunk(arch, in_channels, standardize=standardize)
         c = self.trunk.channels
         self.head = nn.Conv2d(c[4], 2, kernel_size=1)
         self.aux = DenseHead(c[2], c[4], width=max(32, c[2])) if aux else None
@@ -254,8 +287,8 @@ class DenseHead(nn.Module):
         return self.out(self.fuse(self.mid(mid) + up))
 
 
-def build_recognizer(arch: str, in_channels: int, aux: bool = False) -> nn.Module:
-    return Recognizer(arch, in_channels, aux)
+def build_recognizer(arch: str, in_channels: int, aux: bool = False, standardize: bool = False) -> nn.Module:
+    return Recognizer(arch, in_channels, aux, standardize)
 
 
 def receptive_field(arch: str) -> int:
@@ -285,9 +318,9 @@ def receptive_field(arch: str) -> int:
 class Classifier(nn.Module):
     """Baseline: the plain ResNet image classifier (global average pool + FC), logits (N, 2)."""
 
-    def __init__(self, arch: str, in_channels: int):
+    def __init__(self, arch: str, in_channels: int, standardize: bool = False):
         super().__init__()
-        self.trunk = Trunk(arch, in_channels)
+        self.trunk = Trunk(arch, in_channels, standardize=standardize)
         self.fc = nn.Linear(self.trunk.channels[4], 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -295,8 +328,8 @@ class Classifier(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(deep, 1), 1))
 
 
-def build_classifier(arch: str, in_channels: int) -> nn.Module:
-    return Classifier(arch, in_channels)
+def build_classifier(arch: str, in_channels: int, standardize: bool = False) -> nn.Module:
+    return Classifier(arch, in_channels, standardize)
 
 
 # ----------------------------------------------------------------------------------------------- segmenter
@@ -356,8 +389,12 @@ class Segmenter(nn.Module):
         branch_kernel: int = 7,
         branch_blocks: int | None = None,
         decoder_width: int | None = None,
+        standardize: bool = False,
     ):
         super().__init__()
+        # Standardised once, here, so that the backbone and the branch see the same input (the branch crop is
+        # cut from the standardised image, never standardised on its own statistics).
+        self.standardize = ImageStandardize(*mean_std(in_channels)) if standardize else None
         self.trunk = Trunk(arch, in_channels, _dilation_for(arch, output_stride))
         c = self.trunk.channels
         width = decoder_width or (64 if arch == "resnet-tiny" else 256)
@@ -388,6 +425,11 @@ class Segmenter(nn.Module):
         branch_crop: torch.Tensor | None = None,
         crop_box: torch.Tensor | Sequence[Sequence[int]] | None = None,
     ) -> torch.Tensor:
+        if self.standardize is not None:
+            x = self.standardize(x)
+            if branch_crop is not None and crop_box is not None:
+                boxes = [[int(v) for v in box] for box in crop_box]
+                branch_crop = torch.stack([x[i, :, t : t + h, c : c + w] for i, (t, c, h, w) in enumerate(boxes)])
         f4 = self._step1(x)
         if branch_crop is None:
             f2 = F.interpolate(f4, scale_factor=2.0, mode="bilinear", align_corners=False)
@@ -417,8 +459,10 @@ class Segmenter(nn.Module):
         return up[..., oy : oy + h // 2, ox : ox + w // 2]
 
 
-def build_segmenter(arch: str, in_channels: int, num_classes: int, output_stride: int = 16) -> nn.Module:
-    return Segmenter(arch, in_channels, num_classes, output_stride=output_stride)
+def build_segmenter(
+    arch: str, in_channels: int, num_classes: int, output_stride: int = 16, standardize: bool = False
+) -> nn.Module:
+    return Segmenter(arch, in_channels, num_classes, output_stride=output_stride, standardize=standardize)
 
 
 class ASPP(nn.Module):
@@ -453,9 +497,11 @@ class ASPP(nn.Module):
 class DeepLabV3Plus(nn.Module):
     """Baseline: the original DeepLabv3+ (ASPP on the deep features, layer1 skip, two x4 upsamplings)."""
 
-    def __init__(self, arch: str, in_channels: int, num_classes: int, output_stride: int = 16):
+    def __init__(
+        self, arch: str, in_channels: int, num_classes: int, output_stride: int = 16, standardize: bool = False
+    ):
         super().__init__()
-        self.trunk = Trunk(arch, in_channels, _dilation_for(arch, output_stride))
+        self.trunk = Trunk(arch, in_channels, _dilation_for(arch, output_stride), standardize=standardize)
         c = self.trunk.channels
         width = 64 if arch == "resnet-tiny" else 256
         skip = 16 if arch == "resnet-tiny" else 48
@@ -473,23 +519,31 @@ class DeepLabV3Plus(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def build_deeplabv3plus(arch: str, in_channels: int, num_classes: int, output_stride: int = 16) -> nn.Module:
-    return DeepLabV3Plus(arch, in_channels, num_classes, output_stride=output_stride)
+def build_deeplabv3plus(
+    arch: str, in_channels: int, num_classes: int, output_stride: int = 16, standardize: bool = False
+) -> nn.Module:
+    return DeepLabV3Plus(arch, in_channels, num_classes, output_stride=output_stride, standardize=standardize)
 
 
 def build_model(
-    task: str, arch: str, in_channels: int, num_classes: int = 2, output_stride: int = 16, aux: bool = False
+    task: str,
+    arch: str,
+    in_channels: int,
+    num_classes: int = 2,
+    output_stride: int = 16,
+    aux: bool = False,
+    standardize: bool = False,
 ) -> nn.Module:
     """Any of the four networks by task name (num_classes counts background; segmentation tasks only; `aux`:
-    the recognizer's training-only dense head)."""
+    the recognizer's training-only dense head; `standardize`: per-image input standardisation)."""
     if task == "recognizer":
-        return build_recognizer(arch, in_channels, aux)
+        return build_recognizer(arch, in_channels, aux, standardize)
     if task == "classifier":
-        return build_classifier(arch, in_channels)
+        return build_classifier(arch, in_channels, standardize)
     if task == "segmenter":
-        return build_segmenter(arch, in_channels, num_classes, output_stride)
+        return build_segmenter(arch, in_channels, num_classes, output_stride, standardize)
     if task == "deeplabv3plus":
-        return build_deeplabv3plus(arch, in_channels, num_classes, output_stride)
+        return build_deeplabv3plus(arch, in_channels, num_classes, output_stride, standardize)
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 

@@ -72,7 +72,7 @@ from inspector.train.models import TASKS, Deployed, build_model, mean_std, norma
 CHECKPOINT_FORMAT = "inspector-train-checkpoint"
 CHECKPOINT_VERSION = 2
 SEGMENTATION_TASKS = ("segmenter", "deeplabv3plus")
-DEFAULT_CROP = {"recognizer": 0, "segmenter": 128}
+DEFAULT_CROP = {"recognizer": 320, "segmenter": 128}
 MIN_VAL_DEFECTIVE = 20  # fewer defective validation images than this: checkpoint and threshold are a guess
 
 
@@ -95,12 +95,15 @@ class TrainConfig:
     cache_images: bool = True  # decode every image once and keep it in memory (False: decode per use)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     defective_fraction: float = 0.5  # share of each batch drawn from defective images
-    crop: int = -1  # recognizer: 0 = whole images, N = NxN crops; segmenter: branch crop (-1: 0 / 128); /32
-    defect_bias: float = 0.7  # P(a defective image's crop is centred near one of its defect pixels)
+    crop: int = -1  # recognizer: N = NxN windows (0 = whole images); segmenter: branch crop (-1: 320 / 128); /32
+    defect_bias: float = -1.0  # P(a defective image's window/crop holds one of its defect pixels) (-1: 0 / 0.7)
     block_min_pixels: int = 1  # defect pixels that make a block defective
     aux_weight: float = 1.0  # recognizer: weight of the dense (mixed supervision) loss; 0 = block labels only
     aux_dilate: int = 2  # recognizer: dilation of the mask (px at training scale) for the dense targets
     hard_negatives: float = 0.0  # recognizer: > 0 = normal-block loss over the hardest k x #defective blocks
+    ignore_ring: int = 1  # recognizer: normal blocks within this many blocks of a defective one are not scored
+    image_weight: float = 0.5  # recognizer: weight of the image-level loss on the highest block of each window
+    standardize: bool = False  # per-image input standardisation inside the network (models.ImageStandardize)
     output_stride: int = 16  # segmentation with resnet50: deep-feature stride (8 or 16; others stay at 32)
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = False  # CUDA only: bfloat16 autocast
@@ -124,6 +127,10 @@ class TrainConfig:
             self.augment = AugmentConfig(**self.augment)
         if self.crop < 0:
             self.crop = DEFAULT_CROP.get(self.task, 0)
+        if self.defect_bias < 0:
+            # Recognizer windows lie uniformly in the image (data.crop_center says why); the segmenter's branch
+            # crop is a local crop that must see its few-pixel defects.
+            self.defect_bias = 0.7 if self.task == "segmenter" else 0.0
         if self.crop % BLOCK:
             raise ValueError(f"crop {self.crop} must be a multiple of {BLOCK}")
         if not 0 < self.defective_fraction < 1:
@@ -239,7 +246,8 @@ class BatchMaker:
         aug = cfg.augment if cfg.augment.enabled else None
         if cfg.task == "recognizer":
             if cfg.crop > 0:
-                crop = (cfg.crop, cfg.crop)
+                # Never larger than the model's input: the window is what the network sees of a frame at most.
+                crop = (min(cfg.crop, self.cache.input_size[0]), min(cfg.crop, self.cache.input_size[1]))
                 pairs = [
                     training_crop(it, crop, rng, aug, cfg.defect_bias) for it, rng in zip(items, rngs, strict=True)
                 ]
@@ -384,6 +392,32 @@ def balanced_ce(
     return 0.5 * ce[pos].mean() + 0.5 * neg_mean
 
 
+def ignore_near_defects(target: torch.Tensor, ring: int, valid: torch.Tensor | None) -> torch.Tensor:
+    """Blocks to score: not the normal blocks within `ring` blocks (8-neighbourhood) of a defective one.
+
+    A block next to a defect sees nearly the same pixels as the defective block (the receptive field spans
+    several blocks, the label flips at a block border), so insisting it scores low teaches little but noise;
+    the image verdict is the highest block anyway. Those blocks are neither positive nor negative."""
+    pos = (target > 0).float()[:, None]
+    near = F.max_pool2d(pos, 2 * ring + 1, stride=1, padding=ring)[:, 0] > 0
+    keep = ~near | (target > 0)
+    return keep if valid is None else keep & valid
+
+
+def max_block_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Image-level cross-entropy on each window's highest block: the score evaluation and the daemon decide on.
+
+    Per window, the block logit margin (defective - normal) of its highest valid block against "the window
+    holds a defective block"; balanced over windows with and without one. On a defect-free window this pushes
+    down the one block most likely to cause a false reject (hard-negative mining for free)."""
+    margin = logits[:, 1] - logits[:, 0]
+    if valid is not None:
+        margin = margin.masked_fill(~valid, -1e4)
+    top = margin.flatten(1).amax(1)
+    label = (target > 0).flatten(1).any(1).float()
+    return balanced_bce(top, label)
+
+
 def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy with logits, mean over positive cells and over negative cells, weighted equally."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten()
@@ -408,12 +442,20 @@ def training_loss(
             blocks, dense = model(x), None
         assert batch.blocks is not None and batch.dense is not None
         valid = torch.from_numpy(batch.valid).to(device) if batch.valid is not None else None
-        block_loss = balanced_ce(blocks, torch.from_numpy(batch.blocks).to(device).long(), cfg.hard_negatives, valid)
-        if dense is None:
-            return block_loss, {"block": block_loss.item()}
-        dense_loss = balanced_bce(dense[:, 0], torch.from_numpy(batch.dense).to(device))
-        loss = block_loss + cfg.aux_weight * dense_loss
-        return loss, {"block": block_loss.item(), "dense": dense_loss.item()}
+        target = torch.from_numpy(batch.blocks).to(device).long()
+        if cfg.ignore_ring > 0:
+            valid = ignore_near_defects(target, cfg.ignore_ring, valid)
+        block_loss = balanced_ce(blocks, target, cfg.hard_negatives, valid)
+        loss, parts = block_loss, {"block": block_loss.item()}
+        if cfg.image_weight > 0:
+            image_loss = max_block_loss(blocks, target, valid)
+            loss = loss + cfg.image_weight * image_loss
+            parts["image"] = image_loss.item()
+        if dense is not None:
+            dense_loss = balanced_bce(dense[:, 0], torch.from_numpy(batch.dense).to(device))
+            loss = loss + cfg.aux_weight * dense_loss
+            parts["dense"] = dense_loss.item()
+        return loss, parts
     if task == "classifier":
         loss = F.cross_entropy(model(x), torch.from_numpy(batch.defective).to(device).long())
         return loss, {}
@@ -654,7 +696,9 @@ def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path,
     )
 
     aux = cfg.task == "recognizer" and cfg.aux_weight > 0
-    model = build_model(cfg.task, cfg.arch, in_channels, num_classes, cfg.output_stride, aux=aux).to(ctx.device)
+    model = build_model(
+        cfg.task, cfg.arch, in_channels, num_classes, cfg.output_stride, aux=aux, standardize=cfg.standardize
+    ).to(ctx.device)
     optimizer = torch.optim.Adam(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     maker = BatchMaker(cache, cfg, ctx.rank, ctx.world_size)
     steps = maker.steps_per_epoch()
@@ -684,6 +728,7 @@ def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path,
         "block_size": BLOCK if cfg.task == "recognizer" else None,
         "output_stride": cfg.output_stride,
         "aux": aux,
+        "standardize": cfg.standardize,
         "cfg": cfg.to_dict(),
         "seed": cfg.seed,
         "world_size": ctx.world_size,
@@ -691,7 +736,7 @@ def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path,
     }
     if cfg.resume and last_path.is_file():
         ckpt = torch.load(last_path, map_location=ctx.device, weights_only=False)
-        for key in ("task", "arch", "in_channels", "classes", "size", "scale", "aux"):
+        for key in ("task", "arch", "in_channels", "classes", "size", "scale", "aux", "standardize"):
             if ckpt.get(key) != meta[key]:
                 raise ValueError(f"cannot resume {last_path}: its {key} is {ckpt.get(key)!r}, not {meta[key]!r}")
         model.load_state_dict(ckpt["model"])
@@ -846,7 +891,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
             f"{CHECKPOINT_VERSION} (retrain, or export it with the release that wrote it)"
         )
     model = build_model(
-        ckpt["task"], ckpt["arch"], ckpt["in_channels"], ckpt["num_classes"], ckpt["output_stride"], ckpt["aux"]
+        ckpt["task"],
+        ckpt["arch"],
+        ckpt["in_channels"],
+        ckpt["num_classes"],
+        ckpt["output_stride"],
+        ckpt["aux"],
+        ckpt.get("standardize", False),
     )
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
