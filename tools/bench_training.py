@@ -73,7 +73,8 @@ def main() -> int:
     env_old = {**os.environ, "PYTHONPATH": str(old_tree), "OMP_NUM_THREADS": str(args.threads)}
     env_new = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
     common = ["--task", "recognizer", "--arch", "resnet-tiny", "--size", "224", "--epochs", "1",
-              "--steps-per-epoch", str(args.steps), "--threads", str(args.threads), "--no-plots", "--seed", "0"]  # fmt: skip
+              "--steps-per-epoch", str(args.steps), "--threads", str(args.threads), "--no-plots",
+              "--seed", "0"]  # fmt: skip
     rows: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
     try:
         for r in range(args.rounds):
