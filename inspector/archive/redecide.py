@@ -118,9 +118,13 @@ class Redecider:
         return self._masks[frame]
 
     def __call__(self, record: Record) -> Outcome:
-        _, mode = self.settings(record)
+        cfg, mode = self.settings(record)
         decider = self.decider(record)
-        return redecide(decider, mode, record.block_scores(), record.pixel_scores())
+        pixels = record.pixel_scores()
+        floor = record.meta.get("pixel_floor")
+        if pixels is not None and floor is not None and cfg.pixel_threshold < floor:
+            pixels = None  # below the record's pixel floor its stored pixels are not exact: unknown, not wrong
+        return redecide(decider, mode, record.block_scores(), pixels)
 
 
 def redecide(decider: Decider, mode: str, block_scores: np.ndarray, pixel_scores: np.ndarray | None) -> Outcome:
