@@ -253,3 +253,33 @@ def test_import_archive_makes_a_data_set_the_training_loader_reads(archive, tmp_
         assert not (out / "masks" / f"{reject[0].id}.png").exists()
     finally:
         (root / "review" / "marks.jsonl").unlink()
+
+
+def test_import_archive_commands_and_no_torch(archive, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from inspector.train import import_archive as module
+
+    root, _, _ = archive
+    reader = ArchiveReader(root)
+    s = reader.summaries()[0]
+    MarkStore(root).put(
+        Mark(s.id, "correct", "good" if s.decided == "pass" else "defective", None), reader.path_of(s.id)
+    )
+    try:
+        # Where the train extra is missing: python -m inspector.train.import_archive (no torch imported).
+        assert module.main(["--archive", str(root), "--out", str(tmp_path / "a")]) == 0
+        assert "1 images" in capsys.readouterr().out
+        code = (
+            "import sys; import inspector.train.import_archive, inspector.archive.review, inspector.archive.tune; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)"
+        )
+        assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0, "imports torch"
+        # And as the train CLI's subcommand, where the train extra imports.
+        pytest.importorskip("torchvision", reason="inspector-train needs the train extra (torchvision) to start")
+        from inspector.train import cli as train_cli
+
+        assert train_cli.main(["import-archive", "--archive", str(root), "--out", str(tmp_path / "b")]) == 0
+    finally:
+        (root / "review" / "marks.jsonl").unlink()

@@ -127,6 +127,14 @@ class _Slot:
     ctx: ArchiveContext | None = None
 
 
+def _touched(shape: tuple, dtype: type) -> np.ndarray:
+    """An array whose pages are mapped now: np.zeros maps them lazily, so the hot path's first copy into each
+    slot would pay the page faults (milliseconds for a few MB)."""
+    a = np.empty(shape, dtype)
+    a.fill(0)
+    return a
+
+
 class _Pool:
     """`n` slots shaped for one runtime's frame and model outputs, allocated once."""
 
@@ -136,9 +144,9 @@ class _Pool:
             _Slot(
                 self,
                 i,
-                np.zeros(frame_shape, np.uint8),
-                np.zeros(block_grid, np.float32),
-                None if pixel_shape is None else np.zeros(pixel_shape, np.float32),
+                _touched(frame_shape, np.uint8),
+                _touched(block_grid, np.float32),
+                None if pixel_shape is None else _touched(pixel_shape, np.float32),
             )
             for i in range(n)
         ]

@@ -16,7 +16,9 @@ the networks saw it), so the next model learns from the line's own mistakes:
 folder: new marks are added, changed marks rewrite their files, nothing else is touched. The result is read
 by `inspector.train.datasets.load_dataset`, so `inspector-train train --data OUT` takes it as it is.
 
-Deliberately free of torch: it runs on the line's box, next to the archive.
+Deliberately free of torch: it runs on the line's box, next to the archive. Where the `train` extra is not
+installed (`inspector-train` needs torch to start), the same command runs as
+``python -m inspector.train.import_archive --archive DIR --out DATA``.
 """
 
 from __future__ import annotations
@@ -142,6 +144,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _arguments(p)
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--archive", required=True, type=Path, help="archive directory (the line's archive.path)")
     p.add_argument("--out", required=True, type=Path, help="data set folder to create or update")
     p.set_defaults(func=run_import)
@@ -160,3 +166,18 @@ def run_import(args: argparse.Namespace) -> int:
         print(line)
     print(f"data set: {args.out} (inspector-train train --data {args.out} ...)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m inspector.train.import_archive",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _arguments(parser)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
