@@ -277,9 +277,38 @@ def test_import_archive_commands_and_no_torch(archive, tmp_path, capsys):
         )
         assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0, "imports torch"
         # And as the train CLI's subcommand, where the train extra imports.
-        pytest.importorskip("torchvision", reason="inspector-train needs the train extra (torchvision) to start")
+        pytest.importorskip("torch", reason="inspector-train needs the train extra (torch) to start")
         from inspector.train import cli as train_cli
 
         assert train_cli.main(["import-archive", "--archive", str(root), "--out", str(tmp_path / "b")]) == 0
+    finally:
+        (root / "review" / "marks.jsonl").unlink()
+
+
+def test_inspector_train_trains_on_an_imported_archive(archive, tmp_path):
+    pytest.importorskip("torch", reason="training needs the train extra (torch)")
+    from inspector.train import cli as train_cli
+
+    root, _, _ = archive
+    reader = ArchiveReader(root)
+    marks = MarkStore(root)
+    summaries = list(reversed(reader.summaries()))
+    rejects = [s for s in summaries if s.decided == "reject" and s.segmenter_ran][:8]
+    passes = [s for s in summaries if s.decided == "pass"][:8]
+    try:
+        for s in rejects:
+            marks.put(Mark(s.id, "correct", "defective", s.classes[0], "segmenter"), reader.path_of(s.id))
+        for s in passes:
+            marks.put(Mark(s.id, "correct", "good"), reader.path_of(s.id))
+        data = tmp_path / "data"
+        assert import_archive(root, data).with_mask == len(rejects)
+        for task in ("recognizer", "segmenter"):
+            code = train_cli.main(
+                ["train", "--data", str(data), "--val-fraction", "0.25", "--out", str(tmp_path / task),
+                 "--task", task, "--arch", "resnet-tiny", "--size", "96", "--epochs", "1", "--steps-per-epoch", "2",
+                 "--batch", "2", "--crop", "32", "--threads", "1", "--no-plots", "--seed", "0"]
+            )  # fmt: skip
+            assert code == 0
+            assert (tmp_path / task / "best.pt").is_file()
     finally:
         (root / "review" / "marks.jsonl").unlink()
