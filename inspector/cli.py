@@ -91,6 +91,12 @@ def check_config(path: str | Path) -> list[str]:
             Decider(config.decision, frame, manifests["recognizer"], manifests.get("segmenter"), mask)
         except (OSError, ValueError) as exc:
             problems.append(f"{path}: decision: {exc}")
+    if config.archive.enabled and config.archive.path:
+        from inspector.archive.store import check_directory
+
+        problem = check_directory(resolve_path(path, config.archive.path), config.line.name, config.line.camera)
+        if problem:
+            problems.append(f"{path}: archive.path: {problem}")
     if config.source.kind == "folder":
         folder = resolve_path(path, config.source.path)
         if not folder.is_dir():

@@ -355,3 +355,24 @@ def test_marks_keep_their_record_past_the_quota(tmp_path):
     assert first.id in {s.id for s in reader.summaries()}
     with pytest.raises(RecordGone):
         reader.open("20000101T000000000000Z-00000000-000000000")
+
+
+def test_check_config_names_an_archive_path_the_daemon_could_not_use(tmp_path):
+    from inspector.cli import check_config
+
+    text = (REPO / "configs" / "demo.yaml").read_text()
+    config = tmp_path / "configs" / "line.yaml"
+    config.parent.mkdir()
+    (tmp_path / "engines").symlink_to(REPO / "engines")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    config.write_text(text.replace("path: ../archive/demo", f"path: {blocker}"))
+    assert check_config(config) == [f"{config}: archive.path: {blocker} exists and is not a directory"]
+    root = tmp_path / "other-line"
+    w, _, _ = _writer(root)
+    w.close()
+    config.write_text(text.replace("path: ../archive/demo", f"path: {root}").replace("name: line1", "name: line7"))
+    assert check_config(config) == [f"{config}: archive.path: {root} is the archive of line1/cam1, not line7/cam1"]
+    config.write_text(text.replace("path: ../archive/demo", "path: ../fresh/archive"))
+    assert check_config(config) == []
+    assert not (tmp_path / "fresh").exists(), "check-config writes nothing"

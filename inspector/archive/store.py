@@ -23,6 +23,33 @@ class ArchiveUnavailable(Exception):
     """The archive directory cannot be used (the message says why and names the path)."""
 
 
+def check_directory(root: Path, line: str, camera: str) -> str | None:
+    """What would keep a daemon from using `root` as its archive (None: nothing), without creating anything:
+    for check-config, which must not write."""
+    if root.exists():
+        if not root.is_dir():
+            return f"{root} exists and is not a directory"
+        if not os.access(root, os.W_OK | os.X_OK):
+            return f"{root} is not writable by this user"
+        ident = root / layout.ARCHIVE_FILE
+        if ident.is_file():
+            try:
+                data = json.loads(ident.read_text())
+            except (OSError, ValueError) as exc:
+                return f"{ident}: unreadable: {exc}"
+            if data.get("format") != ARCHIVE_FORMAT:
+                return f"{ident}: format {data.get('format')!r}, this version writes {ARCHIVE_FORMAT!r}"
+            if (data.get("line"), data.get("camera")) != (line, camera):
+                return f"{root} is the archive of {data.get('line')}/{data.get('camera')}, not {line}/{camera}"
+        return None
+    parent = root.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{root} does not exist and cannot be created ({parent} is not writable by this user)"
+    return None
+
+
 class ArchiveStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
