@@ -406,6 +406,15 @@ class Config(_Model):
         default_factory=ArchiveConfig, description="Evidence kept for review, threshold tuning and training."
     )
 
+    @model_validator(mode="after")
+    def _archive_pool_holds_a_batch(self) -> Config:
+        if self.archive.enabled and self.archive.pool_slots < self.pipeline.batch_size:
+            raise ValueError(
+                f"archive.pool_slots ({self.archive.pool_slots}) must be at least pipeline.batch_size "
+                f"({self.pipeline.batch_size}): each frame of a batch is copied into the pool before inference"
+            )
+        return self
+
     def config_hash(self) -> str:
         """Stable hash of the validated config (defaults included), carried in every verdict."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

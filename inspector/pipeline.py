@@ -593,19 +593,20 @@ class Pipeline:
             # The segmenter's rows are written here only when it sees every frame and cannot copy them.
             seg_upfront = rt.seg_pre is not None and rt.mode == "always" and not rt.seg_shares_input
             rec_key = rt.rec_key
+            sink = rt.archive
             for i, item in enumerate(todo):
                 held.append(item.slot)
+                if sink is not None:  # a bounded copy, so the slot can still be released before inference
+                    sink.stage(i, self.ring.view(item.slot))
                 if item.prepped == rec_key:
                     np.copyto(rt.rec_pre.buffer[i], self._prep.buffer[item.slot])
                 else:
                     rt.rec_pre.put(i, self.ring.view(item.slot))
                 if seg_upfront:
                     rt.seg_pre.put(i, self.ring.view(item.slot))
-            # Gated with a different input spec needs the pixels again after the recognizer, and the archive
-            # needs them after the decision; otherwise the slots are free now, before inference, so acquisition
-            # can reuse them while the models run.
-            sink = rt.archive
-            keep = (rt.mode == "gated" and not rt.seg_shares_input) or sink is not None
+            # Gated with a different input spec needs the pixels again after the recognizer; otherwise the
+            # slots are free now, before inference, so acquisition can reuse them while the models run.
+            keep = rt.mode == "gated" and not rt.seg_shares_input
             if not keep:
                 self._release_held()
             t1 = time.perf_counter()
@@ -631,8 +632,7 @@ class Pipeline:
                             rt.seg_pre.put(j, self.ring.view(todo[i].slot))
                     pixel_scores = rt.segmenter.backend.run(len(rows))["pixel_scores"]
                     metrics.stage("segmenter", time.perf_counter() - t2)
-            if sink is None:
-                self._release_held()
+            self._release_held()
 
             t3 = time.perf_counter()
             decided = time.time_ns()
@@ -658,15 +658,15 @@ class Pipeline:
                     v.detail = None
                     v.config_hash, v.model_hashes = rt.config_hash, rt.model_hashes
                     self.counters.inspected += 1
-                if sink is not None:  # returns at once: a bounded copy into the archive's pool, or a counted drop
-                    sink.offer(v, decision, self.ring.view(item.slot), block_scores[i], pix)
-            if sink is not None:
-                self._release_held()
+                if sink is not None:  # returns at once: the scores join the staged copy, or a counted drop
+                    sink.offer(i, v, decision, block_scores[i], pix)
             metrics.stage("decision", time.perf_counter() - t3)
             self.counters.batches += 1
             self.counters.batched_frames += n
         except Exception as exc:
             self._release_held()
+            if rt.archive is not None:
+                rt.archive.discard()
             text = f"{type(exc).__name__}: {exc}"
             self._log_error(text, n)
             for item in todo:

@@ -115,3 +115,10 @@ class Events:
 
     def states(self) -> list[str]:
         return [f.get("state", "") for k, f in self.seen if k == "archive"]
+
+
+def hand_over(sink, item) -> bool:
+    """What the pipeline does for one frame (batch row 0): stage its pixels, then offer it after the decision."""
+    verdict, decision, frame, block, pixels = item
+    sink.stage(0, frame)
+    return sink.offer(0, verdict, decision, block, pixels)

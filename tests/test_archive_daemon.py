@@ -92,7 +92,7 @@ def test_the_daemon_archives_what_it_publishes_and_counts_what_it_cannot(tmp_pat
 def test_a_stalled_disk_never_holds_up_inspection(tmp_path):
     root = tmp_path / "archive"
     config = _config(
-        tmp_path, f"  enabled: true\n  path: {root}\n  pass_fraction: 1.0\n  pool_slots: 2\n  keep_free_mb: 0"
+        tmp_path, f"  enabled: true\n  path: {root}\n  pass_fraction: 1.0\n  pool_slots: 4\n  keep_free_mb: 0"
     )
     release = threading.Event()
 

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from archive_helpers import DEMO_CONFIG, context, decided, decider, demo_config, demo_manifests
+from archive_helpers import DEMO_CONFIG, context, decided, decider, demo_config, demo_manifests, hand_over
 
 from inspector import cli
 from inspector.archive.marks import Mark, MarkStore
@@ -41,7 +41,7 @@ def archive(tmp_path_factory):
     for seq in range(60):
         item = decided(dec, rng, seq, config)
         items[seq] = item
-        assert sink.offer(*item)
+        assert hand_over(sink, item)
         while not writer.queue.empty():
             time.sleep(0.005)
     writer.close()

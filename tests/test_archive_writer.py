@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from archive_helpers import REPO, Events, context, decided, decider, demo_config, score_maps
+from archive_helpers import REPO, Events, context, decided, decider, demo_config, hand_over, score_maps
 
 from inspector.archive import layout
 from inspector.archive.marks import Mark, MarkStore
@@ -55,7 +55,7 @@ def test_rejects_and_an_even_sample_of_passes_are_kept_exactly(tmp_path):
     offered = []
     for seq in range(60):
         item = decided(dec, rng, seq, config)
-        kept = sink.offer(*item)
+        kept = hand_over(sink, item)
         offered.append((item, kept))
         _drain(writer)
     writer.close()
@@ -104,7 +104,7 @@ def test_pixel_floor_keeps_records_small(tmp_path):
         for seq in range(20):
             v, decision, frame, block, _ = decided(dec, rng, seq, config)
             _, pixel = score_maps(rng, True)
-            n += sink.offer(v, decision, frame, block, pixel)
+            n += hand_over(sink, (v, decision, frame, block, pixel))
             _drain(writer)
         writer.close()
         sizes[floor] = writer.bytes_on_disk / max(1, n)
@@ -118,7 +118,7 @@ def test_quota_deletes_the_oldest_first_and_readers_see_only_whole_records(tmp_p
     rng = np.random.default_rng(2)
     seqs = []
     for seq in range(80):  # ~50-60 kB each: about 4 quotas' worth
-        if sink.offer(*decided(dec, rng, seq, config)):
+        if hand_over(sink, decided(dec, rng, seq, config)):
             seqs.append(seq)
         _drain(writer)
     writer.close()
@@ -156,10 +156,10 @@ def test_a_stalled_disk_drops_and_counts_and_offer_never_waits(tmp_path):
     rng = np.random.default_rng(3)
     rejects = [decided(dec, rng, i, config, defective=True) for i in range(40)]
     rejects = [r for r in rejects if r[0].result == "reject"][:12]
-    assert sink.offer(*rejects[0])
+    assert hand_over(sink, rejects[0])
     assert store.waiting.wait(30), "the writer took the first record and now waits on the disk"
     # The writer holds one encoded record; the pool (3 slots) fills with the next three; the rest are dropped.
-    results = [sink.offer(*r) for r in rejects[1:]]
+    results = [hand_over(sink, r) for r in rejects[1:]]
     assert results == [True] * 3 + [False] * (len(rejects) - 4)
     assert writer.dropped == {"pool_full": len(rejects) - 4}
     _wait(lambda: "dropping" in events.states())
@@ -182,7 +182,7 @@ def test_an_unusable_directory_is_reported_and_inspection_goes_on(tmp_path):
     rng = np.random.default_rng(4)
     item = next(x for x in (decided(dec, rng, i, config, defective=True) for i in range(50)) if x[0].result == "reject")
     assert writer.available is False
-    assert sink.offer(*item) is False
+    assert hand_over(sink, item) is False
     writer.close()
     assert writer.dropped == {"unavailable": 1}
     assert events.states()[0] == "unavailable"
@@ -235,7 +235,7 @@ def test_a_really_full_disk_deletes_the_oldest_and_keeps_writing(tmp_path):
         rng = np.random.default_rng(5)
         n = 0
         for seq in range(60):
-            n += sink.offer(*decided(dec, rng, seq, config))
+            n += hand_over(sink, decided(dec, rng, seq, config))
             _drain(writer)
         writer.close()
         assert writer.written == n, f"every record written after making room (dropped {writer.dropped})"
@@ -257,7 +257,7 @@ def test_keep_free_that_cannot_be_met_drops_counts_and_alarms(tmp_path):
             x for x in (decided(dec, rng, i, config, defective=True) for i in range(40)) if x[0].result == "reject"
         ]
         for r in rejects[:5]:
-            sink.offer(*r)
+            hand_over(sink, r)
         writer.close()
         assert writer.written == 0 and writer.dropped == {"no_space": 5}
         assert "dropping" in events.states()
@@ -268,7 +268,7 @@ CHILD = """
 import sys, time, uuid
 sys.path[:0] = [{repo!r}, {tests!r}]
 import numpy as np
-from archive_helpers import context, decided, decider, demo_config
+from archive_helpers import context, decided, decider, demo_config, hand_over
 from inspector.archive.writer import ArchiveWriter
 root = {root!r}
 config = demo_config(__import__("pathlib").Path(root), pass_fraction=1.0, keep_free_mb=0, quota_mb=2)
@@ -284,7 +284,7 @@ while True:
     v = items[seq % 8][0]
     v.seq = seq
     v.t_acquired_ns = time.time_ns()
-    sink.offer(v, *items[seq % 8][1:])
+    hand_over(sink, (v, *items[seq % 8][1:]))
     seq += 1
     time.sleep(0.002)
 """
@@ -324,7 +324,7 @@ def test_index_is_only_a_cache(tmp_path):
     dec = decider(config)
     rng = np.random.default_rng(8)
     for seq in range(6):
-        sink.offer(*decided(dec, rng, seq, config))
+        hand_over(sink, decided(dec, rng, seq, config))
         _drain(writer)
     writer.close()
     expected = {s.id: s for s in ArchiveReader(root).summaries()}
@@ -340,14 +340,14 @@ def test_marks_keep_their_record_past_the_quota(tmp_path):
     writer, sink, config = _writer(root, pass_fraction=1.0, keep_free_mb=0, quota_mb=1)
     dec = decider(config)
     rng = np.random.default_rng(9)
-    sink.offer(*decided(dec, rng, 0, config))
+    hand_over(sink, decided(dec, rng, 0, config))
     _wait(lambda: writer.written == 1)
     reader = ArchiveReader(root)
     first = reader.summaries()[0]
     marks = MarkStore(root)
     marks.put(Mark(first.id, "correct", "good" if first.decided == "pass" else "defective"), reader.path_of(first.id))
     for seq in range(1, 60):
-        sink.offer(*decided(dec, rng, seq, config))
+        hand_over(sink, decided(dec, rng, seq, config))
         _drain(writer)
     writer.close()
     assert not layout.record_path(root, first.id).exists(), "the quota deleted it from records/"
@@ -376,3 +376,28 @@ def test_check_config_names_an_archive_path_the_daemon_could_not_use(tmp_path):
     config.write_text(text.replace("path: ../archive/demo", "path: ../fresh/archive"))
     assert check_config(config) == []
     assert not (tmp_path / "fresh").exists(), "check-config writes nothing"
+
+
+def test_a_failed_batch_gives_its_staged_slots_back(tmp_path):
+    root = tmp_path / "archive"
+    writer, sink, config = _writer(root, pool_slots=4, keep_free_mb=0)
+    dec = decider(config)
+    rng = np.random.default_rng(12)
+    items = [decided(dec, rng, i, config) for i in range(4)]
+    for row, (_, _, frame, _, _) in enumerate(items):
+        sink.stage(row, frame)
+    assert sink.pool.in_use == 4
+    sink.discard()  # inference raised: nothing of this batch is offered
+    assert sink.pool.in_use == 0
+    sink.stage(0, items[0][2])
+    assert sink.offer(0, *items[0][:2], *items[0][3:]) == (items[0][0].reason.value == "defect")
+    writer.close()
+    assert sink.pool.in_use == 0
+
+
+def test_a_pool_smaller_than_a_batch_is_refused():
+    from inspector.config import ConfigError, parse_config
+
+    text = (REPO / "configs" / "demo.yaml").read_text().replace("pool_slots: 16", "pool_slots: 2")
+    with pytest.raises(ConfigError, match=r"archive.pool_slots \(2\) must be at least pipeline.batch_size \(4\)"):
+        parse_config(text)

@@ -23,15 +23,24 @@ from inspector.frames import Defect, Reason, Verdict
 
 
 class FrameArchive(Protocol):
-    """What the inference thread calls once per decided frame when the archive is on (never when it is off)."""
+    """What the inference thread calls when the archive is on (never when it is off). All return at once."""
+
+    def stage(self, row: int, frame: np.ndarray) -> None:
+        """Before batch row `row`'s ring slot is released: a bounded copy of its pixels (or a noted miss)."""
+        ...
 
     def offer(
         self,
+        row: int,
         verdict: Verdict,
         decision: tuple[str, Reason, list[Defect], float],
-        frame: np.ndarray,
         block_scores: np.ndarray,
         pixel_scores: np.ndarray | None,
     ) -> bool:
-        """Returns at once: True if the frame was handed over for writing, False if not kept or dropped (counted)."""
+        """After the decision: True if the frame was handed over for writing, False if not kept or dropped
+        (counted)."""
+        ...
+
+    def discard(self) -> None:
+        """The batch failed after staging: give back what it staged."""
         ...
