@@ -77,6 +77,49 @@ def run(config: Path, seconds: float, archive: dict | None, folder: Path) -> dic
     return out
 
 
+def hand_over_cost(config: Path, repeats: int = 20) -> dict[str, tuple[float, float]]:
+    """Median and p99 (us) of the inference thread's hand-over per frame, kept (a reject with segmenter output)
+    and not kept (a pass outside the sample), with the demo's shapes; no writer thread, no disk."""
+    import time
+
+    import numpy as np
+
+    from inspector.archive.writer import ArchiveContext, ArchiveWriter
+    from inspector.frames import Reason, Verdict
+    from inspector.manifest import read_manifest
+
+    demo = load_config(config)
+    rec = read_manifest(REPO / "engines" / "demo" / "recognizer.onnx", verify_hash=False)
+    seg = read_manifest(REPO / "engines" / "demo" / "segmenter.onnx", verify_hash=False)
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (demo.source.height, demo.source.width, 1), dtype=np.uint8)
+    block = rng.random(rec.grid, dtype=np.float32)
+    pixels = rng.random((len(seg.classes), seg.input.height, seg.input.width), dtype=np.float32)
+    out = {}
+    for name, reason in (("kept (reject, with segmenter output)", Reason.DEFECT), ("not kept (a pass)", Reason.OK)):
+        cfg = demo.model_copy(
+            update={"archive": ArchiveConfig(enabled=True, path="/nonexistent", pass_fraction=0.0, pool_slots=64)}
+        )
+        writer = ArchiveWriter(cfg.archive, Path("/nonexistent"), "l", "c")
+        writer.available = True  # no thread: the queue is drained by hand below
+        sink = writer.bind(ArchiveContext.build(cfg, cfg.config_hash(), rec, seg))
+        v = Verdict(0, 0, "reject" if reason is Reason.DEFECT else "pass", reason, time.time_ns(), 0)
+        decision = (v.result, reason, [], 0.9)
+        times = []
+        for _ in range(repeats):
+            for _ in range(32):
+                t = time.perf_counter_ns()
+                sink.stage(0, frame)
+                sink.offer(0, v, decision, block, pixels)
+                times.append(time.perf_counter_ns() - t)
+            while not writer.queue.empty():
+                slot = writer.queue.get()
+                slot.pool.release(slot)
+        times.sort()
+        out[name] = (times[len(times) // 2] / 1e3, times[int(len(times) * 0.99)] / 1e3)
+    return out
+
+
 def _p99(lat) -> float:
     import numpy as np
 
@@ -105,11 +148,21 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cases", help="comma-separated row numbers to run (default: all)")
+    ap.add_argument("--hand-over-only", action="store_true", help="only the hand-over's cost (no daemon runs)")
     args = ap.parse_args()
+    if args.hand_over_only:
+        for name, (med, p99) in hand_over_cost(args.config).items():
+            print(f"{name}: median {med:.0f} us, p99 {p99:.0f} us")
+        return 0
     cases = dict(CASES)
     if args.cases:
         keep = {int(i) for i in args.cases.split(",")}
         cases = {k: v for i, (k, v) in enumerate(CASES.items()) if i in keep or k == "off"}
+    print("| hand-over per frame (inference thread) | median us | p99 us |")
+    print("|---|---|---|")
+    for name, (med, p99) in hand_over_cost(args.config).items():
+        print(f"| {name} | {med:.0f} | {p99:.0f} |")
+    print()
     results: dict[str, list[dict]] = {name: [] for name in cases}
     with tempfile.TemporaryDirectory(dir=REPO) as tmp:
         for r in range(args.rounds):
