@@ -367,8 +367,9 @@ class ArchiveConfig(_Model):
         16,
         ge=1,
         le=1024,
-        description="Frames (with their score maps) that can wait for the writer. When all wait, a frame to archive "
-        "is dropped and counted, never waited for. Memory: slots x (frame + score maps). (restart)",
+        description="Frames (with their score maps) that can wait for the writer; each frame of a batch is staged "
+        "here first, so at least pipeline.batch_size. When all wait, a frame to archive is dropped and counted, "
+        "never waited for. Memory: slots x (frame + score maps). (restart)",
     )
     pixel_floor: float = Field(
         0.05,
