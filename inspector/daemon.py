@@ -162,7 +162,7 @@ class Daemon:
             assert config.archive.path is not None
             self.archive = ArchiveWriter(
                 config.archive,
-                resolve_path(self.config_file, config.archive.path),
+                resolve_path(self.config_file, config.archive.path).resolve(),
                 line,
                 camera,
                 self.publisher.run_id,
