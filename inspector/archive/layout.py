@@ -154,7 +154,7 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None, *, mode: 
     fsync_dir(path.parent)
 
 
-def append_line(path: Path, obj: dict, *, durable: bool) -> None:
+def append_line(path: Path, obj: dict[str, Any], *, durable: bool) -> None:
     """Append one JSON line with a single write() (O_APPEND). A crash can leave at most a torn last line, which
     readers skip; `durable` fsyncs (marks: yes; the index, a cache: no)."""
     line = (json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
@@ -167,7 +167,7 @@ def append_line(path: Path, obj: dict, *, durable: bool) -> None:
         os.close(fd)
 
 
-def read_lines(path: Path) -> list[dict]:
+def read_lines(path: Path) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file; a torn or foreign line is skipped, never fatal."""
     try:
         data = path.read_bytes()
@@ -202,6 +202,13 @@ def apply_pixel_floor(pixel_scores: np.ndarray, floor: float) -> None:
     low = prob < floor
     pixel_scores[0][low] = 1.0
     pixel_scores[1:, low] = 0.0
+
+
+def _load_npy(data: bytes) -> np.ndarray:
+    array = np.load(io.BytesIO(data), allow_pickle=False)
+    if not isinstance(array, np.ndarray):
+        raise ArchiveFormatError("an array member is not a single .npy array")
+    return array
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -383,12 +390,12 @@ class Record:
         return decode_image(self.image_png(), self.meta["frame"]["pixel_format"])
 
     def block_scores(self) -> np.ndarray:
-        return np.load(io.BytesIO(self.member(BLOCK_NPY)), allow_pickle=False)
+        return _load_npy(self.member(BLOCK_NPY))
 
     def pixel_scores(self) -> np.ndarray | None:
         if PIXEL_NPY not in self._zip.namelist():
             return None
-        return np.load(io.BytesIO(self.member(PIXEL_NPY)), allow_pickle=False)
+        return _load_npy(self.member(PIXEL_NPY))
 
     @property
     def frame_size(self) -> tuple[int, int]:

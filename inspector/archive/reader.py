@@ -56,7 +56,7 @@ class ArchiveReader:
             )
         self._hours: dict[str, _Hour] = {}
         self._manifests: dict[str, ModelManifest] = {}
-        self._configs: dict[str, dict] = {}
+        self._configs: dict[str, dict[str, Any]] = {}
         self._masks: dict[str, np.ndarray | None] = {}
         self.unreadable: set[str] = set()
 

@@ -74,7 +74,7 @@ class Redecider:
         self.decision = decision
         self.mode = mode
         self.ignore_mask_file = ignore_mask_file
-        self._deciders: dict[tuple, Decider] = {}
+        self._deciders: dict[tuple[object, ...], Decider] = {}
         self._masks: dict[tuple[int, int], np.ndarray | None] = {}
 
     def settings(self, record: Record) -> tuple[DecisionConfig, str]:

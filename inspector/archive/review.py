@@ -73,7 +73,7 @@ class ReviewApp:
 
     # ------------------------------------------------------------------------------------------ list
 
-    def list(self, query: dict[str, str]) -> dict[str, Any]:
+    def listing(self, query: dict[str, str]) -> dict[str, Any]:
         with self.lock:
             summaries = self.reader.summaries()
             marks = dict(self.marks.all())
@@ -334,7 +334,7 @@ class _Handler(BaseHTTPRequestHandler):
                     {**app.reader.identity, "archive": str(app.root), "labels": LABELS, "reviewer": app.reviewer},
                 )
             elif url.path == "/api/records":
-                self._json(HTTPStatus.OK, app.list(query))
+                self._json(HTTPStatus.OK, app.listing(query))
             elif m := re.fullmatch(r"/api/records/([^/]+)", url.path):
                 self._json(HTTPStatus.OK, app.detail(m.group(1)))
             elif m := re.fullmatch(r"/api/records/([^/]+)/(image|heat|mask|label)\.png", url.path):
@@ -411,7 +411,7 @@ class ReviewServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host = self.server_address[0]
+        host = str(self.server_address[0])
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/"
 
@@ -419,7 +419,7 @@ class ReviewServer(ThreadingHTTPServer):
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "review",
         help="serve the archive's review page (look at archived frames, mark false rejects and missed defects)",

@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from inspector.archive import layout
 from inspector.archive.layout import ARCHIVE_FORMAT
@@ -140,7 +141,7 @@ class ArchiveStore:
         found.sort()
         return found
 
-    def put(self, rid: str, data: bytes, summary: dict) -> None:
+    def put(self, rid: str, data: bytes, summary: dict[str, Any]) -> None:
         """Write one record durably, then its index line (the index is a cache: its failure is not the record's)."""
         path = layout.record_path(self.root, rid)
         layout.makedirs_durable(path.parent)

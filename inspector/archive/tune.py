@@ -166,7 +166,7 @@ class Report:
     reject_to_pass: int = 0
     pass_to_reject_line: float = 0.0  # scaled by each sampled pass's 1 / pass_fraction
     unknown: int = 0
-    by_class: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    by_class: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     flipped_ids: dict[str, list[str]] = field(default_factory=lambda: {"pass_to_reject": [], "reject_to_pass": []})
     reviewed: int = 0
     old: Confusion = field(default_factory=Confusion)
@@ -229,7 +229,9 @@ def _same_thresholds(record: Record, config: Config, mask: np.ndarray | None, re
     theirs = reader.ignore_mask(record.meta["config_hash"])
     if (theirs is None) != (mask is None):
         return False
-    return theirs is None or (theirs.shape == mask.shape and bool(np.array_equal(theirs, mask)))
+    if theirs is None or mask is None:
+        return True
+    return theirs.shape == mask.shape and bool(np.array_equal(theirs, mask))
 
 
 def _file_models(config: Config, config_file: Path) -> set[str] | None:
@@ -478,7 +480,9 @@ def _last_content_line(node: yaml.Node) -> int:
         items = list(node.value)
     else:
         items = []
-    if items and not node.flow_style:  # a block collection's end mark is the next token: use its last child's
+    if items and not getattr(
+        node, "flow_style", False
+    ):  # a block collection's end mark is the next token: use its last child's
         return max(_last_content_line(n) for n in items)
     end = node.end_mark
     return end.line if end.column > 0 else end.line - 1
@@ -540,7 +544,7 @@ def _time_arg(text: str) -> int:
     return int(dt.timestamp() * 1e9)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "tune",
         help="re-decide archived frames at other thresholds: flips, precision/recall, a sweep, a decision block",

@@ -129,10 +129,10 @@ class _Slot:
     ctx: ArchiveContext | None = None
 
 
-def _touched(shape: tuple, dtype: type) -> np.ndarray:
+def _touched(shape: tuple[int, ...], dtype: type) -> np.ndarray:
     """An array whose pages are mapped now: np.zeros maps them lazily, so the hot path's first copy into each
     slot would pay the page faults (milliseconds for a few MB)."""
-    a = np.empty(shape, dtype)
+    a: np.ndarray = np.empty(shape, dtype)
     a.fill(0)
     return a
 
@@ -140,7 +140,9 @@ def _touched(shape: tuple, dtype: type) -> np.ndarray:
 class _Pool:
     """`n` slots shaped for one runtime's frame and model outputs, allocated once."""
 
-    def __init__(self, n: int, frame_shape: tuple, block_grid: tuple, pixel_shape: tuple | None):
+    def __init__(
+        self, n: int, frame_shape: tuple[int, ...], block_grid: tuple[int, ...], pixel_shape: tuple[int, ...] | None
+    ):
         self.key = (frame_shape, block_grid, pixel_shape)
         self.slots = [
             _Slot(
@@ -194,7 +196,8 @@ class ArchiveSink:
             np.copyto(slot.frame, frame)
         except (ValueError, TypeError):  # a frame that disagrees with the context: a bug, never the line's problem
             self.pool.release(slot)
-            slot = None
+            self._staged[row] = None
+            return
         self._staged[row] = slot
 
     def discard(self) -> None:
@@ -277,7 +280,7 @@ class ArchiveWriter:
         self.queue: queue.SimpleQueue[_Slot | None] = queue.SimpleQueue()
         self.available = False
         self.unavailable_reason = ""
-        self._pools: dict[tuple, _Pool] = {}
+        self._pools: dict[tuple[object, ...], _Pool] = {}
         self._sinks: list[ArchiveSink] = []
         self._thread: threading.Thread | None = None
         self._monitor: threading.Thread | None = None
@@ -374,6 +377,7 @@ class ArchiveWriter:
             os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + WRITER_NICE)
         try:
             while True:
+                item: _Slot | bool | None
                 try:
                     item = self.queue.get(timeout=0.25)
                 except queue.Empty:

@@ -129,15 +129,15 @@ def import_archive(archive: Path, out: Path) -> ImportSummary:
             mask_file.unlink(missing_ok=True)
             summary.without_pixel_labels += 1
     text = io.StringIO()
-    w = csv.writer(text, lineterminator="\n")
-    w.writerow(["name", "class"])
+    rows = csv.writer(text, lineterminator="\n")
+    rows.writerow(["name", "class"])
     for name in sorted(classes):
-        w.writerow([name, classes[name]])
+        rows.writerow([name, classes[name]])
     layout.atomic_write(out / "classes.csv", text.getvalue().encode(), mode=0o644)
     return summary
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "import-archive",
         help="turn reviewed frames of a line's archive into a training data set (generic layout)",
