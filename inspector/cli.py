@@ -4,6 +4,9 @@
     inspector check-config FILE                       validate a line config and the models it names
     inspector listen --config FILE [--count N] [--json]   print the verdicts that config publishes
     inspector camera list | features DEVICE           GenICam cameras (integrators writing a config)
+    inspector review --archive DIR                    the archive's review page (local web server)
+    inspector tune --archive DIR --config FILE [--set decision.block_threshold=0.7 ...]
+                                                      re-decide archived frames at other thresholds
 
 Exit status: 0 ok; 2 bad config; 3 model/backend problem; 4 source or socket/port problem; 1 a runtime failure
 (the source failed for good while running). check-config uses 0 or 2 for anything it finds wrong. Errors are
@@ -88,6 +91,12 @@ def check_config(path: str | Path) -> list[str]:
             Decider(config.decision, frame, manifests["recognizer"], manifests.get("segmenter"), mask)
         except (OSError, ValueError) as exc:
             problems.append(f"{path}: decision: {exc}")
+    if config.archive.enabled and config.archive.path:
+        from inspector.archive.store import check_directory
+
+        problem = check_directory(resolve_path(path, config.archive.path), config.line.name, config.line.camera)
+        if problem:
+            problems.append(f"{path}: archive.path: {problem}")
     if config.source.kind == "folder":
         folder = resolve_path(path, config.source.path)
         if not folder.is_dir():
@@ -152,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     lis.set_defaults(func=cmd_listen)
 
     camera_cli.add_parser(sub)
+    from inspector.archive import review, tune
+
+    review.add_parser(sub)
+    tune.add_parser(sub)
     return p
 
 

@@ -327,6 +327,67 @@ class ConsoleConfig(_Model):
     )
 
 
+# ------------------------------------------------------------------------------------------ archive
+
+
+class ArchiveConfig(_Model):
+    enabled: bool = Field(
+        False,
+        description="Keep the evidence of rejected frames and a sample of passes on disk (docs/ARCHIVE.md), for "
+        "`inspector review`, `inspector tune` and `inspector-train import-archive`. Written by its own thread: a "
+        "slow or full disk never holds up inspection; frames it cannot take are counted and alarmed. (restart)",
+    )
+    path: str | None = Field(
+        None,
+        description="Archive directory, one per line/camera (created if missing); required when enabled. "
+        "Under systemd: below /var/lib/inspector. (restart)",
+    )
+    rejects: bool = Field(
+        True,
+        description="Archive every inspected frame that was rejected (reason defect) or decided after its "
+        "deadline (reason timeout).",
+    )
+    pass_fraction: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Fraction of passing frames archived, evenly spread (0.01 = every 100th pass), so that tune "
+        "and review also see what passes.",
+    )
+    quota_mb: int = Field(
+        10240, ge=1, description="Largest size of the archive's records (MiB); the oldest are deleted to stay below."
+    )
+    keep_free_mb: int = Field(
+        1024,
+        ge=0,
+        description="Free space (MiB) to leave on the archive's file system: the oldest records are deleted to keep "
+        "it, and a record is dropped (counted, alarmed) when it cannot be kept.",
+    )
+    pool_slots: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Frames (with their score maps) that can wait for the writer; each frame of a batch is staged "
+        "here first, so at least pipeline.batch_size. When all wait, a frame to archive is dropped and counted, "
+        "never waited for. Memory: slots x (frame + score maps). (restart)",
+    )
+    pixel_floor: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Segmenter probabilities are stored exactly where the defect probability is at or above this "
+        "(or the pixel_threshold in force, if lower) and as background elsewhere: records stay small, and tune "
+        "re-decides exactly at any pixel_threshold at or above it. 0 keeps every pixel (~1 MB a frame for the "
+        "demo segmenter).",
+    )
+
+    @model_validator(mode="after")
+    def _path_when_enabled(self) -> ArchiveConfig:
+        if self.enabled and not self.path:
+            raise ValueError("path is required when the archive is enabled")
+        return self
+
+
 # ------------------------------------------------------------------------------------------- config
 
 
@@ -342,6 +403,18 @@ class Config(_Model):
     publish: PublishConfig = Field(default_factory=PublishConfig, description="ZeroMQ outputs.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus exporter.")
     console: ConsoleConfig = Field(default_factory=ConsoleConfig, description="Terminal status line.")
+    archive: ArchiveConfig = Field(
+        default_factory=ArchiveConfig, description="Evidence kept for review, threshold tuning and training."
+    )
+
+    @model_validator(mode="after")
+    def _archive_pool_holds_a_batch(self) -> Config:
+        if self.archive.enabled and self.archive.pool_slots < self.pipeline.batch_size:
+            raise ValueError(
+                f"archive.pool_slots ({self.archive.pool_slots}) must be at least pipeline.batch_size "
+                f"({self.pipeline.batch_size}): each frame of a batch is copied into the pool before inference"
+            )
+        return self
 
     def config_hash(self) -> str:
         """Stable hash of the validated config (defaults included), carried in every verdict."""

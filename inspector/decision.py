@@ -250,17 +250,29 @@ class Decider:
         self.last_below_min_area = small
         return blobs
 
-    def _pixel_blobs(self, pixel_scores: np.ndarray) -> list[Defect]:
+    def defect_pixels(self, pixel_scores: np.ndarray) -> np.ndarray:
+        """(height, width) bool grid of the segmenter's defect pixels: at or above pixel_threshold, outside the
+        ignore regions; what blobs are made of. A copy, for review and labels (the hot path never calls it)."""
+        return self._pixel_hits(pixel_scores).copy()
+
+    def _pixel_hits(self, pixel_scores: np.ndarray) -> np.ndarray:
         grid = self.pixels
         if grid is None:
             raise ValueError("pixel scores given, but the Decider was built without a segmenter")
         expected = (len(self.classes), grid.grid_h, grid.grid_w)
         if pixel_scores.shape != expected:
             raise ValueError(f"pixel scores {pixel_scores.shape}, expected {expected}")
-        prob, hit, labels = self._prob, self._hit, self._labels
+        prob, hit = self._prob, self._hit
         np.subtract(1.0, pixel_scores[0], out=prob)  # P(any defect) = 1 - P(background)
         np.greater_equal(prob, self.cfg.pixel_threshold, out=hit)
         hit &= self._pixel_keep
+        return hit
+
+    def _pixel_blobs(self, pixel_scores: np.ndarray) -> list[Defect]:
+        hit = self._pixel_hits(pixel_scores)  # checks the shape, and that there is a segmenter grid
+        grid = self.pixels
+        assert grid is not None
+        prob, labels = self._prob, self._labels
         if not hit.any():
             self.last_below_min_area = 0
             return []

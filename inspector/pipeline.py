@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from inspector.archive import FrameArchive
+from inspector.archive.writer import ArchiveContext, ArchiveWriter
 from inspector.backends import BackendError, backend_class
 from inspector.config import Config, ConfigError, ModelSpec, load_config, resolve_path
 from inspector.decision import Decider, load_ignore_mask
@@ -51,7 +53,16 @@ ERROR_LOG_INTERVAL_S = 5.0  # an inference error repeating at frame rate is logg
 
 # Sections whose change needs a restart: the ring, the sockets, the exporter and the source are built once, and
 # `line` names the ZeroMQ topic and the metrics labels. A reload touching any of them is refused as a whole.
-RESTART_ONLY = ("line", "source", "publish", "metrics", "pipeline.ring_slots")
+RESTART_ONLY = (
+    "line",
+    "source",
+    "publish",
+    "metrics",
+    "pipeline.ring_slots",
+    "archive.enabled",
+    "archive.path",
+    "archive.pool_slots",
+)
 
 
 class StartupError(Exception):
@@ -97,6 +108,7 @@ class Runtime:
     failsafe: str  # pass / reject
     deadline_ns: int
     batch_size: int
+    archive: FrameArchive | None = None  # the archive's hand-over for this runtime; None when archiving is off
 
     def models(self) -> list[LoadedModel]:
         return [m for m in (self.recognizer, self.segmenter) if m is not None]
@@ -188,7 +200,12 @@ def warm_up(model: LoadedModel, runs: int, batch: int) -> None:
         model.backend.run(batch)
 
 
-def build_runtime(config: Config, config_file: str | Path, previous: Runtime | None = None) -> Runtime:
+def build_runtime(
+    config: Config,
+    config_file: str | Path,
+    previous: Runtime | None = None,
+    archive: ArchiveWriter | None = None,
+) -> Runtime:
     """Load (or reuse from `previous`) the models and build the decider. Raises StartupError (2 or 3).
 
     Models are reused when backend, path, file hash, backend settings and batch size are unchanged; new ones
@@ -241,6 +258,17 @@ def build_runtime(config: Config, config_file: str | Path, previous: Runtime | N
             model.backend.close()
         raise
     hashes = {m.role: m.sha256 for m in (recognizer, segmenter) if m is not None}
+    sink = None
+    if archive is not None:
+        # The archive's pool is shaped for these models' outputs and allocated here, off the hot path.
+        ctx = ArchiveContext.build(
+            config,
+            config.config_hash(),
+            recognizer.manifest,
+            segmenter.manifest if segmenter else None,
+            ignore_mask,
+        )
+        sink = archive.bind(ctx)
     return Runtime(
         config=config,
         config_hash=config.config_hash(),
@@ -255,6 +283,7 @@ def build_runtime(config: Config, config_file: str | Path, previous: Runtime | N
         failsafe=config.pipeline.failsafe_result,
         deadline_ns=int(config.pipeline.deadline_ms * 1e6),
         batch_size=config.pipeline.batch_size,
+        archive=sink,
     )
 
 
@@ -564,8 +593,11 @@ class Pipeline:
             # The segmenter's rows are written here only when it sees every frame and cannot copy them.
             seg_upfront = rt.seg_pre is not None and rt.mode == "always" and not rt.seg_shares_input
             rec_key = rt.rec_key
+            sink = rt.archive
             for i, item in enumerate(todo):
                 held.append(item.slot)
+                if sink is not None:  # a bounded copy, so the slot can still be released before inference
+                    sink.stage(i, self.ring.view(item.slot))
                 if item.prepped == rec_key:
                     np.copyto(rt.rec_pre.buffer[i], self._prep.buffer[item.slot])
                 else:
@@ -612,24 +644,29 @@ class Pipeline:
                 if pixel_scores is not None and j < len(rows) and rows[j] == i:
                     pix = pixel_scores[j]
                     j += 1
-                result, reason, defects, score = rt.decider.decide(block_scores[i], pix)
+                decision = rt.decider.decide(block_scores[i], pix)
+                result, reason, defects, score = decision
                 v.segmenter_ran = pix is not None
                 if v.t_acquired_mono_ns < deadline_at:
                     # Decided, but after the deadline: the part has gone past the reject gate, so the answer
                     # is a timeout (fail-safe), with what the inspection found kept in the detail.
                     self._failsafe(rt, v, Reason.TIMEOUT, f"decided after the deadline; inspection said {result}")
                     v.recognizer_score = score
-                    continue
-                v.result, v.reason, v.defects, v.recognizer_score = result, reason, defects, score
-                v.t_decided_ns = decided
-                v.detail = None
-                v.config_hash, v.model_hashes = rt.config_hash, rt.model_hashes
-                self.counters.inspected += 1
+                else:
+                    v.result, v.reason, v.defects, v.recognizer_score = result, reason, defects, score
+                    v.t_decided_ns = decided
+                    v.detail = None
+                    v.config_hash, v.model_hashes = rt.config_hash, rt.model_hashes
+                    self.counters.inspected += 1
+                if sink is not None:  # returns at once: the scores join the staged copy, or a counted drop
+                    sink.offer(i, v, decision, block_scores[i], pix)
             metrics.stage("decision", time.perf_counter() - t3)
             self.counters.batches += 1
             self.counters.batched_frames += n
         except Exception as exc:
             self._release_held()
+            if rt.archive is not None:
+                rt.archive.discard()
             text = f"{type(exc).__name__}: {exc}"
             self._log_error(text, n)
             for item in todo:

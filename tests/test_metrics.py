@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from inspector.archive.metrics import ArchiveMetrics
 from inspector.frames import Defect, Reason, Verdict
 from inspector.metrics import DROP_CAUSES, STAGES, Metrics
 
@@ -26,6 +27,18 @@ def _v(result: str, reason: Reason, classes: tuple[str, ...] = ()) -> Verdict:
         t_decided_ns=0,
         defects=[Defect(c, 50, (0, 0, 5, 10), 0.9) for c in classes],
     )
+
+
+def _run_archive_sequence(m: Metrics) -> None:
+    """The archive writer's series, in the daemon's registry as the daemon registers them."""
+    a = ArchiveMetrics(m.line, m.camera, m.registry)
+    a.written(52_000, 0.004)
+    a.dropped("pool_full")
+    a.deleted(2)
+    a.usage(120, 6_000_000, 1.7e9, 50_000_000_000)
+    a.limits(10 << 30, 1 << 30)
+    a.available(True)
+    a.pool(3, 16)
 
 
 def _run_sequence(m: Metrics) -> None:
@@ -187,6 +200,7 @@ def test_promtool_accepts_the_scraped_metrics():
     port = m.serve("127.0.0.1", 0)
     try:
         _run_sequence(m)
+        _run_archive_sequence(m)
         text = _scrape(port)
     finally:
         m.close()
@@ -227,6 +241,7 @@ def test_alert_rules_only_use_metrics_the_exporter_has():
 
     m = Metrics("line2", "top")
     _run_sequence(m)
+    _run_archive_sequence(m)
     exported = {s.name for fam in m.registry.collect() for s in fam.samples}
     text = (PROM_DIR / "inspector.rules.yml").read_text()
     # Not the recording rules' own names (line_camera:inspector_...:rate1m): those are not exporter metrics.
@@ -254,6 +269,7 @@ def test_dashboard_queries_only_use_metrics_the_exporter_has():
 
     m = Metrics("line2", "top")
     _run_sequence(m)
+    _run_archive_sequence(m)
     exported = {s.name for fam in m.registry.collect() for s in fam.samples}
     exprs = _dashboard_exprs()
     assert len(exprs) >= 15

@@ -2,7 +2,8 @@
 # Set up this checkout on a fresh machine (Debian/Ubuntu, Python >= 3.10).
 #   tools/bootstrap.sh run    -> .venv with the daemon and the camera extra (no torch): enough for the demo
 #   tools/bootstrap.sh test   -> also the training extra (torch: its CPU build here), dev tools, and the system
-#                                packages the tests use for real: promtool (prometheus), systemd-analyze
+#                                packages the tests use for real: promtool (prometheus), systemd-analyze,
+#                                headless chromium and its chromedriver (the review page's tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-run}"
@@ -17,10 +18,12 @@ case "$what" in
         .venv/bin/python -m pip install -q -e '.[camera]'
         ;;
     test)
-        .venv/bin/python -m pip install -q -e '.[camera,train,dev]'
+        .venv/bin/python -m pip install -q -e '.[camera,train,archive,dev]'
         need=()
         command -v promtool >/dev/null || need+=(prometheus)
         command -v systemd-analyze >/dev/null || need+=(systemd)
+        command -v chromium >/dev/null || need+=(chromium)
+        command -v chromedriver >/dev/null || need+=(chromium-driver)
         if [ "${#need[@]}" -gt 0 ] && [ "$(id -u)" = 0 ]; then
             (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}") \
                 >/dev/null || echo "bootstrap: could not install ${need[*]}; tests that need them will skip" >&2

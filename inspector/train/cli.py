@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-PLUGIN_MODULES = ("evaluate", "cv", "export")
+PLUGIN_MODULES = ("evaluate", "cv", "export", "import_archive")
 TASK_CHOICES = ("recognizer", "segmenter", "classifier", "deeplabv3plus")
 ARCH_CHOICES = ("resnet-tiny", "resnet-small", "resnet18", "resnet34", "resnet50")  # models.ARCHS, without torch
 
