@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -304,6 +304,14 @@ class SocketConfig(_Model):
 
 
 class PublishConfig(_Model):
+    heartbeat_ms: int = Field(
+        1000,
+        ge=0,
+        le=60000,
+        description="Period of the heartbeat event on the broadcast stream (it carries the seq of the last verdict "
+        "published), so a PLC gateway tells a silent daemon from an idle line and notices a lost last verdict; "
+        "0 = no heartbeat.",
+    )
     broadcast: SocketConfig = Field(
         default_factory=lambda: SocketConfig(bind="tcp://127.0.0.1:5555"),
         description="PUB socket: every verdict and event, for monitors (lossy when a subscriber is slow).",
@@ -406,6 +414,11 @@ class Config(_Model):
     archive: ArchiveConfig = Field(
         default_factory=ArchiveConfig, description="Evidence kept for review, threshold tuning and training."
     )
+    gateway: dict[str, Any] | None = Field(
+        None,
+        description="The PLC gateway (`inspector gateway`, docs/PLC.md): OPC UA and Modbus TCP servers fed by this "
+        "daemon. Validated by the gateway and by check-config; the daemon ignores it (it is not in its config hash).",
+    )
 
     @model_validator(mode="after")
     def _archive_pool_holds_a_batch(self) -> Config:
@@ -417,8 +430,10 @@ class Config(_Model):
         return self
 
     def config_hash(self) -> str:
-        """Stable hash of the validated config (defaults included), carried in every verdict."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Stable hash of the validated config (defaults included), carried in every verdict.
+
+        The gateway section is left out: the daemon does not use it, so editing it changes nothing on the wire."""
+        canonical = json.dumps(self.model_dump(mode="json", exclude={"gateway"}), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
@@ -427,6 +442,8 @@ class Config(_Model):
 
 
 # ------------------------------------------------------------------------------------- YAML loading
+
+C = TypeVar("C", bound=Config)
 
 
 @dataclass(frozen=True)
@@ -500,8 +517,11 @@ def _yaml_path(lines: dict, loc: tuple) -> str:
     return ".".join(shown)
 
 
-def parse_config(text: str, file: str = "<config>") -> Config:
-    """Validate YAML text; raise ConfigError (never a bare traceback) when it is not a usable config."""
+def parse_config(text: str, file: str = "<config>", model: type[C] = Config) -> C:  # type: ignore[assignment]
+    """Validate YAML text; raise ConfigError (never a bare traceback) when it is not a usable config.
+
+    `model` is the root model: Config for the daemon, a subclass of it for tools that validate a section the
+    daemon keeps opaque (the PLC gateway's `gateway:`), with the same file:line errors."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -520,7 +540,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     if issues:
         raise ConfigError(file, issues)
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             loc = tuple(err["loc"])
@@ -528,7 +548,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
             value = err.get("input")
             kind = err["type"]
             if kind == "extra_forbidden":
-                message = "unknown field" + _allowed_fields_hint(loc)
+                message = "unknown field" + _allowed_fields_hint(loc, model)
             elif kind == "missing":
                 message = "required field is missing"
             elif kind in ("union_tag_invalid", "union_tag_not_found"):
@@ -550,8 +570,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         raise ConfigError(file, issues) from None
 
 
-def _allowed_fields_hint(loc: tuple) -> str:
-    model: type[BaseModel] | None = Config
+def _allowed_fields_hint(loc: tuple, root: type[BaseModel] = Config) -> str:
+    model: type[BaseModel] | None = root
     for part in loc[:-1]:
         if model is None:
             break
@@ -577,7 +597,7 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, model: type[C] = Config) -> C:  # type: ignore[assignment]
     """Read and validate a config file. Raises ConfigError with file/line/field for every problem."""
     path = Path(path)
     try:
@@ -586,7 +606,7 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(str(path), [ConfigIssue("", None, f"cannot read file: {exc.strerror}")]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), [ConfigIssue("", None, f"not UTF-8 text: {exc.reason}")]) from None
-    return parse_config(text, str(path))
+    return parse_config(text, str(path), model)
 
 
 def resolve_path(config_file: str | Path, value: str) -> Path:

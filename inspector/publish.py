@@ -160,6 +160,7 @@ class Publisher:
         self.actuator_sent = 0  # verdicts handed to a connected actuator receiver
         self.actuator_undelivered = 0  # verdicts no actuator receiver could take
         self.actuator_peers = 0  # receivers connected right now
+        self._last_seq: int | None = None  # publisher thread: seq of the last verdict published (in every event)
         # Publisher thread only: actuator connections accepted but still in handshake, and those past it.
         self._pending_fds: list[int] = []
         self._peer_fds: set[int] = set()
@@ -306,6 +307,8 @@ class Publisher:
 
     def _loop(self, pub: zmq.Socket, act: zmq.Socket | None, monitor: zmq.Socket | None) -> None:
         batch: list[tuple[str, Any]] = []
+        heartbeat_s = self.cfg.heartbeat_ms / 1000
+        next_heartbeat = time.monotonic() + heartbeat_s
         while True:
             with self._cond:
                 if not self._queue and not self._closing:
@@ -325,6 +328,11 @@ class Publisher:
                     name, t_ns, fields = item
                     self._publish_event(pub, name, t_ns, fields)
             batch.clear()
+            # From this thread, after the queue: a heartbeat proves the publisher itself is alive, and the
+            # last_seq it carries is never ahead of the verdicts already handed to the sockets.
+            if heartbeat_s > 0 and not closing and time.monotonic() >= next_heartbeat:
+                next_heartbeat = max(next_heartbeat + heartbeat_s, time.monotonic())
+                self._publish_event(pub, "heartbeat", time.time_ns(), {})
             if closing:
                 with self._cond:
                     if not self._queue or time.monotonic() > self._deadline:
@@ -348,6 +356,7 @@ class Publisher:
                 self.actuator_undelivered += 1
                 if self.metrics is not None:
                     self.metrics.actuator_undelivered()
+        self._last_seq = verdict.seq
         with self._stats_lock:
             self.published += 1
         if self.metrics is not None:
@@ -356,6 +365,14 @@ class Publisher:
             self.metrics.verdict_published(verdict, latency_s)
 
     def _publish_event(self, pub: zmq.Socket, kind: str, t_ns: int, fields: dict) -> None:
+        # Every event says which verdict it follows; heartbeat and stop also say how the actuator fared, so a
+        # gateway can tell a lost last verdict (the next verdict, which would show the gap, may never come).
+        fields = {**fields, "last_seq": self._last_seq}
+        if kind in ("heartbeat", "stop"):
+            fields["published"] = self.published
+            if self.cfg.actuator is not None:
+                fields["actuator_sent"] = self.actuator_sent
+                fields["actuator_undelivered"] = self.actuator_undelivered
         try:
             payload = _encode(event_message(kind, self.line, self.camera, t_ns=t_ns, run_id=self.run_id, **fields))
         except (TypeError, ValueError) as exc:

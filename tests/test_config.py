@@ -9,10 +9,14 @@ import yaml
 from pydantic import BaseModel
 
 from inspector.config import Config, ConfigError, load_config, parse_config
+from inspector.gateway.config import GatewayLineConfig
 
 REFERENCE = Path(__file__).resolve().parents[1] / "configs" / "reference.yaml"
-# Set in the reference although their default is "absent": the default segmenter_mode (gated) needs one.
-NOT_AT_DEFAULT = {"models.segmenter"}
+# Set in the reference although their default is "absent": the default segmenter_mode (gated) needs one, and an
+# OPC UA server nobody can log in to is refused.
+NOT_AT_DEFAULT = {"models.segmenter", "gateway.opcua.users"}
+# The reference is read as the gateway reads it, so its `gateway:` section (opaque to the daemon) is typed too.
+ROOT = GatewayLineConfig
 
 
 def _models(model: type[BaseModel], seen: set | None = None) -> set[type[BaseModel]]:
@@ -52,12 +56,13 @@ def _alternative_sources(text: str) -> list[str]:
 
 def _reference_variants() -> list[tuple[str, Config]]:
     text = REFERENCE.read_text()
-    main = parse_config(text, str(REFERENCE))
+    main = parse_config(text, str(REFERENCE), ROOT)
+    assert parse_config(text, str(REFERENCE)).gateway is not None  # and the daemon accepts the same file
     variants = [("synthetic", main)]
     data = yaml.safe_load(text)
     for block in _alternative_sources(text):
         data["source"] = yaml.safe_load(block)["source"]
-        cfg = parse_config(yaml.safe_dump(data), f"{REFERENCE} ({data['source']['kind']})")
+        cfg = parse_config(yaml.safe_dump(data), f"{REFERENCE} ({data['source']['kind']})", ROOT)
         variants.append((data["source"]["kind"], cfg))
     return variants
 
@@ -78,7 +83,8 @@ def _check_complete(model: BaseModel, path: str, defaults: BaseModel | None, fou
         else:
             has_default = not field.is_required()
             default = field.get_default(call_default_factory=True) if has_default else None
-        if has_default and where not in NOT_AT_DEFAULT and value != default:
+        # Sections are compared leaf by leaf below (a section differs when any of its leaves does).
+        if has_default and where not in NOT_AT_DEFAULT and not isinstance(value, BaseModel) and value != default:
             problems.append(f"{where} is {value!r} in the reference, the default is {default!r}")
         if isinstance(value, BaseModel):
             _check_complete(value, where, default if isinstance(default, BaseModel) else None, found, problems)
@@ -94,7 +100,7 @@ def test_reference_validates_and_lists_every_option_at_its_default():
     assert not problems, "\n".join(problems)
     # Models that the reference can only show as an example in a comment (list items of an empty default).
     text = REFERENCE.read_text()
-    for model in _models(Config) - found:
+    for model in _models(ROOT) - found:
         for name in model.model_fields:
             assert re.search(rf"\b{name}:", text), f"{model.__name__}.{name} is not documented in the reference"
 
@@ -102,7 +108,7 @@ def test_reference_validates_and_lists_every_option_at_its_default():
 def test_every_field_has_a_description():
     missing = [
         f"{model.__name__}.{name}"
-        for model in _models(Config)
+        for model in _models(ROOT)
         for name, field in model.model_fields.items()
         if not field.description
     ]
