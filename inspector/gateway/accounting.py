@@ -121,6 +121,7 @@ class Accounting:
             if mono - self._stale_at > 1e9:
                 self._notice("stale", f"verdict seq {seq} arrived stale (older than {self.cfg.max_age_ms:g} ms)", 600)
             self._stale_at = mono
+            self.state.stale_seen = True
         defects = msg.get("defects") if isinstance(msg.get("defects"), list) else []
         classes: list[str] = []
         for d in defects:
@@ -163,6 +164,7 @@ class Accounting:
         c.lost += n
         c.gaps += 1
         self._gap_at = self.mono_ns()
+        self.state.gap_seen = True
         self._notice("gap", f"{n} verdict(s) lost: seq {first}..{end - 1} of run {self._run_id or '?'}", 800)
         # Frame ids are exact when the verdicts on both sides leave no room for a camera drop in between.
         known_frame = None
@@ -274,6 +276,7 @@ class Accounting:
             self._past_runs.append(self._run_id)
             self.state.counters.restarts += 1
             self._restart_at = self.mono_ns()
+            self.state.restart_seen = True
             self._notice("restart", f"the daemon restarted: run {self._run_id or '?'} -> {run_id or '?'}", 700)
         self._run_id = run_id
         self.state.run_id = run_id

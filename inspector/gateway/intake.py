@@ -9,6 +9,7 @@ batches, so a burst after a stall costs one pass through the sinks, not one per 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,10 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
-BATCH = 256  # most messages taken from one socket before the records go to the sinks
+# Most messages taken from one socket before the records go to the sinks and the loop serves its clients: a
+# burst (after a stall upstream) is handed over in slices, so OPC UA publish cycles and Modbus requests are
+# answered in between, and a subscriber's queue needs to hold one slice, not the whole burst.
+BATCH = 64
 
 
 def connect_endpoint(bind: str) -> str:
@@ -110,6 +114,7 @@ class Intake:
                     records += self.accounting.verdict(_json(payload))
             if records:
                 await self.deliver(records)
+            await asyncio.sleep(0)  # a ready poll does not yield by itself: let the servers run between slices
 
     def _drain(self, sock: zmq.asyncio.Socket) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
