@@ -6,6 +6,7 @@ faults a healthy daemon does not make on demand."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -29,8 +30,10 @@ EVENT_FIELDS = (
 )  # fmt: skip
 
 
-def wait_until(predicate, timeout_s: float = 30.0, what: str = "a condition", interval_s: float = 0.05) -> None:
-    """Poll with a generous deadline: the suite runs on a loaded 2-core box; never assert on how fast."""
+def wait_until(predicate, timeout_s: float = 30.0, what: str = "a condition", interval_s: float = 0.05,
+               detail=None) -> None:  # fmt: skip
+    """Poll with a generous deadline: the suite runs on a loaded 2-core box; never assert on how fast.
+    `detail()` is added to the failure message (what the processes said, what the clients have)."""
     end = time.monotonic() + timeout_s
     while True:
         try:
@@ -39,7 +42,8 @@ def wait_until(predicate, timeout_s: float = 30.0, what: str = "a condition", in
         except (OSError, ConnectionError, TimeoutError):
             pass
         if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            extra = f"\n{detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{extra}")
         time.sleep(interval_s)
 
 
@@ -218,10 +222,8 @@ class UaClient:
 
     def close(self) -> None:
         if self.client is not None:
-            try:
+            with contextlib.suppress(Exception):  # the server may be gone already
                 self.call(self.client.disconnect(), 20)
-            except Exception:
-                pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 

@@ -287,3 +287,19 @@ def test_a_daemon_without_run_ids_restarts_when_seq_goes_down(clock):
         acc.verdict(_verdict(clock, seq, run=""))
     records = acc.verdict(_verdict(clock, 0, run=""))
     assert [r.seq for r in records] == [0] and acc.state.counters.restarts == 1
+
+
+def test_a_heartbeat_that_overtakes_the_verdicts_is_judged_at_its_deadline(clock):
+    # The heartbeat travels on the broadcast socket, the verdicts on the actuator channel: it may come first,
+    # even before the first verdict the gateway ever sees.
+    acc = _acc(clock, lost_after_ms=500)
+    acc.event(_event(clock, "heartbeat", last_seq=3))
+    acc.verdict(_verdict(clock, 0))
+    acc.verdict(_verdict(clock, 1))
+    clock.advance(501)
+    assert [(r.seq, r.reason) for r in acc.tick()] == [(2, "lost"), (3, "lost")]
+    # With no verdict at all there is nothing to anchor on: a fresh gateway reports nothing.
+    fresh = _acc(clock, lost_after_ms=500)
+    fresh.event(_event(clock, "heartbeat", last_seq=3))
+    clock.advance(501)
+    assert fresh.tick() == [] and fresh.state.counters.lost == 0

@@ -54,7 +54,9 @@ class Accounting:
         self._past_runs: deque[str] = deque(maxlen=_PAST_RUNS)
         self._next_seq: int | None = None  # the seq expected next in this run; None = unknown (joined mid-run)
         self._last_frame: tuple[int, int] | None = None  # (seq, camera_frame_id) of the last verdict of this run
-        self._tail: tuple[int, int] | None = None  # (seq the daemon says it published, monotonic deadline)
+        # (seq the daemon says it has published, monotonic deadline): judged at the deadline, not on arrival, as the
+        # event may overtake the verdicts (they travel on another socket) and may come before the first of them.
+        self._announced: deque[tuple[int, int]] = deque(maxlen=64)
         self._last_message_mono: int | None = None
         self._gap_at = self._restart_at = self._stale_at = -(10**18)  # monotonic ns of the last such event
         self._duplicate_logged_at = -(10**18)
@@ -91,8 +93,6 @@ class Accounting:
         self._next_seq = seq + 1
         if frame_id is not None:
             self._last_frame = (seq, frame_id)
-        if self._tail is not None and self._tail[0] < self._next_seq:
-            self._tail = None
         return records
 
     def _check_verdict(self, msg: Any) -> tuple[str, int] | None:
@@ -259,9 +259,8 @@ class Accounting:
         if kind == "heartbeat":
             self.state.last_heartbeat_ns = now
         last_seq = msg.get("last_seq")
-        if kind in ("heartbeat", "stop") and isinstance(last_seq, int) and self._next_seq is not None:  # noqa: SIM102
-            if last_seq >= self._next_seq:  # the daemon published verdicts we have not seen (yet)
-                self._tail = (last_seq, mono + self.cfg.lost_after_ms * 1_000_000)
+        if kind in ("heartbeat", "stop") and isinstance(last_seq, int) and last_seq >= 0:
+            self._announced.append((last_seq, mono + self.cfg.lost_after_ms * 1_000_000))
         if kind == "stop":
             self.state.daemon_stopped = True
             self._set_alive(False, "daemon_stopped", f"the daemon stopped ({msg.get('reason', 'no reason given')})")
@@ -283,7 +282,7 @@ class Accounting:
         self.state.run_index += 1
         self.state.last_seq = None
         self._last_frame = None
-        self._tail = None
+        self._announced.clear()
         # Seen from its start (a restart while we watched, or its start event): seq must run from 0. Joined
         # mid-run (this gateway just started): whatever came before is not ours to report.
         self._next_seq = None if first and not from_start_event else 0
@@ -302,11 +301,11 @@ class Accounting:
         """Called every 50 ms and after each event: the tail rule, silence and the held status bits."""
         mono, now = self.mono_ns(), self.wall_ns()
         records: list[Record] = []
-        if self._tail is not None and mono >= self._tail[1]:
-            tail_seq = self._tail[0]
-            self._tail = None
+        while self._announced and mono >= self._announced[0][1]:
+            tail_seq = self._announced.popleft()[0]
+            # Anchored by a verdict of this run; a gateway that has seen none cannot tell what it missed.
             if self._next_seq is not None and tail_seq >= self._next_seq:
-                records = self._lost(self._next_seq, tail_seq + 1, now)
+                records += self._lost(self._next_seq, tail_seq + 1, now)
                 self._next_seq = tail_seq + 1
         s = self.state
         silent = self._last_message_mono is None or mono - self._last_message_mono > self.cfg.daemon.silence_ms * 1e6

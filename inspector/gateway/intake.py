@@ -1,10 +1,15 @@
 """ZeroMQ intake: the daemon's actuator channel (PULL: every verdict) and broadcast stream (SUB: this camera's
 events), on the gateway's event loop, feeding `Accounting`.
 
-The PULL socket follows docs/PROTOCOL.md "Gateway side": ZMTP heartbeats (a daemon whose host froze is
-dropped within seconds), a short reconnect interval (a restarted daemon is back at once), and a socket monitor
-that tells the accounting whether the connection is up (handshake done) or down. Messages are drained in
-batches, so a burst after a stall costs one pass through the sinks, not one per verdict.
+The PULL socket follows docs/PROTOCOL.md "Gateway side", with one deliberate difference: no ZMTP heartbeats
+on this side. libzmq aborts the process (`Assertion failed: _input_stopped`, zeromq/libzmq#3596) when a
+heartbeat times out on a receiver whose input is stopped at its high-water mark, which is exactly a gateway
+catching up after a burst. A daemon whose host froze is noticed instead by TCP keepalive (about 4 s) and, first,
+by silence: no verdict or heartbeat event for gateway.daemon.silence_ms clears "alive" whatever the socket
+says. The daemon's side keeps its heartbeats (it drops a frozen gateway). A short reconnect interval brings a
+restarted daemon back at once, and a socket monitor tells the accounting whether the connection is up
+(handshake done) or down. Messages are drained in slices, so a burst costs one pass through the sinks per
+slice, not one per verdict.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from inspector.gateway.records import Record
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_IVL_MS = 1000
-HEARTBEAT_TIMEOUT_MS = 3000
+# TCP keepalive: first probe after 1 s idle, then every 1 s, 3 unanswered probes close the connection.
+KEEPALIVE = {zmq.TCP_KEEPALIVE: 1, zmq.TCP_KEEPALIVE_IDLE: 1, zmq.TCP_KEEPALIVE_INTVL: 1, zmq.TCP_KEEPALIVE_CNT: 3}
 # Most messages taken from one socket before the records go to the sinks and the loop serves its clients: a
 # burst (after a stall upstream) is handed over in slices, so OPC UA publish cycles and Modbus requests are
 # answered in between, and a subscriber's queue needs to hold one slice, not the whole burst.
@@ -62,8 +67,8 @@ class Intake:
         self.pull.setsockopt(zmq.RCVHWM, rcvhwm)
         self.pull.setsockopt(zmq.RECONNECT_IVL, reconnect_ms)
         self.pull.setsockopt(zmq.RECONNECT_IVL_MAX, max(reconnect_ms, 1000))
-        self.pull.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-        self.pull.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        for option, value in KEEPALIVE.items():
+            self.pull.setsockopt(option, value)
         self.monitor = self.pull.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self.sub: zmq.asyncio.Socket | None = None
         if broadcast is not None:

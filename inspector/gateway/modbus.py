@@ -120,15 +120,25 @@ def _check_layout() -> None:
 
 _check_layout()
 _HEADER = {f.name: f for f in HEADER}
-_RECORD = {f.name: f for f in RECORD}
+# encode_record fills them in this order.
+_RECORD_FIELDS = tuple(
+    {f.name: f for f in RECORD}[name]
+    for name in (
+        "RECORD_NO", "SEQ", "FRAME_ID", "FLAGS", "REASON", "CLASS_BITS", "DEFECT_COUNT", "SCORE", "AGE_MS", "RUN_INDEX"
+    )
+)  # fmt: skip
 
 
 def _put(image: list[int], base: int, f: Field, value: int) -> None:
     """Write one field (big-endian words) into the image; values are clipped to the field's width."""
-    width = f.width
-    value &= (1 << (16 * width)) - 1
-    for i in range(width):
-        image[base + f.offset + i] = (value >> (16 * (width - 1 - i))) & 0xFFFF
+    at = base + f.offset
+    if f.width == 1:
+        image[at] = value & 0xFFFF
+    elif f.width == 2:
+        image[at], image[at + 1] = (value >> 16) & 0xFFFF, value & 0xFFFF
+    else:
+        for i in range(f.width):
+            image[at + i] = (value >> (16 * (f.width - 1 - i))) & 0xFFFF
 
 
 class RegisterImage:
@@ -161,26 +171,35 @@ class RegisterImage:
             bits |= 1 << self.class_bit.get(c, 15)
         return bits
 
-    def write_record(self, r: Record) -> None:
-        slot_base = RING_BASE + (r.record_no % self.ring_size) * RECORD_SIZE
+    def encode_record(self, r: Record) -> list[int]:
+        """The RECORD_SIZE registers of one record (also the OPC UA LastResult/Record value)."""
         age = r.age_ms
         score = r.recognizer_score
-        values = {
-            "RECORD_NO": r.record_no,
-            "SEQ": UNKNOWN_U32 if r.seq is None else r.seq,
-            "FRAME_ID": UNKNOWN_U32 if r.camera_frame_id is None else r.camera_frame_id,
-            "FLAGS": int(r.flags),
-            "REASON": r.reason_code,
-            "CLASS_BITS": self.class_bits(r.defect_classes),
-            "DEFECT_COUNT": min(r.defect_count, 0xFFFF),
-            "SCORE": NO_SCORE if score is None else max(0, min(10000, round(score * 10000))),
-            "AGE_MS": 0 if age is None else max(0, min(0xFFFF, round(age))),
-            "RUN_INDEX": r.run_index,
-        }
-        for base in (slot_base, LATEST_BASE):
-            self.regs[base : base + RECORD_SIZE] = [0] * RECORD_SIZE
-            for name, value in values.items():
-                _put(self.regs, base, _RECORD[name], value)
+        regs = [0] * RECORD_SIZE
+        for f, value in zip(
+            _RECORD_FIELDS,
+            (
+                r.record_no,
+                UNKNOWN_U32 if r.seq is None else r.seq,
+                UNKNOWN_U32 if r.camera_frame_id is None else r.camera_frame_id,
+                int(r.flags),
+                r.reason_code,
+                self.class_bits(r.defect_classes),
+                min(r.defect_count, 0xFFFF),
+                NO_SCORE if score is None else max(0, min(10000, round(score * 10000))),
+                0 if age is None else max(0, min(0xFFFF, round(age))),
+                r.run_index,
+            ),
+            strict=True,
+        ):
+            _put(regs, 0, f, value)
+        return regs
+
+    def write_record(self, r: Record) -> None:
+        regs = self.encode_record(r)
+        slot_base = RING_BASE + (r.record_no % self.ring_size) * RECORD_SIZE
+        self.regs[slot_base : slot_base + RECORD_SIZE] = regs
+        self.regs[LATEST_BASE : LATEST_BASE + RECORD_SIZE] = regs
         self.put_header("RECORD_COUNT", r.record_no + 1)
         if r.seq is not None:
             self.put_header("LAST_SEQ", r.seq)

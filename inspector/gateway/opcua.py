@@ -262,6 +262,7 @@ class OpcUaSink:
         self.config_file = config_file
         self.line, self.camera = config.line.name, config.line.camera
         self.image = RegisterImage(1, class_bits)  # encodes LastResult/Record in the Modbus layout
+        self._record_vt: Any = None
         self.server: Any = None
         self._vt: Any = None
         self._nodes: dict[str, Any] = {}  # "LastResult/Seq" -> NodeId
@@ -427,6 +428,7 @@ class OpcUaSink:
         self.result_type_id, self.notice_type_id = result_type.nodeid, notice_type.nodeid
         self._result_gen = await server.get_event_generator(result_type, cam)
         self._notice_gen = await server.get_event_generator(notice_type, cam)
+        _share_event_fields(self._result_gen.event, ua)
 
     # ------------------------------------------------------------------------------------------ updates
 
@@ -437,10 +439,13 @@ class OpcUaSink:
         return out
 
     async def _write(self, key: str, vtype: str, value: Any, ts: datetime | None = None) -> None:
+        dv = self._dv(ua_variant(value, getattr(self._vt, vtype)), ts)
+        await self.server.write_attribute_value(self._nodes[key], dv)
+
+    def _dv(self, variant: Any, ts: datetime | None = None) -> Any:
         from asyncua import ua
 
-        dv = ua.DataValue(ua.Variant(value, getattr(self._vt, vtype)), SourceTimestamp=ts, ServerTimestamp=ts)
-        await self.server.write_attribute_value(self._nodes[key], dv)
+        return ua.DataValue(variant, SourceTimestamp=ts, ServerTimestamp=ts)
 
     async def publish(self, records: Sequence[Record], state: GatewayState) -> None:
         if not self._running or not records:
@@ -458,10 +463,11 @@ class OpcUaSink:
                 message=f"{self.line}/{self.camera} seq {values['Seq']} frame {values['PartId'] or '?'} "
                 f"{verdict} {r.reason}",
             )
-            # Every record is a data change of Record: a monitored item with a queue gets each one.
-            self.image.write_record(r)
-            await self._write(
-                "LastResult/Record", "UInt16", self.image.regs[32 : 32 + RECORD_SIZE], datetime.now(timezone.utc)
+            # Every record is a data change of Record: a monitored item with a queue gets each one. No timestamps:
+            # asyncua deep-copies the value for every monitored item, and AGE_MS inside says what they would.
+            await self.server.write_attribute_value(
+                self._nodes["LastResult/Record"],
+                self._dv(ua_variant(self.image.encode_record(r), self._vt.UInt16)),
             )
         ts = datetime.now(timezone.utc)
         for f in RESULT_FIELDS:
@@ -504,6 +510,43 @@ class OpcUaSink:
 _UNSET = object()
 
 
+def ua_variant(value: Any, vtype: Any) -> Any:
+    from asyncua import ua
+
+    return ua.Variant(value, vtype)
+
+
+def _share_event_fields(event: Any, ua: Any) -> None:
+    """Make `event` (the one ResultReadyEvent object the sink fills and triggers per record) build each field's
+    Variant once per trigger and hand the same Variants to every subscriber.
+
+    asyncua's Event.to_event_fields deep-copies every field value for every monitored item, so that a caller who
+    later mutates a value in place cannot change a notification already queued. The sink never mutates: it
+    assigns fresh immutable values (str, int, float, bool, datetime) per record. The copies were two thirds of
+    the gateway's cost per record with one subscriber, and grow with each one.
+    """
+    cache: dict[str, Any] = {}
+    current: list[Any] = [None]
+
+    def to_event_fields(select_clauses: list[Any]) -> list[Any]:
+        if current[0] is not event.EventId:  # a new trigger: EventId is new for each one
+            cache.clear()
+            current[0] = event.EventId
+        out = []
+        for sattr in select_clauses:
+            path = sattr.BrowsePath
+            name = event.browse_path_to_attribute_name(path) if path else ua.AttributeIds(sattr.AttributeId).name
+            variant = cache.get(name)
+            if variant is None:
+                value = getattr(event, name, None)
+                variant = ua.Variant(None) if value is None else ua.Variant(value, event.data_types[name])
+                cache[name] = variant
+            out.append(variant)
+        return out
+
+    event.to_event_fields = to_event_fields
+
+
 def _certificate_uri(cert: Any) -> str | None:
     from cryptography import x509
 
@@ -513,3 +556,26 @@ def _certificate_uri(cert: Any) -> str | None:
         return None
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     return uris[0] if uris else None
+
+
+def node_model_markdown() -> str:
+    """The node model tables of docs/PLC.md, generated from the field tables above."""
+    out: list[str] = []
+    for title, fields in (
+        ("`LastResult/<name>`, and the same names as fields of every `ResultReadyEventType` event", RESULT_FIELDS),
+        ("`State/<name>`", STATE_FIELDS),
+        ("`Counters/<name>` (UInt64, since the gateway started)", COUNTER_FIELDS),
+    ):
+        out += [f"{title}:", "", "| name | type | meaning |", "|---|---|---|"]
+        out += [f"| `{f.name}` | {f.vtype} | {f.meaning} |" for f in fields]
+        out.append("")
+    out += [
+        "`GatewayNoticeEventType` (emitted by the camera object): `Kind` (String: "
+        "restart, gap, stale, daemon_alive, daemon_silent, daemon_disconnected, daemon_stopped), `RunId`, and the "
+        "base event's `Message` and `Severity`.",
+    ]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(node_model_markdown(), end="")
