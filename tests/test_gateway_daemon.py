@@ -134,13 +134,13 @@ def test_gateway_restart_then_a_frozen_then_a_killed_daemon(tmp_path, ports):
         seqs = [r["SEQ"] for r in ring]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
 
-        # Frozen daemon (SIGSTOP: the process is there, nothing moves): the alive bit clears within silence_ms
-        # (1 s here); ZeroMQ's heartbeat then drops the connection (3 s). Deadlines are generous on purpose.
+        # Frozen daemon (SIGSTOP: the process is there, nothing moves; its kernel still answers TCP): silence
+        # clears the alive bit within silence_ms (1 s here). The deadline is generous on purpose (a loaded box).
         daemon.signal(signal.SIGSTOP)
         wait_until(lambda: not modbus_header(mb)["DAEMON_ALIVE"], 20, "the alive bit to clear (frozen daemon)")
-        wait_until(lambda: not modbus_header(mb)["DAEMON_CONNECTED"], 30, "the connection to drop (frozen daemon)")
         frozen_at = modbus_header(mb)["RECORD_COUNT"]
-        assert modbus_header(mb)["GATEWAY_HEALTHY"]
+        h = modbus_header(mb)
+        assert h["GATEWAY_HEALTHY"] and not h["DAEMON_STOPPED"] and h["SILENCE_MS"] >= 1000
         daemon.signal(signal.SIGCONT)
         wait_until(lambda: modbus_header(mb)["DAEMON_ALIVE"], 30, "the alive bit back after SIGCONT")
         wait_until(lambda: modbus_header(mb)["RECORD_COUNT"] > frozen_at + 5, 30, "records after SIGCONT")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Set up this checkout on a fresh machine (Debian/Ubuntu, Python >= 3.10).
 #   tools/bootstrap.sh run    -> .venv with the daemon and the camera extra (no torch): enough for the demo
-#   tools/bootstrap.sh test   -> also the training extra (torch: its CPU build here), dev tools, and the system
-#                                packages the tests use for real: promtool (prometheus), systemd-analyze,
-#                                headless chromium and its chromedriver (the review page's tests)
+#   tools/bootstrap.sh test   -> also the training, archive and plc extras (torch: its CPU build here; asyncua,
+#                                pymodbus), dev tools, and the system packages the tests use for real:
+#                                promtool (prometheus), systemd-analyze, headless chromium and its
+#                                chromedriver (the review page's tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-run}"
@@ -18,7 +19,7 @@ case "$what" in
         .venv/bin/python -m pip install -q -e '.[camera]'
         ;;
     test)
-        .venv/bin/python -m pip install -q -e '.[camera,train,archive,dev]'
+        .venv/bin/python -m pip install -q -e '.[camera,train,archive,plc,dev]'
         need=()
         command -v promtool >/dev/null || need+=(prometheus)
         command -v systemd-analyze >/dev/null || need+=(systemd)
