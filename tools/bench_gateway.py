@@ -8,10 +8,13 @@ What runs, each in its own process (all on this host, so one monotonic clock tim
   the daemon's own encoder (`inspector.publish.verdict_message`), stamping each seq's send time;
 - the real gateway (`inspector gateway --config ...`, the plc extra);
 - an OPC UA client (asyncua) subscribed to ResultReadyEvents, timing each event's arrival;
-- a Modbus TCP client (pymodbus) reading the LATEST record block back to back, timing when each seq first shows.
+- a Modbus TCP client (pymodbus) reading the LATEST record block every --poll-ms, timing when each seq first
+  shows.
 
 Latency = arrival at the client - send at the publisher. The Modbus figure includes the polling: a read returns
-at most one poll round trip after the value changed (the poll period is reported). For each rate it reports
+at most one poll period after the value changed (the measured period is reported). The OPC UA figure includes
+the subscription's publishing interval (--period-ms, 1 ms; 0 is "as fast as possible" but gets no keep-alives,
+which asyncua's client then takes for a dead subscription). For each rate it reports
 p50/p99/max for both clients and whether every verdict arrived; the burst sends verdicts as fast as the
 publisher can and reports the rate at which the gateway delivered them all to the OPC UA subscriber.
 """
@@ -84,7 +87,7 @@ def _opcua_client(port: int, period_ms: int, ready, out, stop) -> None:
     out.put(arrivals)
 
 
-def _modbus_client(port: int, ready, out, stop) -> None:
+def _modbus_client(port: int, poll_ms: float, ready, out, stop) -> None:
     from pymodbus.client import ModbusTcpClient
 
     client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
@@ -98,6 +101,7 @@ def _modbus_client(port: int, ready, out, stop) -> None:
     while not stop.is_set():
         r = client.read_holding_registers(32, count=4)  # LATEST: RECORD_NO, SEQ
         polls += 1
+        time.sleep(poll_ms / 1000)  # a PLC polls every few ms; back to back would take a core from the gateway
         if r.isError():
             continue
         seq = (r.registers[2] << 16) | r.registers[3]
@@ -126,7 +130,8 @@ def main() -> int:
     ap.add_argument("--rates", type=float, nargs="+", default=[50.0, 200.0], help="verdicts per second")
     ap.add_argument("--seconds", type=float, default=20.0, help="how long each rate runs")
     ap.add_argument("--burst", type=int, default=5000, help="verdicts sent back to back for the throughput figure")
-    ap.add_argument("--period-ms", type=int, default=0, help="the OPC UA subscription's publishing interval")
+    ap.add_argument("--period-ms", type=int, default=1, help="the OPC UA subscription's publishing interval")
+    ap.add_argument("--poll-ms", type=float, default=1.0, help="pause between two Modbus reads")
     args = ap.parse_args()
 
     ports = {k: free_port() for k in ("broadcast", "actuator", "opcua", "modbus")}
@@ -161,7 +166,7 @@ gateway:
     stop, out_ua, out_mb = mp_ctx.Event(), mp_ctx.Queue(), mp_ctx.Queue()
     ready_ua, ready_mb = mp_ctx.Event(), mp_ctx.Event()
     ua_proc = mp_ctx.Process(target=_opcua_client, args=(ports["opcua"], args.period_ms, ready_ua, out_ua, stop))
-    mb_proc = mp_ctx.Process(target=_modbus_client, args=(ports["modbus"], ready_mb, out_mb, stop))
+    mb_proc = mp_ctx.Process(target=_modbus_client, args=(ports["modbus"], args.poll_ms, ready_mb, out_mb, stop))
     ua_proc.start()
     mb_proc.start()
     if not (ready_ua.wait(120) and ready_mb.wait(120)):
