@@ -271,13 +271,14 @@ class Accounting:
         if not force and run_id in self._past_runs:
             return False
         first = self._run_id is None
-        if self._run_id is not None:
-            self._past_runs.append(self._run_id)
+        previous = self._run_id
+        self._run_id = run_id
+        if previous is not None:
+            self._past_runs.append(previous)
             self.state.counters.restarts += 1
             self._restart_at = self.mono_ns()
             self.state.restart_seen = True
-            self._notice("restart", f"the daemon restarted: run {self._run_id or '?'} -> {run_id or '?'}", 700)
-        self._run_id = run_id
+            self._notice("restart", f"the daemon restarted: run {previous or '?'} -> {run_id or '?'}", 700)
         self.state.run_id = run_id
         self.state.run_index += 1
         self.state.last_seq = None
@@ -332,7 +333,7 @@ class Accounting:
 
     def _notice(self, kind: str, message: str, severity: int) -> None:
         log.log(logging.WARNING if severity >= 600 else logging.INFO, "%s", message)
-        self.notices.append(Notice(kind, message, severity))
+        self.notices.append(Notice(kind, message, severity, self._run_id or ""))
 
     def take_notices(self) -> list[Notice]:
         out, self.notices = self.notices, []

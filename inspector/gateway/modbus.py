@@ -278,7 +278,8 @@ class ModbusSink:
         except RuntimeError:
             raise SinkError(
                 f"Modbus TCP: cannot listen on {self.cfg.bind}:{self.cfg.port} (in use, or a port below 1024 without "
-                "CAP_NET_BIND_SERVICE)"
+                "CAP_NET_BIND_SERVICE)",
+                code=4,
             ) from None
         listener = self._server.transport
         sockets = getattr(listener, "sockets", None) or ()

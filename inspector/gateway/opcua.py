@@ -348,7 +348,7 @@ class OpcUaSink:
         try:
             await server.start()
         except OSError as exc:
-            raise SinkError(f"OPC UA: cannot listen on {cfg.endpoint}: {exc.strerror or exc}") from None
+            raise SinkError(f"OPC UA: cannot listen on {cfg.endpoint}: {exc.strerror or exc}", code=4) from None
         self.server = server
         self._running = True
         log.info(
@@ -492,7 +492,7 @@ class OpcUaSink:
             return
         gen = self._notice_gen
         gen.event.Kind = notice.kind
-        gen.event.RunId = ""
+        gen.event.RunId = notice.run_id
         gen.event.Severity = notice.severity
         await gen.trigger(message=notice.message)
 

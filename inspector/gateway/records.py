@@ -169,6 +169,7 @@ class Notice:
     kind: str  # restart | gap | stale | daemon_stopped | daemon_silent | daemon_alive | daemon_disconnected
     message: str
     severity: int  # OPC UA severity 1..1000
+    run_id: str = ""  # the daemon run it concerns (the new one, for a restart)
 
 
 class Sink(Protocol):
@@ -197,4 +198,9 @@ class Sink(Protocol):
 
 
 class SinkError(RuntimeError):
-    """A sink cannot start (port in use, bad certificate, unreadable password file). str() is the message."""
+    """A sink cannot start. str() is the message; `code` the exit status: 2 for a file the config names (password,
+    key, certificate), 4 for a port that cannot be bound."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code

@@ -106,8 +106,7 @@ class Gateway:
                 await sink.start()
             except SinkError as exc:
                 await self.close()
-                code = 4 if "listen" in str(exc) else 2
-                raise GatewayError(str(exc), code) from None
+                raise GatewayError(str(exc), exc.code) from None
             self.sinks.append(sink)
         topic = self.config.topic
         self.intake = Intake(
