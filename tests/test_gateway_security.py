@@ -41,8 +41,8 @@ def _certificate(folder: Path, name: str, uri: str, server: bool) -> tuple[Path,
     return cert_path, key_path
 
 
-async def _login(port: int, *, user=None, password=None, cert=None, key=None, client_uri="urn:test:client") -> bool:
-    """Connect, read one node, disconnect. True if the server let us in."""
+async def _login(port: int, *, user=None, password=None, cert=None, key=None, client_uri="urn:test:client") -> str:
+    """Connect, read one node, disconnect: "ok", or why the server refused (the error's name)."""
     from asyncua import Client, ua
     from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
@@ -59,11 +59,12 @@ async def _login(port: int, *, user=None, password=None, cert=None, key=None, cl
         await client.load_private_key(str(key))
     try:
         await client.connect()
-    except Exception:
-        return False
+    except Exception as exc:
+        return type(exc).__name__
     try:
         ns = await client.get_namespace_index("urn:inspector:gateway")
-        return await client.get_node(ua.NodeId("test/cam/State/GatewayHealthy", ns)).read_value() is True
+        value = await client.get_node(ua.NodeId("test/cam/State/GatewayHealthy", ns)).read_value()
+        return "ok" if isinstance(value, bool) else f"read {value!r}"
     finally:
         await client.disconnect()
 
@@ -92,12 +93,12 @@ def test_logins_users_and_trusted_certificates_only(tmp_path):
     gw = start_gateway(config)
     port = ports["opcua"]
     try:
-        assert asyncio.run(_login(port)) is False, "anonymous must be refused by default"
-        assert asyncio.run(_login(port, user="plc", password="s3cret")) is True
-        assert asyncio.run(_login(port, user="plc", password="wrong")) is False
-        assert asyncio.run(_login(port, user="nobody", password="s3cret")) is False
-        assert asyncio.run(_login(port, cert=trusted_cert, key=trusted_key)) is True
-        assert asyncio.run(_login(port, cert=stranger_cert, key=stranger_key)) is False
+        assert asyncio.run(_login(port)) == "BadIdentityTokenRejected", "anonymous must be refused by default"
+        assert asyncio.run(_login(port, user="plc", password="s3cret")) == "ok"
+        assert asyncio.run(_login(port, user="plc", password="wrong")) == "BadUserAccessDenied"
+        assert asyncio.run(_login(port, user="nobody", password="s3cret")) == "BadUserAccessDenied"
+        assert asyncio.run(_login(port, cert=trusted_cert, key=trusted_key)) == "ok"
+        assert asyncio.run(_login(port, cert=stranger_cert, key=stranger_key)) != "ok"
         # systemd/inspector-gateway@.service sets MemoryDenyWriteExecute=yes: after encrypted sessions the process
         # holds no writable and executable mapping (it would be refused one under the unit).
         maps = Path(f"/proc/{gw.proc.pid}/maps")
