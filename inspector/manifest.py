@@ -63,6 +63,11 @@ class Preprocessing(_Model):
         "1.0) and written to the input's top-left corner, zeros elsewhere; only blocks/pixels that hold frame "
         "pixels are scored (inspector.preprocess.place_image).",
     )
+    pad: Literal["zero", "reflect"] = Field(
+        "zero",
+        description="fit place: what fills the input around the frame: zeros, or the frame mirrored at its edges "
+        "(cv2.BORDER_REFLECT_101). Blocks and pixels there are never scored.",
+    )
     scale: float | None = Field(
         None,
         gt=0,

@@ -92,13 +92,15 @@ def place_image(
     pixel_format: str = "mono8",
     color: Literal["gray", "rgb"] = "gray",
     out: np.ndarray | None = None,
+    pad: Literal["zero", "reflect"] = "zero",
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """(H, W[, C]) uint8 -> ((height, width, channels) network input, (h, w) of the image inside it).
 
     The frame is resized by `scale` (INTER_AREA down, INTER_LINEAR up, untouched at 1.0: one resize at most),
-    converted to the network's channels and written to the top-left corner of a zero input; everything right
-    of and below it stays 0. Used by training (crops see the same zero border), evaluation and the daemon,
-    which pass `out` (a preallocated input row) to write in place.
+    converted to the network's channels and written to the top-left corner of the input. The rest of the input
+    (right of and below the frame) is `pad`: 0, or the frame mirrored at its edges (cv2.BORDER_REFLECT_101),
+    which gives the network no artificial step edge where the frame ends. Used by training, evaluation and the
+    daemon, which passes `out` (a preallocated input row) to write in place.
     """
     if image.ndim == 2:
         image = image[:, :, None]
@@ -106,15 +108,34 @@ def place_image(
     channels = 1 if color == "gray" else 3
     if out is None:
         out = np.zeros((height, width, channels), np.uint8)
-    else:
-        out[...] = 0
     h, w = placed_size(image.shape[:2], scale, input_size)
     src = image[:, :, 0] if image.shape[2] == 1 else image
     if (h, w) != image.shape[:2]:
         interp = cv2.INTER_AREA if h < image.shape[0] else cv2.INTER_LINEAR
         src = cv2.resize(src, (w, h), interpolation=interp)
     out[:h, :w] = convert_channels(src, pixel_format, color)
+    pad_border(out, (h, w), pad)
     return out, (h, w)
+
+
+def pad_border(canvas: np.ndarray, placed: tuple[int, int], pad: str) -> np.ndarray:
+    """Fill `canvas` (H, W, C) outside its top-left `placed` (h, w) region, in place: zeros or the mirror image."""
+    h, w = placed
+    height, width = canvas.shape[:2]
+    if (h, w) == (height, width):
+        return canvas
+    if pad == "zero":
+        canvas[h:] = 0
+        canvas[:h, w:] = 0
+        return canvas
+    if pad != "reflect":
+        raise ValueError(f"pad must be zero or reflect, not {pad!r}")
+    view = canvas[:, :, 0] if canvas.shape[2] == 1 else canvas
+    # A frame of one row or column has nothing to mirror: repeat its edge.
+    border = cv2.BORDER_REPLICATE if h < 2 or w < 2 else cv2.BORDER_REFLECT_101
+    filled = cv2.copyMakeBorder(np.ascontiguousarray(view[:h, :w]), 0, height - h, 0, width - w, border)
+    view[...] = filled
+    return canvas
 
 
 def valid_grid(placed: tuple[int, int], block: int) -> tuple[int, int]:

@@ -67,18 +67,23 @@ def crop_transform(
     return m
 
 
+BORDERS = {"zero": cv2.BORDER_CONSTANT, "reflect": cv2.BORDER_REFLECT_101}
+
+
 def warp(
-    image: np.ndarray, mask: np.ndarray | None, m: np.ndarray, out_size: tuple[int, int]
+    image: np.ndarray, mask: np.ndarray | None, m: np.ndarray, out_size: tuple[int, int], pad: str = "zero"
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(H, W, C) uint8 image and (H, W) uint8 label -> the crop of both under `m`.
 
-    The label is warped as a 0/1 defect map with bilinear weights and a pixel of the crop is defect when any
-    defect pixel contributed to it (> 0), carrying the image's class id (max of the label): a defect is never
-    thinned away. Integer translations (m without rotation/zoom) are exact cuts for both.
+    Outside the image the crop is `pad`: zeros, or the image mirrored at its edges (preprocess.place_image's
+    two borders). The label is warped as a 0/1 defect map with bilinear weights and a pixel of the crop is
+    defect when any defect pixel contributed to it (> 0), carrying the image's class id (max of the label): a
+    defect is never thinned away; outside the image the label is 0 (a mirrored defect is not a defect: those
+    pixels are not scored, `valid_map`). Integer translations (m without rotation/zoom) are exact cuts.
     """
     h, w = out_size
     src = image[:, :, 0] if image.shape[2] == 1 else image
-    out = cv2.warpPerspective(src, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    out = cv2.warpPerspective(src, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=BORDERS[pad], borderValue=0)
     if out.ndim == 2:
         out = out[:, :, None]
     if mask is None:
@@ -97,6 +102,13 @@ def warp(
     else:
         label = ((warped > 1e-3) * cls).astype(np.uint8)
     return out, label
+
+
+def valid_map(image_size: tuple[int, int], m: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+    """(h, w) bool of the crop: the pixels that come from the image (nearest), not from its border."""
+    ones = np.ones(image_size, np.uint8)
+    h, w = out_size
+    return cv2.warpPerspective(ones, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) > 0
 
 
 def photometric(image: np.ndarray, rng: np.random.Generator | None, cfg: AugmentConfig | None) -> np.ndarray:

@@ -86,6 +86,12 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--output-stride", type=int, choices=(8, 16, 32), default=d.output_stride, help="resnet50 segmenters"
     )
+    g.add_argument(
+        "--pad",
+        choices=("zero", "reflect"),
+        default=d.pad,
+        help="what surrounds a placed image in the input: zeros, or the image mirrored at its edges",
+    )
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch, help="0 = as many images as the data set")
@@ -101,6 +107,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         help="checkpoint to keep as best.pt: the best on validation, or the schedule's last epoch",
     )
     g.add_argument("--max-minutes", type=float, default=d.max_minutes, help="stop after this much training time")
+    g.add_argument("--ema", type=float, default=d.ema, help="weight EMA decay per step (0 = off): what is exported")
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("recipe")
     g.add_argument(
@@ -190,6 +197,8 @@ def config_from_args(args: argparse.Namespace):
         size=args.size,
         color=args.color,
         standardize=args.standardize,
+        pad=args.pad,
+        ema=args.ema,
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
         batch=args.batch,

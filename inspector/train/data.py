@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from inspector.preprocess import place_image, placed_size, resize_image
-from inspector.train.augment import AugmentConfig, crop_transform, photometric, warp
+from inspector.preprocess import pad_border, place_image, placed_size, resize_image
+from inspector.train.augment import AugmentConfig, crop_transform, photometric, valid_map, warp
 from inspector.train.datasets import Sample, image_pixel_format, load_sample
 
 BLOCK = 32
@@ -170,24 +170,25 @@ def training_crop(
     rng: np.random.Generator,
     augment: AugmentConfig | None,
     defect_bias: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented (crop_h, crop_w, C) uint8 crop and its (crop_h, crop_w) label."""
+    pad: str = "zero",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One augmented (crop_h, crop_w, C) uint8 crop, its (crop_h, crop_w) label and valid (image) pixels."""
     m = crop_transform(crop_center(item, crop, rng, defect_bias), crop, rng, augment)
-    image, label = warp(item.image, item.label, m, crop)
+    image, label = warp(item.image, item.label, m, crop, pad)
     assert label is not None
-    return photometric(image, rng, augment), label
+    return photometric(image, rng, augment), label, valid_map(item.image.shape[:2], m, crop)
 
 
-def placed_input(item: CachedImage, input_size: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
-    """The cached image at the top-left of a zero network input: what evaluation and the daemon feed."""
+def placed_input(
+    item: CachedImage, input_size: tuple[int, int], out: np.ndarray | None = None, pad: str = "zero"
+) -> np.ndarray:
+    """The cached image at the top-left of a network input, the rest `pad`: what evaluation and the daemon feed."""
     height, width = input_size
     if out is None:
         out = np.zeros((height, width, item.image.shape[2]), np.uint8)
-    else:
-        out[...] = 0
     h, w = item.image.shape[:2]
     out[:h, :w] = item.image
-    return out
+    return pad_border(out, (h, w), pad)
 
 
 def block_targets(label: np.ndarray, block: int = BLOCK, min_pixels: int = 1) -> np.ndarray:
@@ -195,6 +196,12 @@ def block_targets(label: np.ndarray, block: int = BLOCK, min_pixels: int = 1) ->
     h, w = label.shape
     counts = (label > 0).reshape(h // block, block, w // block, block).sum(axis=(1, 3))
     return (counts >= min_pixels).astype(np.uint8)
+
+
+def cell_any(valid: np.ndarray, cell: int) -> np.ndarray:
+    """(H, W) bool -> (H/cell, W/cell) bool: cells holding any True pixel (blocks that hold image pixels)."""
+    h, w = valid.shape
+    return valid.reshape(h // cell, cell, w // cell, cell).any(axis=(1, 3))
 
 
 def dense_targets(label: np.ndarray, stride: int = 8, dilate_px: int = 0) -> np.ndarray:

@@ -78,6 +78,7 @@ class ModelInfo:
     source: str  # the checkpoint or ONNX file
     seed: int | None = None
     scale: float | None = None  # fit place: network px per image px; None: squashed to `size`
+    pad: str = "zero"  # fit place: what surrounds the image in the input
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -108,6 +109,7 @@ class TorchModel:
             source=str(checkpoint),
             seed=ckpt.get("seed"),
             scale=ckpt.get("scale"),
+            pad=ckpt.get("pad", "zero"),
             extra={"epoch": ckpt.get("epoch"), "train_seconds": ckpt.get("train_seconds")},
         )
 
@@ -147,6 +149,7 @@ class OnnxModel:
             source=str(path),
             seed=training.seed if training else None,
             scale=manifest.preprocessing.scale if manifest.preprocessing.fit == "place" else None,
+            pad=manifest.preprocessing.pad,
         )
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -163,7 +166,7 @@ def network_input(image: np.ndarray, info: ModelInfo) -> tuple[np.ndarray, tuple
     fmt = image_pixel_format(image)
     if info.scale is None:
         return resize_image(image, info.size, pixel_format=fmt, color=info.color), info.size  # type: ignore[arg-type]
-    return place_image(image, info.scale, info.size, pixel_format=fmt, color=info.color)  # type: ignore[arg-type]
+    return place_image(image, info.scale, info.size, pixel_format=fmt, color=info.color, pad=info.pad)  # type: ignore[arg-type]
 
 
 def predict(

@@ -152,7 +152,12 @@ def to_onnx(deployed: Any, size: tuple[int, int], channels: int, output: str, pa
 
 
 def parity_images(
-    size: tuple[int, int], color: str, data: Path | None, n: int = PARITY_IMAGES, scale: float | None = None
+    size: tuple[int, int],
+    color: str,
+    data: Path | None,
+    n: int = PARITY_IMAGES,
+    scale: float | None = None,
+    pad: str = "zero",
 ) -> tuple[np.ndarray, str]:
     """n real images through the shared preprocessing (squashed, or placed at `scale`) -> (n, h, w, c) uint8,
     and where they came from."""
@@ -176,7 +181,10 @@ def parity_images(
         batch = np.stack([resize_image(im, size, pixel_format=image_pixel_format(im), color=color) for im in images])  # type: ignore[arg-type]
     else:
         batch = np.stack(
-            [place_image(im, scale, size, pixel_format=image_pixel_format(im), color=color)[0] for im in images]  # type: ignore[arg-type]
+            [
+                place_image(im, scale, size, pixel_format=image_pixel_format(im), color=color, pad=pad)[0]
+                for im in images
+            ]  # type: ignore[arg-type]
         )
     return batch, where
 
@@ -286,7 +294,8 @@ def export_checkpoint(
 
     started = time.monotonic()
     graph = to_onnx(deployed, (height, width), channels, output.name, out)
-    batch, where = parity_images((height, width), ckpt["color"], parity_data, scale=scale)
+    pad = ckpt.get("pad", "zero")
+    batch, where = parity_images((height, width), ckpt["color"], parity_data, scale=scale, pad=pad)
     parity = check_parity(deployed, out, batch)
     parity["source"] = where
 
@@ -304,6 +313,7 @@ def export_checkpoint(
             resize="area",
             fit="squash" if scale is None else "place",
             scale=scale,
+            pad=pad,
             color=ckpt["color"],
             mean=list(ckpt["mean"]),
             std=list(ckpt["std"]),
