@@ -130,6 +130,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "--ignore-ring", type=int, default=d.ignore_ring, help="recognizer: normal blocks this near a defect unscored"
     )
     g.add_argument("--image-weight", type=float, default=d.image_weight, help="recognizer: highest-block image loss")
+    g.add_argument(
+        "--paste", type=float, default=d.paste, help="recognizer: P(a real defect is pasted into a defect-free image)"
+    )
     g = p.add_argument_group("augmentation")
     g.add_argument("--no-augment", action="store_true")
     g.add_argument("--rotation", type=float, default=a.rotation_deg, help="degrees, uniform in +-")
@@ -219,6 +222,7 @@ def config_from_args(args: argparse.Namespace):
         hard_negatives=args.hard_negatives,
         ignore_ring=args.ignore_ring,
         image_weight=args.image_weight,
+        paste=args.paste,
         output_stride=args.output_stride,
         device=args.device,
         amp=args.amp,

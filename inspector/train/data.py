@@ -214,3 +214,72 @@ def dense_targets(label: np.ndarray, stride: int = 8, dilate_px: int = 0) -> np.
         defect = cv2.dilate(defect, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     h, w = defect.shape
     return defect.reshape(h // stride, stride, w // stride, stride).max(axis=(1, 3)).astype(np.float32)
+
+
+def defect_patch(item: CachedImage, rng: np.random.Generator, margin: int = 6, max_side: int = 160):
+    """A real defect cut from a defective cached image: (patch (h, w, C) uint8, label (h, w) uint8, alpha (h, w)
+    float32 feathered over `margin` px), or None. One connected defect region, with `margin` px of its
+    surroundings, at most `max_side` px (larger defects are cut to a window around one of their pixels)."""
+    if not len(item.defect_yx):
+        return None
+    import cv2
+
+    y, x = item.defect_yx[int(rng.integers(len(item.defect_yx)))]
+    defect = (item.label > 0).astype(np.uint8)
+    _, components = cv2.connectedComponents(defect, connectivity=8)
+    region = components == components[y, x]
+    ys, xs = np.nonzero(region)
+    h, w = item.label.shape
+    top, bottom = max(int(ys.min()) - margin, 0), min(int(ys.max()) + margin + 1, h)
+    left, right = max(int(xs.min()) - margin, 0), min(int(xs.max()) + margin + 1, w)
+    if bottom - top > max_side:
+        top = int(np.clip(y - max_side // 2, 0, h - max_side))
+        bottom = top + max_side
+    if right - left > max_side:
+        left = int(np.clip(x - max_side // 2, 0, w - max_side))
+        right = left + max_side
+    keep = region[top:bottom, left:right].astype(np.uint8)
+    if keep.sum() == 0:
+        return None
+    # Alpha: 1 on the dilated defect, fading to 0 over `margin` px, so the pasted surroundings blend in.
+    grown = cv2.dilate(keep, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (margin + 1, margin + 1)))
+    alpha = cv2.GaussianBlur(grown.astype(np.float32), (0, 0), sigmaX=max(margin / 2, 1))
+    alpha = np.maximum(alpha, keep.astype(np.float32))
+    label = np.where(keep > 0, item.label[top:bottom, left:right], 0).astype(np.uint8)
+    return item.image[top:bottom, left:right].copy(), label, alpha
+
+
+def paste_defect(
+    image: np.ndarray,
+    label: np.ndarray,
+    valid: np.ndarray,
+    patch: tuple[np.ndarray, np.ndarray, np.ndarray],
+    rng: np.random.Generator,
+) -> bool:
+    """Blend `patch` into `image` (in place) at a random position inside the valid (image) pixels, matched to
+    the local brightness there; the label gets the patch's defect pixels. -> whether it was pasted."""
+    pix, lab, alpha = patch
+    if rng.random() < 0.5:
+        pix, lab, alpha = pix[:, ::-1], lab[:, ::-1], alpha[:, ::-1]
+    if rng.random() < 0.5:
+        pix, lab, alpha = pix[::-1], lab[::-1], alpha[::-1]
+    ph, pw = lab.shape
+    h, w = label.shape
+    if ph >= h or pw >= w:
+        return False
+    for _ in range(8):  # a position whose whole patch lies on image pixels
+        top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+        if valid[top : top + ph, left : left + pw].all():
+            break
+    else:
+        return False
+    target = image[top : top + ph, left : left + pw].astype(np.float32)
+    src = pix.astype(np.float32)
+    ring = alpha < 0.5
+    if ring.any():  # shift the patch to the brightness of where it lands (measured on its surroundings)
+        src += target[ring].mean() - src[ring].mean()
+    a = alpha[:, :, None]
+    image[top : top + ph, left : left + pw] = np.clip(a * src + (1 - a) * target, 0, 255).astype(np.uint8)
+    region = label[top : top + ph, left : left + pw]
+    region[lab > 0] = lab[lab > 0]
+    return True

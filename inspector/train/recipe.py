@@ -61,8 +61,10 @@ from inspector.train.data import (
     ImageCache,
     block_targets,
     cell_any,
+    defect_patch,
     dense_targets,
     input_size_for,
+    paste_defect,
     placed_input,
     round_up,
     training_crop,
@@ -107,6 +109,7 @@ class TrainConfig:
     standardize: bool = False  # per-image input standardisation inside the network (models.ImageStandardize)
     pad: str = "zero"  # what surrounds a placed frame in the input: zero | reflect (preprocess.place_image)
     ema: float = 0.0  # > 0: keep an exponential moving average of the weights (decay per step), validated/exported
+    paste: float = 0.0  # recognizer: P(a defect-free window gets a real defect pasted in from a defective image)
     output_stride: int = 16  # segmentation with resnet50: deep-feature stride (8 or 16; others stay at 32)
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = False  # CUDA only: bfloat16 autocast
@@ -255,6 +258,13 @@ class BatchMaker:
             else:
                 canvas = self._canvas(items)
                 triples = [whole_image(it, canvas, rng, aug, cfg.pad) for it, rng in zip(items, rngs, strict=True)]
+            if cfg.paste > 0:
+                for k, (im, lab, valid) in enumerate(triples):
+                    if not items[k].defective and rngs[k].random() < cfg.paste:
+                        donor = self.cache[self.defective[int(rngs[k].integers(len(self.defective)))]]
+                        patch = defect_patch(donor, rngs[k])
+                        if patch is not None:
+                            paste_defect(im, lab, valid, patch, rngs[k])
             labels = [lab for _, lab, _ in triples]
             # Pixels outside the image (its border) are never scored in evaluation or in the daemon, so blocks
             # and cells without one image pixel are left out of the loss too (thousands of trivially normal
