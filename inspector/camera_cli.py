@@ -42,9 +42,9 @@ def add_parser(subparsers: Any) -> None:
 def _harvester(ctis: list[str]):
     from harvesters.core import Harvester
 
-    from inspector.sources.genicam import _quiet_harvesters, default_cti
+    from inspector.sources.genicam.gentl import default_cti, quiet_harvesters
 
-    _quiet_harvesters()
+    quiet_harvesters()
     paths = ctis or [default_cti()]
     h = Harvester()
     try:
@@ -59,7 +59,7 @@ def _harvester(ctis: list[str]):
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from inspector.sources.genicam import enumerate_devices
+    from inspector.sources.genicam.devices import enumerate_devices
 
     with _harvester(args.cti) as (h, paths):
         devices = enumerate_devices(h)
@@ -82,15 +82,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def describe_node(node: Any) -> dict:
     """Name, type, access, value and what it accepts, for one node of a node map."""
-    from inspector.sources.genicam import _ACCESS_NAMES, _TYPE_NAMES, allowed_text
+    from inspector.sources.genicam.features import ACCESS_NAMES, TYPE_NAMES, allowed_text
 
     inner = node.node
     kind = int(inner.principal_interface_type)
     access = int(inner.get_access_mode())
     row = {
         "name": inner.name,
-        "type": _TYPE_NAMES.get(kind, str(kind)),
-        "access": _ACCESS_NAMES.get(access, str(access)),
+        "type": TYPE_NAMES.get(kind, str(kind)),
+        "access": ACCESS_NAMES.get(access, str(access)),
         "value": None,
         "allowed": "",
     }
@@ -105,7 +105,7 @@ def describe_node(node: Any) -> dict:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from inspector.sources.genicam import enumerate_devices, select_device
+    from inspector.sources.genicam.devices import enumerate_devices, select_device
 
     with _harvester(args.cti) as (h, paths):
         try:
