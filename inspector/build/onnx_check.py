@@ -3,7 +3,7 @@
 `inspector-build-engine` runs it first (a build takes minutes and its parser errors are terse), CI runs it on
 the demo models and on a freshly exported ResNet-50 recognizer and segmenter, and it is a CLI:
 
-    python -m inspector.backends.onnx_check engines/demo/*.onnx
+    python -m inspector.build.onnx_check engines/demo/*.onnx
 
 What is checked, each against TensorRT 10.x's ONNX parser:
 - the default-domain opset lies in the parser's range, and no other operator domain is used (no plugins here);
@@ -536,7 +536,7 @@ def check_model_for_manifest(model_path: str | Path, manifest) -> CheckReport:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m inspector.backends.onnx_check",
+        prog="python -m inspector.build.onnx_check",
         description="Check ONNX models for TensorRT 10.x compatibility (operators, opset, static shapes, dtypes).",
     )
     parser.add_argument("models", nargs="+", type=Path, help="ONNX files")
