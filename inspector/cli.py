@@ -4,14 +4,10 @@
     inspector check-config FILE                       validate a line config and the models it names
     inspector listen --config FILE [--count N] [--json]   print the verdicts that config publishes
     inspector camera list | features DEVICE           GenICam cameras (integrators writing a config)
-    inspector review --archive DIR                    the archive's review page (local web server)
-    inspector tune --archive DIR --config FILE [--set decision.block_threshold=0.7 ...]
-                                                      re-decide archived frames at other thresholds
-    inspector gateway --config FILE                   the PLC gateway: OPC UA and Modbus TCP (docs/PLC.md)
 
-Exit status: 0 ok; 2 bad config; 3 model/backend problem (for the gateway: the plc extra missing); 4 source
-or socket/port problem; 1 a runtime failure (the source failed for good while running). check-config uses 0
-or 2 for anything it finds wrong. Errors are one clear message on stderr, never a traceback.
+Exit status: 0 ok; 2 bad config; 3 model/backend problem; 4 source or socket/port problem; 1 a runtime failure
+(the source failed for good while running). check-config uses 0 or 2 for anything it finds wrong. Errors are
+one clear message on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -24,7 +20,7 @@ import sys
 from pathlib import Path
 
 from inspector import camera_cli
-from inspector.config import ConfigError, load_config, resolve_path
+from inspector.config import ConfigError, load_config
 
 log = logging.getLogger("inspector")
 
@@ -50,66 +46,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def check_config(path: str | Path) -> list[str]:
-    """Problems with a config file and the models it names (empty = fine). No model is loaded into a backend."""
-    from inspector.decision import Decider, load_ignore_mask
-    from inspector.manifest import ManifestError, check_expectations
-    from inspector.pipeline import backend_settings, load_model_manifest
+    """Problems start-up would refuse, one line each (empty = it would start): `inspector.runtime.check`."""
+    from inspector.runtime import check
 
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        return str(exc).splitlines()
-    problems: list[str] = []
-    manifests = {}
-    specs = {"recognizer": config.models.recognizer}
-    if config.models.segmenter_mode != "never" and config.models.segmenter is not None:
-        specs["segmenter"] = config.models.segmenter
-    for role, spec in specs.items():
-        model = resolve_path(path, spec.path)
-        where = f"{path}: models.{role} ({model})"
-        try:
-            manifest = load_model_manifest(
-                config.models.backend, model, backend_settings(config), config.pipeline.batch_size
-            )
-            check_expectations(
-                manifest, task=role, expect_classes=spec.expect_classes, expect_input=spec.expect_input, where=where
-            )
-            if config.pipeline.batch_size > manifest.batch.max:
-                raise ManifestError(
-                    f"{where}: pipeline.batch_size {config.pipeline.batch_size} exceeds the model's largest batch "
-                    f"{manifest.batch.max}"
-                )
-            manifests[role] = manifest
-        except Exception as exc:  # ManifestError, BackendError: the message is the report
-            text = str(exc)
-            problems.append(text if text.startswith(str(path)) else f"{where}: {text}")
-    if "recognizer" in manifests and len(manifests) == len(specs):
-        frame = (config.source.height, config.source.width)
-        try:
-            mask = None
-            if config.decision.ignore_regions.mask:
-                mask = load_ignore_mask(resolve_path(path, config.decision.ignore_regions.mask), frame)
-            Decider(config.decision, frame, manifests["recognizer"], manifests.get("segmenter"), mask)
-        except (OSError, ValueError) as exc:
-            problems.append(f"{path}: decision: {exc}")
-    if config.archive.enabled and config.archive.path:
-        from inspector.archive.store import check_directory
-
-        problem = check_directory(resolve_path(path, config.archive.path), config.line.name, config.line.camera)
-        if problem:
-            problems.append(f"{path}: archive.path: {problem}")
-    if config.source.kind == "folder":
-        folder = resolve_path(path, config.source.path)
-        if not folder.is_dir():
-            problems.append(f"{path}: source.path: {folder} is not a directory")
-    if config.gateway is not None:  # the daemon ignores the section; the gateway reading this file would not
-        from inspector.gateway.config import load_gateway_config
-
-        try:
-            load_gateway_config(path)
-        except ConfigError as exc:
-            problems += str(exc).splitlines()
-    return problems
+    return check(path)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -144,27 +84,6 @@ def cmd_listen(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_gateway(args: argparse.Namespace) -> int:
-    from inspector.gateway.config import load_gateway_config
-
-    if args.print_register_map:
-        from inspector.gateway.modbus import register_map_markdown
-
-        print(register_map_markdown(), end="")
-        return 0
-    if not args.config:
-        print("inspector gateway: --config is required", file=sys.stderr)
-        return 2
-    try:
-        config = load_gateway_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    from inspector.gateway.service import run
-
-    return run(config, args.config)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inspector", description="Real-time visual defect inspection.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -189,16 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     lis.add_argument("--timeout", type=float, help="stop when nothing arrived for this many seconds")
     lis.set_defaults(func=cmd_listen)
 
-    gw = sub.add_parser("gateway", help="the PLC gateway: a daemon's verdicts over OPC UA and Modbus TCP")
-    gw.add_argument("--config", help="line config with a gateway: section (YAML)")
-    gw.add_argument("--print-register-map", action="store_true", help="print the Modbus register map (Markdown)")
-    gw.set_defaults(func=cmd_gateway)
-
     camera_cli.add_parser(sub)
-    from inspector.archive import review, tune
-
-    review.add_parser(sub)
-    tune.add_parser(sub)
     return p
 
 

@@ -33,28 +33,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from inspector.archive.metrics import ArchiveMetrics
-from inspector.archive.writer import ArchiveWriter
 from inspector.config import Config, ConfigError, load_config, resolve_path
 from inspector.console import Console, LiveStats, MetricsTap
 from inspector.metrics import Metrics
-from inspector.pipeline import (
-    Pipeline,
-    Runtime,
-    StartupError,
-    build_runtime,
-    close_retired,
-    restart_only_changes,
-)
+from inspector.pipeline import Pipeline
 from inspector.publish import Publisher, PublisherError
+from inspector.runtime import Runtime, StartupError, build, restart_only_changes, retire
 from inspector.service import Notifier, Watchdog
-from inspector.sources import SourceError, source_class
+from inspector.sources import Source, SourceError, source_class
 
 log = logging.getLogger("inspector.daemon")
 
 DRAIN_EXTRA_S = 2.0  # beyond deadline_ms, how long SIGTERM waits for frames in flight to be inspected
 PUBLISHER_CLOSE_S = 5.0
-ARCHIVE_CLOSE_S = 5.0  # at stop, how long the archive writer may take for what is queued (the rest is counted)
 
 
 class _Events:
@@ -105,10 +96,9 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.stats = LiveStats()
         self.publisher: Publisher | None = None
-        self.source: Any = None
+        self.source: Source | None = None
         self.runtime: Runtime | None = None
         self.pipeline: Pipeline | None = None
-        self.archive: ArchiveWriter | None = None
         self.watchdog: Watchdog | None = None
         self.console: Console | None = None
         self.metrics_port: int | None = None
@@ -156,23 +146,8 @@ class Daemon:
             self.publisher = None
             raise StartupError(4, f"publish: {exc}") from None
 
-        if config.archive.enabled:
-            # Before the models: their runtime binds its hand-over pool to the writer. A directory that cannot be
-            # used is reported (log, event, metric) and retried; inspection starts anyway.
-            assert config.archive.path is not None
-            self.archive = ArchiveWriter(
-                config.archive,
-                resolve_path(self.config_file, config.archive.path).resolve(),
-                line,
-                camera,
-                self.publisher.run_id,
-                metrics=ArchiveMetrics(line, camera, self.metrics.registry),
-                events=self.publisher,
-            )
-            self.archive.start()
-
         t0 = time.perf_counter()
-        self.runtime = build_runtime(config, self.config_file, archive=self.archive)
+        self.runtime = build(config, self.config_file)
         log.info(
             "models loaded and warmed up in %.1f s: %s (%s backend, segmenter %s)",
             time.perf_counter() - t0,
@@ -326,16 +301,14 @@ class Daemon:
             log.error("%s", error)
             return "invalid", error
         try:
-            runtime = build_runtime(new, self.config_file, previous=self.runtime, archive=self.archive)
+            runtime = build(new, self.config_file, previous=self.runtime)
         except StartupError as exc:
             log.error("reload failed, the running config stays: %s", exc)
             return "failed", str(exc)
         old = self.pipeline.swap(runtime)
         self.runtime, self.config = runtime, new
-        if self.archive is not None:
-            self.archive.configure(new.archive)
         if old is not None and old is not runtime:
-            close_retired(old, runtime)
+            retire(old, runtime)
         self._describe(runtime)
         log.info("reloaded %s: config %s", self.config_file, runtime.config_hash)
         return "ok", None
@@ -358,15 +331,6 @@ class Daemon:
             or ("end of stream" if self.pipeline.end_of_stream else None)
             or ("max frames" if self.max_frames is not None and counters.acquired >= self.max_frames else "stopped")
         )
-        if self.archive is not None:
-            # Before the stop event: the writer's last alarm (if any) still reaches the broadcast stream.
-            self.archive.close(ARCHIVE_CLOSE_S)
-            log.info(
-                "archive: %d records written this run, %d deleted for space, dropped %s",
-                self.archive.written,
-                self.archive.deleted,
-                self.archive.dropped or "none",
-            )
         self.publisher.event("stop", reason=reason, acquired=counters.acquired, decided=counters.decided)
         self.publisher.close(PUBLISHER_CLOSE_S)
         if self.console is not None:
@@ -394,8 +358,6 @@ class Daemon:
             self.watchdog.stop()
         if self.publisher is not None and not self.pipeline:
             self.publisher.close(1.0)
-        if self.archive is not None:
-            self.archive.close(0.5)  # a no-op when the shutdown already closed it
         if self.source is not None:
             try:
                 self.source.close()
@@ -403,7 +365,7 @@ class Daemon:
                 log.warning("source.close() failed: %s", exc)
             self.source = None
         if self.runtime is not None:
-            close_retired(self.runtime, None)
+            retire(self.runtime, None)
         if self.metrics is not None:
             self.metrics.close()
         self.notifier.close()

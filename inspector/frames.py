@@ -41,24 +41,6 @@ class Reason(str, Enum):
 TimestampSource = Literal["device", "host"]
 
 
-@dataclass(slots=True)
-class Frame:
-    """Metadata of one acquired frame. One preallocated instance per ring slot, overwritten per frame."""
-
-    slot: int = -1  # ring slot holding the pixels, -1 when the frame was never buffered (overload)
-    seq: int = -1  # daemon sequence number: +1 per acquired frame, never reused, never skipped
-    camera_frame_id: int = -1  # the camera's own frame counter (or the source's)
-    t_acquired_ns: int = 0  # time.time_ns() when the frame was acquired (wall clock, for the wire)
-    t_acquired_mono_ns: int = 0  # time.monotonic_ns() at acquisition (for deadlines and latency)
-    t_device_ns: int | None = None  # the device's timestamp where it gives one
-    timestamp_source: TimestampSource = "host"
-    height: int = 0  # actual size of the frame inside the slot
-    width: int = 0
-    camera_drops_before: int = 0  # frames the camera lost (frame-id gap) since the previous frame
-    bad_frame: str | None = None  # why the frame cannot be inspected, if it cannot
-    truth: GroundTruth | None = None  # ground truth attached by simulators and replays with masks
-
-
 @dataclass(slots=True, frozen=True)
 class GroundTruth:
     defective: bool
@@ -108,7 +90,6 @@ class FrameRing:
         if slots < 1:
             raise ValueError("a ring needs at least one slot")
         self.pixels = np.zeros((slots, height, width, channels), dtype=np.uint8)
-        self.frames = [Frame(slot=i) for i in range(slots)]
         self._free: list[int] = list(range(slots - 1, -1, -1))
         self._is_free = [True] * slots
         self._lock = threading.Lock()
@@ -116,11 +97,6 @@ class FrameRing:
     @property
     def slots(self) -> int:
         return self.pixels.shape[0]
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        _, h, w, c = self.pixels.shape
-        return h, w, c
 
     def acquire(self) -> int | None:
         """A free slot index, or None when every slot is in use (the caller reports an overload)."""

@@ -72,7 +72,7 @@ STAGE_BUCKETS = (
 
 STAGES = ("acquire", "preprocess", "recognizer", "segmenter", "decision", "publish")
 # Why a frame was not inspected (each still left the pipeline as a fail-safe verdict).
-DROP_CAUSES = ("overload", "timeout", "error", "bad_frame", "shutdown")
+DROP_CAUSES = tuple(r.value for r in Reason if not r.inspected)
 # Why a verdict did not reach the broadcast socket (see publish.Publisher).
 VERDICT_DROP_CAUSES = ("queue_full", "encode_error", "closed")
 RELOAD_RESULTS = ("ok", "invalid", "failed")
@@ -214,7 +214,7 @@ class Metrics:
 
     def verdict_published(self, v: Verdict, latency_s: float) -> None:
         """One verdict handed to the broadcast socket `latency_s` after its frame was acquired."""
-        reason = v.reason.value if isinstance(v.reason, Reason) else str(v.reason)
+        reason = v.reason.value
         child = self._verdicts.get((v.result, reason))
         if child is None:
             with self._lock:

@@ -25,25 +25,18 @@ sees with the same input spec as the recognizer, one network-input-sized row cop
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 
-from inspector.archive import FrameArchive
-from inspector.archive.writer import ArchiveContext, ArchiveWriter
-from inspector.backends import BackendError, backend_class
-from inspector.config import Config, ConfigError, ModelSpec, load_config, resolve_path
-from inspector.decision import Decider, load_ignore_mask
 from inspector.frames import CHANNELS, FrameRing, Reason, Verdict
-from inspector.manifest import ManifestError, ModelManifest, check_expectations, read_manifest
 from inspector.preprocess import Preprocessor
-from inspector.sources import EndOfStream, SourceError
+from inspector.runtime import InputKey, Runtime, input_key
+from inspector.sources import EndOfStream, Source, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -51,271 +44,22 @@ GRAB_TIMEOUT_S = 0.1  # a grab never blocks longer: the acquisition thread must 
 IDLE_WAIT_S = 0.05  # inference thread's wait for work; also bounds how late a reload swap can be picked up
 ERROR_LOG_INTERVAL_S = 5.0  # an inference error repeating at frame rate is logged once per interval, then counted
 
-# Sections whose change needs a restart: the ring, the sockets, the exporter and the source are built once, and
-# `line` names the ZeroMQ topic and the metrics labels. A reload touching any of them is refused as a whole.
-RESTART_ONLY = (
-    "line",
-    "source",
-    "publish",
-    "metrics",
-    "pipeline.ring_slots",
-    "archive.enabled",
-    "archive.path",
-    "archive.pool_slots",
-)
+
+class PipelineMetrics(Protocol):
+    """What the pipeline reports per frame and per batch (`inspector.metrics.Metrics` in the daemon)."""
+
+    def acquired(self) -> None: ...
+    def stage(self, name: str, seconds: float) -> None: ...
+    def camera_drops(self, n: int) -> None: ...
+    def drop(self, cause: str) -> None: ...
+    def ring_occupancy(self, in_use: int, slots: int) -> None: ...
 
 
-class StartupError(Exception):
-    """Cannot start (or reload): `code` is the process exit status (2 config, 3 model/backend, 4 source/publish)."""
+class VerdictSink(Protocol):
+    """Where decided verdicts go, in sequence order (`inspector.publish.Publisher` in the daemon).
+    `submit` never blocks; a verdict it cannot take is counted as dropped by the sink itself."""
 
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
-
-
-# ------------------------------------------------------------------------------------------------ runtime
-
-
-@dataclass(eq=False)
-class LoadedModel:
-    """One backend with its model, keyed so that a reload reuses it when nothing about it changed."""
-
-    role: str
-    key: str  # backend, path, file hash, settings and batch: equal keys = the very same loaded model
-    path: Path
-    manifest: ModelManifest
-    backend: Any
-
-    @property
-    def sha256(self) -> str:
-        return self.manifest.sha256
-
-
-@dataclass(eq=False)
-class Runtime:
-    """Everything a batch is decided with, built together and swapped together (hot reload is atomic)."""
-
-    config: Config
-    config_hash: str
-    recognizer: LoadedModel
-    segmenter: LoadedModel | None  # None when segmenter_mode is never
-    rec_pre: Preprocessor
-    seg_pre: Preprocessor | None
-    seg_shares_input: bool  # same input spec: a segmenter row is a copy of the recognizer row, not a 2nd resize
-    decider: Decider
-    model_hashes: dict[str, str]
-    mode: str  # always / gated / never
-    failsafe: str  # pass / reject
-    deadline_ns: int
-    batch_size: int
-    archive: FrameArchive | None = None  # the archive's hand-over for this runtime; None when archiving is off
-
-    def models(self) -> list[LoadedModel]:
-        return [m for m in (self.recognizer, self.segmenter) if m is not None]
-
-    @property
-    def rec_key(self) -> tuple:
-        """What the recognizer's input depends on: frames preprocessed for an equal key can be reused."""
-        return input_key(self.recognizer.manifest)
-
-
-def input_key(m: ModelManifest) -> tuple:
-    return (m.input.height, m.input.width, m.input.channels, m.preprocessing.color, m.preprocessing.resize)
-
-
-def backend_settings(config: Config) -> Any:
-    """ONNX Runtime takes its own section; both GPU backends take models.tensorrt."""
-    return config.models.onnxruntime if config.models.backend == "onnxruntime" else config.models.tensorrt
-
-
-def load_model_manifest(backend: str, path: Path, settings: Any, batch: int) -> ModelManifest:
-    """The one place where loading a manifest depends on the backend (engines say how to rebuild them)."""
-    if backend == "tensorrt":
-        from inspector.backends.tensorrt import read_engine_manifest
-
-        return read_engine_manifest(path, settings, batch)
-    return read_manifest(path)
-
-
-def _model_key(config: Config, path: Path, sha256: str) -> str:
-    settings = backend_settings(config)
-    return json.dumps(
-        [config.models.backend, str(path), sha256, settings.model_dump(mode="json"), config.pipeline.batch_size]
-    )
-
-
-def _load_model(
-    role: str,
-    spec: ModelSpec,
-    config: Config,
-    config_file: str | Path,
-    previous: Runtime | None,
-) -> tuple[LoadedModel, bool]:
-    """-> (model, newly loaded). Raises StartupError(3) with the reason in words."""
-    path = resolve_path(config_file, spec.path)
-    where = f"models.{role} ({path})"
-    settings = backend_settings(config)
-    batch = config.pipeline.batch_size
-    try:
-        manifest = load_model_manifest(config.models.backend, path, settings, batch)
-        check_expectations(
-            manifest, task=role, expect_classes=spec.expect_classes, expect_input=spec.expect_input, where=where
-        )
-    except (ManifestError, BackendError) as exc:
-        raise StartupError(3, f"{where}: {exc}" if where not in str(exc) else str(exc)) from None
-    key = _model_key(config, path, manifest.sha256)
-    if previous is not None:
-        for old in previous.models():
-            if old.key == key and old.role == role:
-                return old, False
-    try:
-        backend = backend_class(config.models.backend)(path, manifest, settings, batch)
-    except BackendError as exc:
-        raise StartupError(3, f"{where}: {exc}") from None
-    except Exception as exc:  # a backend library's own exception types: still a model problem, said plainly
-        raise StartupError(3, f"{where}: {config.models.backend} cannot load the model: {exc}") from None
-    return LoadedModel(role, key, path, manifest, backend), True
-
-
-def _preprocessor(model: LoadedModel, config: Config) -> Preprocessor:
-    m = model.manifest
-    pre = Preprocessor(
-        config.pipeline.batch_size,
-        (m.input.height, m.input.width),
-        m.preprocessing.color,
-        config.source.pixel_format,
-        m.preprocessing.resize,
-    )
-    buf = model.backend.input_buffer()
-    if buf.shape[1:] != pre.buffer.shape[1:] or buf.shape[0] < config.pipeline.batch_size or buf.dtype != np.uint8:
-        raise StartupError(3, f"models.{model.role}: backend input {buf.shape} does not fit {pre.buffer.shape}")
-    # Preprocess straight into the backend's input: no copy between preprocessing and inference.
-    pre.buffer = buf
-    return pre
-
-
-def warm_up(model: LoadedModel, runs: int, batch: int) -> None:
-    """Run the model on its (zeroed) input so the first real frame does not pay for lazy initialisation."""
-    for _ in range(runs):
-        model.backend.run(batch)
-
-
-def build_runtime(
-    config: Config,
-    config_file: str | Path,
-    previous: Runtime | None = None,
-    archive: ArchiveWriter | None = None,
-) -> Runtime:
-    """Load (or reuse from `previous`) the models and build the decider. Raises StartupError (2 or 3).
-
-    Models are reused when backend, path, file hash, backend settings and batch size are unchanged; new ones
-    are warmed up here, off the hot path, before the runtime is handed to the inference thread.
-    """
-    mode = config.models.segmenter_mode
-    loaded: list[LoadedModel] = []
-    try:
-        recognizer, new = _load_model("recognizer", config.models.recognizer, config, config_file, previous)
-        if new:
-            loaded.append(recognizer)
-        segmenter = None
-        if mode != "never":
-            assert config.models.segmenter is not None  # the config validator guarantees it
-            segmenter, new = _load_model("segmenter", config.models.segmenter, config, config_file, previous)
-            if new:
-                loaded.append(segmenter)
-        src = config.source
-        frame_size = (src.height, src.width)
-        ignore_mask = None
-        if config.decision.ignore_regions.mask:
-            mask_path = resolve_path(config_file, config.decision.ignore_regions.mask)
-            try:
-                ignore_mask = load_ignore_mask(mask_path, frame_size)
-            except (OSError, ValueError) as exc:
-                raise StartupError(2, f"decision.ignore_regions.mask ({mask_path}): {exc}") from None
-        try:
-            decider = Decider(
-                config.decision,
-                frame_size,
-                recognizer.manifest,
-                segmenter.manifest if segmenter else None,
-                ignore_mask,
-            )
-        except ValueError as exc:
-            raise StartupError(2, f"decision: {exc}") from None
-        rec_pre = _preprocessor(recognizer, config)
-        seg_pre = _preprocessor(segmenter, config) if segmenter else None
-        shares = False
-        if segmenter is not None:
-            r, s = recognizer.manifest, segmenter.manifest
-            shares = r.input == s.input and (r.preprocessing.resize, r.preprocessing.color) == (
-                s.preprocessing.resize,
-                s.preprocessing.color,
-            )
-        for model in loaded:
-            warm_up(model, config.pipeline.warmup_runs, config.pipeline.batch_size)
-    except BaseException:
-        for model in loaded:  # nothing half-built survives a failed build
-            model.backend.close()
-        raise
-    hashes = {m.role: m.sha256 for m in (recognizer, segmenter) if m is not None}
-    sink = None
-    if archive is not None:
-        # The archive's pool is shaped for these models' outputs and allocated here, off the hot path.
-        ctx = ArchiveContext.build(
-            config,
-            config.config_hash(),
-            recognizer.manifest,
-            segmenter.manifest if segmenter else None,
-            ignore_mask,
-        )
-        sink = archive.bind(ctx)
-    return Runtime(
-        config=config,
-        config_hash=config.config_hash(),
-        recognizer=recognizer,
-        segmenter=segmenter,
-        rec_pre=rec_pre,
-        seg_pre=seg_pre,
-        seg_shares_input=shares,
-        decider=decider,
-        model_hashes=hashes,
-        mode=mode,
-        failsafe=config.pipeline.failsafe_result,
-        deadline_ns=int(config.pipeline.deadline_ms * 1e6),
-        batch_size=config.pipeline.batch_size,
-        archive=sink,
-    )
-
-
-def close_retired(old: Runtime, current: Runtime | None) -> None:
-    """Close the models of a runtime no longer in use, except those the current one reuses."""
-    keep = {id(m) for m in current.models()} if current is not None else set()
-    for model in old.models():
-        if id(model) not in keep:
-            model.backend.close()
-
-
-def restart_only_changes(old: Config, new: Config) -> list[str]:
-    """Dotted names of the restart-only settings that differ between two configs (empty: reloadable)."""
-    changed: list[str] = []
-    a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
-    for name in RESTART_ONLY:
-        va, vb = a, b
-        for part in name.split("."):
-            va, vb = va.get(part), vb.get(part)
-        if va != vb:
-            changed.extend(_diff_paths(name, va, vb))
-    return changed
-
-
-def _diff_paths(prefix: str, a: Any, b: Any) -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                out.extend(_diff_paths(f"{prefix}.{key}", a.get(key), b.get(key)))
-        return out
-    return [prefix]
+    def submit(self, verdict: Verdict) -> bool: ...
 
 
 # ----------------------------------------------------------------------------------------------- pipeline
@@ -328,7 +72,7 @@ class _Item:
     slot: int
     verdict: Verdict
     bad: str | None = None
-    prepped: tuple | None = None  # input_key of the recognizer input already made from this slot, if any
+    prepped: InputKey | None = None  # input_key of the recognizer input already made from this slot, if any
 
 
 @dataclass
@@ -346,10 +90,10 @@ class Pipeline:
 
     def __init__(
         self,
-        source: Any,
+        source: Source,
         runtime: Runtime,
-        publisher: Any,
-        metrics: Any,
+        publisher: VerdictSink,
+        metrics: PipelineMetrics,
         *,
         ring_slots: int,
         paced_by_pipeline: bool,
@@ -593,11 +337,8 @@ class Pipeline:
             # The segmenter's rows are written here only when it sees every frame and cannot copy them.
             seg_upfront = rt.seg_pre is not None and rt.mode == "always" and not rt.seg_shares_input
             rec_key = rt.rec_key
-            sink = rt.archive
             for i, item in enumerate(todo):
                 held.append(item.slot)
-                if sink is not None:  # a bounded copy, so the slot can still be released before inference
-                    sink.stage(i, self.ring.view(item.slot))
                 if item.prepped == rec_key:
                     np.copyto(rt.rec_pre.buffer[i], self._prep.buffer[item.slot])
                 else:
@@ -644,29 +385,24 @@ class Pipeline:
                 if pixel_scores is not None and j < len(rows) and rows[j] == i:
                     pix = pixel_scores[j]
                     j += 1
-                decision = rt.decider.decide(block_scores[i], pix)
-                result, reason, defects, score = decision
+                result, reason, defects, score = rt.decider.decide(block_scores[i], pix)
                 v.segmenter_ran = pix is not None
                 if v.t_acquired_mono_ns < deadline_at:
                     # Decided, but after the deadline: the part has gone past the reject gate, so the answer
                     # is a timeout (fail-safe), with what the inspection found kept in the detail.
                     self._failsafe(rt, v, Reason.TIMEOUT, f"decided after the deadline; inspection said {result}")
                     v.recognizer_score = score
-                else:
-                    v.result, v.reason, v.defects, v.recognizer_score = result, reason, defects, score
-                    v.t_decided_ns = decided
-                    v.detail = None
-                    v.config_hash, v.model_hashes = rt.config_hash, rt.model_hashes
-                    self.counters.inspected += 1
-                if sink is not None:  # returns at once: the scores join the staged copy, or a counted drop
-                    sink.offer(i, v, decision, block_scores[i], pix)
+                    continue
+                v.result, v.reason, v.defects, v.recognizer_score = result, reason, defects, score
+                v.t_decided_ns = decided
+                v.detail = None
+                v.config_hash, v.model_hashes = rt.config_hash, rt.model_hashes
+                self.counters.inspected += 1
             metrics.stage("decision", time.perf_counter() - t3)
             self.counters.batches += 1
             self.counters.batched_frames += n
         except Exception as exc:
             self._release_held()
-            if rt.archive is not None:
-                rt.archive.discard()
             text = f"{type(exc).__name__}: {exc}"
             self._log_error(text, n)
             for item in todo:
@@ -701,63 +437,3 @@ class Pipeline:
             self._errors_unlogged = 0
         else:
             self._errors_unlogged += 1
-
-
-# -------------------------------------------------------------------------------------------- benchmark
-
-
-def benchmark(
-    config_path: str | Path, seconds: float, *, settle_s: float = 1.0, update: dict[str, dict] | None = None
-) -> dict:
-    """Run the daemon in-process on the config's source for `seconds` and measure it.
-
-    No metrics server and no actuator channel; the broadcast socket binds a free port. Frames from the first
-    `settle_s` are not counted (thread start-up, first batches). `update` changes fields of sections, e.g.
-    {"models": {"segmenter_mode": "never"}} (paths in the file stay relative to it). Returns frames/s of
-    verdicts published, acquisition-to-publish p50/p99 (ms) over the measured window, and the counts.
-    """
-    from inspector.daemon import Daemon
-
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        raise StartupError(2, str(exc)) from None
-    publish = config.publish.model_copy(
-        update={
-            "broadcast": config.publish.broadcast.model_copy(update={"bind": "tcp://127.0.0.1:*"}),
-            "actuator": None,
-        }
-    )
-    overrides = {"publish": publish, "metrics": config.metrics.model_copy(update={"enabled": False})}
-    for section, fields in (update or {}).items():
-        overrides[section] = getattr(config, section).model_copy(update=fields)
-    daemon = Daemon(config_path, console=False, config_overrides=overrides, install_signals=False)
-    daemon.start()
-    stats = daemon.stats
-    try:
-        time.sleep(settle_s)
-        stats.begin_window(capacity=1 << 20)
-        t0 = time.perf_counter()
-        time.sleep(seconds)
-        window = stats.end_window()
-        elapsed = time.perf_counter() - t0
-    finally:
-        daemon.stop()
-        rc = daemon.wait()
-    lat = window["latencies_s"]
-    return {
-        "fps": window["published"] / elapsed,
-        "latency_ms_p50": float(np.percentile(lat, 50) * 1e3) if len(lat) else float("nan"),
-        "latency_ms_p99": float(np.percentile(lat, 99) * 1e3) if len(lat) else float("nan"),
-        "seconds": elapsed,
-        "published": window["published"],
-        "by_reason": window["by_reason"],
-        "segmented": window["segmented"],
-        "acquired_total": daemon.pipeline.counters.acquired if daemon.pipeline else 0,
-        "mean_batch": (
-            daemon.pipeline.counters.batched_frames / max(1, daemon.pipeline.counters.batches)
-            if daemon.pipeline
-            else 0.0
-        ),
-        "exit_code": rc,
-    }

@@ -29,13 +29,13 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from inspector.config import PublishConfig, SocketConfig
-from inspector.frames import Reason, Verdict
+from inspector.frames import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def new_run_id() -> str:
 
 def verdict_message(verdict: Verdict, line: str = "", camera: str = "", run_id: str = "") -> dict[str, Any]:
     """The wire form of one verdict (schema inspector.verdict/1, docs/PROTOCOL.md)."""
-    reason = verdict.reason.value if isinstance(verdict.reason, Reason) else str(verdict.reason)
+    reason = verdict.reason.value
     return {
         "schema": VERDICT_SCHEMA,
         "line": line,
@@ -78,7 +78,7 @@ def verdict_message(verdict: Verdict, line: str = "", camera: str = "", run_id: 
         "camera_frame_id": verdict.camera_frame_id,
         "result": verdict.result,
         "reason": reason,
-        "inspected": reason in (Reason.OK.value, Reason.DEFECT.value),
+        "inspected": verdict.reason.inspected,
         "detail": verdict.detail,
         "acquired": iso_utc(verdict.t_acquired_ns),
         "acquired_ns": verdict.t_acquired_ns,
@@ -120,6 +120,16 @@ def _encode(msg: dict) -> bytes:
     return json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
+class PublisherMetrics(Protocol):
+    """What the publisher reports (`inspector.console.MetricsTap` around `inspector.metrics.Metrics`)."""
+
+    def verdict_published(self, v: Verdict, latency_s: float) -> None: ...
+    def verdict_dropped(self, cause: str) -> None: ...
+    def stage(self, name: str, seconds: float) -> None: ...
+    def actuator_connected(self, connected: bool | int) -> None: ...
+    def actuator_undelivered(self) -> None: ...
+
+
 class PublisherError(RuntimeError):
     """The publisher could not start (e.g. an endpoint cannot be bound)."""
 
@@ -132,7 +142,11 @@ class Publisher:
     """
 
     def __init__(
-        self, cfg: PublishConfig, topic: str, metrics: Any | None = None, queue_size: int = DEFAULT_QUEUE_SIZE
+        self,
+        cfg: PublishConfig,
+        topic: str,
+        metrics: PublisherMetrics | None = None,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
     ):
         self.cfg = cfg
         self.topic = topic

@@ -33,11 +33,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from daemon_bench import benchmark  # noqa: E402
+
 from inspector.backends import backend_class  # noqa: E402
 from inspector.config import load_config, resolve_path  # noqa: E402
 from inspector.daemon import source_config  # noqa: E402
-from inspector.pipeline import backend_settings, benchmark, load_model_manifest  # noqa: E402
 from inspector.preprocess import Preprocessor  # noqa: E402
+from inspector.runtime import backend_settings, load_model_manifest  # noqa: E402
 from inspector.sources import source_class  # noqa: E402
 
 SECTION = "## Pipeline on the CPU"

@@ -4,7 +4,7 @@ Why this choice (issue 6): the GPU machines this project is verified on have CUD
 wheels) and cuda-python but no TensorRT, and the daemon must not import torch. ONNX Runtime's CUDA provider
 runs the very same ONNX file as the CPU default (same graph, same normalisation, same output names) with cuDNN
 kernels, and it can be bound to memory and a stream we own:
-- IOBinding binds the input and outputs to this backend's preallocated device buffers (`gpu_memory.DeviceIO`,
+- IOBinding binds the input and outputs to this backend's preallocated device buffers (`gpu_io.DeviceIO`,
   the same buffers/stream/copies the TensorRT backend uses), so ONNX Runtime allocates and copies nothing;
 - `user_compute_stream` makes its kernels run on this backend's stream, so upload -> inference -> download are
   ordered on one stream and the host waits once, and the run option
@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from inspector.backends import BackendError
-from inspector.backends.gpu_memory import DeviceIO, set_device
+from inspector.backends.base import BackendError
+from inspector.backends.gpu_io import DeviceIO
+from inspector.backends.gpu_memory import set_device
 from inspector.manifest import ModelManifest
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inspector.backends import BackendError
+from inspector.backends.base import BackendError
 from inspector.config import OnnxRuntimeSettings
 from inspector.manifest import ModelManifest
 

@@ -7,7 +7,7 @@ gives the exact command that rebuilds it — or, with `models.tensorrt.auto_rebu
 the ONNX model it came from into `engine_cache_dir` (minutes, once; later starts find it there). A model path
 that points at an ONNX model is treated the same way: its engine is looked up in (or built into) the cache.
 
-Running (shared with the CUDA backend through `gpu_memory.DeviceIO`): preallocated pinned host and device
+Running (shared with the CUDA backend through `gpu_io.DeviceIO`): preallocated pinned host and device
 buffers for every I/O tensor, one non-blocking CUDA stream per engine, addresses bound once with
 `set_tensor_address`, `execute_async_v3` (its bool return checked), outputs read only after the stream is
 synchronized, and one CUDA graph per batch size (upload + inference + download in one launch).
@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from inspector.backends import BackendError
-from inspector.backends.gpu_memory import DeviceIO, device_info, set_device
+from inspector.backends.base import BackendError
+from inspector.backends.gpu_io import DeviceIO
+from inspector.backends.gpu_memory import device_info, set_device
 from inspector.config import TensorRTSettings
 from inspector.manifest import ManifestError, ModelManifest, manifest_path, read_manifest
 

@@ -31,6 +31,7 @@ from inspector.manifest import ModelManifest, sha256_file
 IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff"}
 QUANTIZED_OPS = ("Conv", "ConvTranspose")
 
+
 def calibration_files(folder: Path, count: int) -> list[Path]:
     """Up to `count` images from `folder` (recursively), evenly spread over the sorted list: deterministic, and
     not just the first part of a folder that is sorted by date or class."""
@@ -258,5 +259,3 @@ def quantize(
     tensors = sorted({n.input[0] for n in _quantizable_nodes(model, quantize_heads)})
     ranges = activation_ranges(model, images, tensors, method=method, percentile=percentile, progress=progress)
     return insert_qdq(model, ranges, quantize_heads=quantize_heads)
-
-

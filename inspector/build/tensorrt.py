@@ -373,4 +373,3 @@ def build_engine(
     write_model_manifest(engine_path, manifest)
     log(f"wrote {engine_path} ({len(blob) / 1e6:.1f} MB) in {seconds:.0f}s")
     return manifest
-

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from inspector.sources import SourceError
+from inspector.sources.base import SourceError
 
 # Camera pixel formats (PFNC names) this source converts, with their bytes per pixel.
 SOURCE_FORMATS: dict[str, int] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from inspector.sources import SourceError
+from inspector.sources.base import SourceError
 from inspector.sources.genicam.gentl import Harvester
 
 

@@ -9,7 +9,7 @@ import math
 from typing import Any
 
 from inspector.config import GenicamFeature
-from inspector.sources import SourceError
+from inspector.sources.base import SourceError
 from inspector.sources.genicam.gentl import EAccessMode, EIncMode, EInterfaceType, GenApiError, GenTLError
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-from inspector.sources import SourceError
+from inspector.sources.base import SourceError
 from inspector.sources.genicam.convert import SOURCE_FORMATS
 
 try:  # the `camera` extra

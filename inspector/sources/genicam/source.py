@@ -36,7 +36,7 @@ import numpy as np
 
 from inspector.config import GenicamSourceConfig
 from inspector.frames import CHANNELS, TimestampSource
-from inspector.sources import Grab, SourceError, SourceEvents
+from inspector.sources.base import Grab, SourceError, SourceEvents
 from inspector.sources.genicam.convert import CONVERSIONS, SOURCE_FORMATS, Converter, Layout
 from inspector.sources.genicam.devices import enumerate_devices, select_device
 from inspector.sources.genicam.features import access_mode, apply_features, enum_entries, read_node
