@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 
@@ -303,6 +311,40 @@ class SocketConfig(_Model):
         return bind
 
 
+_WILDCARD_HOSTS = {"*", "0.0.0.0", "::", "[::]", ""}
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1"}
+
+
+def _host_port(host: str, port: str) -> tuple[str, int] | None:
+    """(normalised host, port) of a TCP address, or None when the port is chosen by the system (0 or *)."""
+    if not port.isdigit() or int(port) == 0:
+        return None
+    host = "*" if host in _WILDCARD_HOSTS else ("127.0.0.1" if host in _LOOPBACK_HOSTS else host.strip("[]"))
+    return host, int(port)
+
+
+def endpoint_address(endpoint: str) -> tuple[str, str, int | None]:
+    """A ZeroMQ endpoint as (transport, host or path, port): tcp://*:5555 -> ("tcp", "*", 5555)."""
+    transport, _, rest = endpoint.partition("://")
+    if transport != "tcp":
+        return transport, rest, None
+    host, _, port = rest.rpartition(":")
+    hp = _host_port(host, port)
+    return ("tcp", hp[0], hp[1]) if hp else ("tcp", host, None)
+
+
+def addresses_clash(a: tuple[str, str, int | None], b: tuple[str, str, int | None]) -> bool:
+    """Whether two listening addresses would collide: same transport and, for TCP, the same port on hosts
+    that overlap (equal, or either a wildcard). System-chosen ports (0, *) never clash."""
+    if a[0] != b[0]:
+        return False
+    if a[0] != "tcp":
+        return a[1] == b[1]
+    if a[2] is None or b[2] is None or a[2] != b[2]:
+        return False
+    return a[1] == b[1] or "*" in (a[1], b[1])
+
+
 class PublishConfig(_Model):
     heartbeat_ms: int = Field(
         1000,
@@ -321,6 +363,19 @@ class PublishConfig(_Model):
         description="Channel to the reject actuator / PLC gateway; the daemon tracks whether a receiver is "
         "connected and counts what it could not deliver. null disables it.",
     )
+
+    @model_validator(mode="after")
+    def _distinct_endpoints(self) -> PublishConfig:
+        # One address for both would let a monitor's SUB and the PLC's PULL meet the wrong socket, or the
+        # second bind fail at start: refused here, with both names.
+        if self.actuator is not None and addresses_clash(
+            endpoint_address(self.broadcast.bind), endpoint_address(self.actuator.bind)
+        ):
+            raise ValueError(
+                f"broadcast.bind {self.broadcast.bind} and actuator.bind {self.actuator.bind} are the same address; "
+                "the monitors' stream and the actuator channel each need their own"
+            )
+        return self
 
 
 class MetricsConfig(_Model):
@@ -428,6 +483,23 @@ class Config(_Model):
                 f"({self.pipeline.batch_size}): each frame of a batch is copied into the pool before inference"
             )
         return self
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_port_is_its_own(cls, metrics: MetricsConfig, info: ValidationInfo) -> MetricsConfig:
+        publish = info.data.get("publish")  # absent when the publish section itself is invalid
+        if not metrics.enabled or publish is None:
+            return metrics
+        hp = _host_port(metrics.bind, str(metrics.port))
+        if hp is None:
+            return metrics
+        for name, sock in (("broadcast", publish.broadcast), ("actuator", publish.actuator)):
+            if sock is not None and addresses_clash(("tcp", *hp), endpoint_address(sock.bind)):
+                raise ValueError(
+                    f"the exporter's {metrics.bind}:{metrics.port} is also publish.{name}.bind ({sock.bind}); "
+                    "give the metrics exporter a port of its own"
+                )
+        return metrics
 
     def config_hash(self) -> str:
         """Stable hash of the validated config (defaults included), carried in every verdict.
@@ -564,7 +636,10 @@ def parse_config(text: str, file: str = "<config>", model: type[C] = Config) -> 
                     _nearest_line(lines, loc),
                     message,
                     value,
-                    has_value=kind not in ("missing", "union_tag_not_found") and "input" in err,
+                    # A whole section as the "value" says nothing the message does not.
+                    has_value=kind not in ("missing", "union_tag_not_found")
+                    and "input" in err
+                    and not isinstance(value, dict),
                 )
             )
         raise ConfigError(file, issues) from None
