@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from inspector.sources import SourceError
@@ -39,10 +40,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 @contextlib.contextmanager
-def _harvester(ctis: list[str]):
-    from harvesters.core import Harvester
+def _harvester(ctis: list[str]) -> Iterator[tuple[Any, list[str]]]:
+    from inspector.sources.genicam.gentl import Harvester, default_cti, quiet_harvesters, require
 
-    from inspector.sources.genicam.gentl import default_cti, quiet_harvesters
+    require()
 
     quiet_harvesters()
     paths = ctis or [default_cti()]
@@ -80,7 +81,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe_node(node: Any) -> dict:
+def describe_node(node: Any) -> dict[str, Any]:
     """Name, type, access, value and what it accepts, for one node of a node map."""
     from inspector.sources.genicam.features import ACCESS_NAMES, TYPE_NAMES, allowed_text
 
@@ -140,11 +141,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shown(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def _table(header: tuple, rows: list[tuple]) -> None:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for row in (header, *rows):
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip())
@@ -155,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        return int(args.func(args))
     except SourceError as exc:
         print(f"inspector camera: {exc}", file=sys.stderr)
         return 2

@@ -64,6 +64,10 @@ class _SourceBase(_Model):
     )
 
 
+DefectKind = Literal["scratch", "crack", "pit", "stain"]
+DEFECT_KINDS: tuple[DefectKind, ...] = ("scratch", "crack", "pit", "stain")
+
+
 class SyntheticSourceConfig(_SourceBase):
     kind: Literal["synthetic"] = Field(description="Line simulator that renders parts with ground truth.")
     rate_hz: float | None = Field(
@@ -73,8 +77,8 @@ class SyntheticSourceConfig(_SourceBase):
     small_defect_fraction: float = Field(
         0.3, ge=0, le=1, description="Among defective parts, the fraction whose defect covers < 100 px."
     )
-    defect_kinds: list[Literal["scratch", "crack", "pit", "stain"]] = Field(
-        default_factory=lambda: ["scratch", "crack", "pit", "stain"],
+    defect_kinds: list[DefectKind] = Field(
+        default_factory=lambda: list(DEFECT_KINDS),
         min_length=1,
         description="Defect kinds the simulator draws from.",
     )
@@ -148,6 +152,12 @@ class GenicamSourceConfig(_SourceBase):
 
 
 SourceConfig = Annotated[SyntheticSourceConfig | FolderSourceConfig | GenicamSourceConfig, Field(discriminator="kind")]
+# source.kind -> its section (pydantic puts the kind into error locations: source.folder.rate_hz).
+SOURCE_CONFIGS: dict[str, type[_SourceBase]] = {
+    "synthetic": SyntheticSourceConfig,
+    "folder": FolderSourceConfig,
+    "genicam": GenicamSourceConfig,
+}
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -155,7 +165,12 @@ SourceConfig = Annotated[SyntheticSourceConfig | FolderSourceConfig | GenicamSou
 
 class OnnxRuntimeSettings(_Model):
     intra_op_threads: int = Field(
-        0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 = one per physical core."
+        1,
+        ge=0,
+        le=256,
+        description="ONNX Runtime intra-op threads; 0 = ONNX Runtime's choice, one per physical core. 1 leaves "
+        "the other cores to acquisition, preprocessing and publishing, and was fastest on the 2-core reference "
+        "machine, bare and in the daemon (docs/BENCHMARKS.md); tools/bench_pipeline.py measures yours.",
     )
     inter_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime inter-op threads.")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
@@ -241,6 +256,14 @@ class PipelineConfig(_Model):
         "pass is an explicit opt-in: it lets uninspected parts through.",
     )
     warmup_runs: int = Field(2, ge=1, le=100, description="Warm-up inferences before READY=1 is sent.")
+    preprocess_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="OpenCV threads per resize. 1 keeps each frame's resize on the acquisition thread's core, "
+        "where it overlaps with inference instead of competing with it; raise it only for frames so large "
+        "that acquisition cannot keep up (the process-wide cv2.setNumThreads). (restart)",
+    )
 
 
 # ----------------------------------------------------------------------------------------- decision
@@ -532,6 +555,9 @@ class ConfigIssue:
         return f"{where}: {self.path or '<top level>'}: {self.message}{got}"
 
 
+YamlPath = tuple[str | int, ...]  # keys and list indices from the document's root, as pydantic's error locations
+
+
 class ConfigError(Exception):
     """A config file that cannot be used. `str()` is the complete, human-readable report."""
 
@@ -541,7 +567,7 @@ class ConfigError(Exception):
         super().__init__("\n".join(issue.format(file) for issue in self.issues))
 
 
-def _line_index(node: yaml.Node, path: tuple[str | int, ...], lines: dict, issues: list) -> None:
+def _line_index(node: yaml.Node, path: YamlPath, lines: dict[YamlPath, int], issues: list[ConfigIssue]) -> None:
     """Record the 1-based line of every mapping key and sequence item, and refuse duplicate keys
     (PyYAML keeps the last one silently, which hides an engineer's edit)."""
     lines[path] = node.start_mark.line + 1
@@ -566,9 +592,9 @@ def _line_index(node: yaml.Node, path: tuple[str | int, ...], lines: dict, issue
             _line_index(item, (*path, i), lines, issues)
 
 
-def _nearest_line(lines: dict, loc: tuple) -> int | None:
+def _nearest_line(lines: dict[YamlPath, int], loc: YamlPath) -> int | None:
     # Tagged unions add the tag to pydantic's loc (source.folder.rate_hz): drop parts not in the YAML.
-    path: tuple = ()
+    path: YamlPath = ()
     best = lines.get(())
     for part in loc:
         if (*path, part) in lines:
@@ -577,14 +603,14 @@ def _nearest_line(lines: dict, loc: tuple) -> int | None:
     return best
 
 
-def _yaml_path(lines: dict, loc: tuple) -> str:
-    path: tuple = ()
+def _yaml_path(lines: dict[YamlPath, int], loc: YamlPath) -> str:
+    path: YamlPath = ()
     shown = []
     for part in loc:
         if (*path, part) in lines:
             path = (*path, part)
             shown.append(str(part))
-        elif isinstance(part, str) and part not in ("synthetic", "folder", "genicam"):
+        elif isinstance(part, str) and part not in SOURCE_CONFIGS:
             shown.append(part)
     return ".".join(shown)
 
@@ -606,7 +632,7 @@ def parse_config(text: str, file: str = "<config>", model: type[C] = Config) -> 
         raise ConfigError(file, [ConfigIssue("", None, "file is empty")])
     if not isinstance(data, dict):
         raise ConfigError(file, [ConfigIssue("", 1, "top level must be a mapping of sections")])
-    lines: dict = {}
+    lines: dict[YamlPath, int] = {}
     issues: list[ConfigIssue] = []
     _line_index(node, (), lines, issues)
     if issues:
@@ -645,15 +671,13 @@ def parse_config(text: str, file: str = "<config>", model: type[C] = Config) -> 
         raise ConfigError(file, issues) from None
 
 
-def _allowed_fields_hint(loc: tuple, root: type[BaseModel] = Config) -> str:
+def _allowed_fields_hint(loc: YamlPath, root: type[BaseModel] = Config) -> str:
     model: type[BaseModel] | None = root
     for part in loc[:-1]:
         if model is None:
             break
-        if part in ("synthetic", "folder", "genicam"):
-            model = {"synthetic": SyntheticSourceConfig, "folder": FolderSourceConfig, "genicam": GenicamSourceConfig}[
-                part
-            ]
+        if part in SOURCE_CONFIGS:
+            model = SOURCE_CONFIGS[str(part)]
             continue
         field = model.model_fields.get(str(part)) if isinstance(part, str) else None
         model = _model_of(field.annotation) if field else None

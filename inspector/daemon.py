@@ -9,7 +9,7 @@ Start-up (in this order; each failure is a one-paragraph message and an exit sta
 Signals (handled on the main thread, which does nothing on the hot path):
 - SIGHUP: reload. The YAML is re-read and validated; a valid file becomes a new `Runtime` (models reused when
   unchanged, new ones loaded and warmed up beside the running ones) swapped in between two batches. An invalid
-  file, or one that changes a restart-only setting (line, source, publish, metrics, pipeline.ring_slots), is
+  file, or one that changes a restart-only setting (runtime.RESTART_ONLY: line, source, publish, metrics, ring), is
   refused as a whole, logged with file/line or the settings named, counted as reload result "invalid", and the
   running config stays. A valid file whose models cannot be loaded is counted "failed". RELOADING=1 ... READY=1.
 - SIGTERM / SIGINT: STOPPING=1, stop acquiring, inspect the frames in flight (or, past the drain budget,
@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import cv2
 
 from inspector.config import Config, ConfigError, load_config, resolve_path
 from inspector.console import Console, LiveStats, MetricsTap
@@ -173,6 +175,9 @@ class Daemon:
             log.info("metrics on http://%s:%d/metrics", config.metrics.bind, self.metrics_port)
         self._describe(self.runtime)
 
+        # The pipeline parallelises across frames (acquisition beside inference); OpenCV's own threads would only
+        # move half of each resize onto the inference core (measured: docs/BENCHMARKS.md).
+        cv2.setNumThreads(config.pipeline.preprocess_threads)
         paced = getattr(config.source, "rate_hz", 0.0) is None  # a replay/simulator as fast as we take it
         self.pipeline = Pipeline(
             self.source,
@@ -183,6 +188,7 @@ class Daemon:
             paced_by_pipeline=paced,
             max_frames=self.max_frames,
         )
+        self.publisher.recycle = self.pipeline.recycle  # verdict records go back to the pipeline once sent
         if self.install_signals and threading.current_thread() is threading.main_thread():
             for sig, handler in (
                 (signal.SIGHUP, self._on_hup),

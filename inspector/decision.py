@@ -20,12 +20,16 @@ metrics and tuning).
 
 Blobs are 8-connected: thin diagonal defects (cracks, scratches) stay one blob instead of breaking into
 single pixels that each fall below the minimum area.
+
+Per batch, `screen` applies the block threshold and takes each frame's highest score for the whole batch in a few
+NumPy calls; connected components (`decide`) run only for the frames where something fired or the segmenter ran.
+A frame that `screen` passes is exactly what `decide` would pass (tests/test_decision.py checks the two agree).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -38,6 +42,9 @@ from inspector.manifest import ModelManifest
 BLOCK_CLASS = "defect"  # class of blobs made from recognizer blocks (no segmenter output)
 PIXEL_IGNORE_FRACTION = 0.5  # a segmenter pixel is ignored when at least this much of it is ignored
 BLOCK_IGNORE_FRACTION = 0.999  # a block is ignored only when (all but rounding of) it is ignored
+NO_DEFECTS: tuple[Defect, ...] = ()
+
+Decision = tuple[Result, Reason, tuple[Defect, ...], float]  # result, reason, blobs largest first, top block score
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,19 @@ class GridMap:
     frame_w: int
     cell_h: float
     cell_w: float
+    # Where grid line i falls in frame pixels, as box starts and ends (bbox() is a lookup, not arithmetic).
+    _x0: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _x1: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _y0: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _y1: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fw, fh = self.frame_w, self.frame_h
+        xs, ys = range(self.grid_w + 1), range(self.grid_h + 1)
+        object.__setattr__(self, "_x0", tuple(min(fw - 1, math.floor(i * self.cell_w)) for i in xs))
+        object.__setattr__(self, "_x1", tuple(min(fw, math.ceil(i * self.cell_w)) for i in xs))
+        object.__setattr__(self, "_y0", tuple(min(fh - 1, math.floor(i * self.cell_h)) for i in ys))
+        object.__setattr__(self, "_y1", tuple(min(fh, math.ceil(i * self.cell_h)) for i in ys))
 
     @classmethod
     def for_input(cls, frame_size: tuple[int, int], input_size: tuple[int, int], cell: int = 1) -> GridMap:
@@ -71,10 +91,9 @@ class GridMap:
 
     def bbox(self, x: int, y: int, w: int, h: int) -> tuple[int, int, int, int]:
         """Grid box -> the frame pixels it covers (x, y, width, height), clipped to the frame."""
-        x0 = min(self.frame_w - 1, math.floor(x * self.cell_w))
-        y0 = min(self.frame_h - 1, math.floor(y * self.cell_h))
-        x1 = max(x0 + 1, min(self.frame_w, math.ceil((x + w) * self.cell_w)))
-        y1 = max(y0 + 1, min(self.frame_h, math.ceil((y + h) * self.cell_h)))
+        x0, y0 = self._x0[x], self._y0[y]
+        x1 = max(x0 + 1, self._x1[x + w])
+        y1 = max(y0 + 1, self._y1[y + h])
         return x0, y0, x1 - x0, y1 - y0
 
     def area(self, cells: int) -> int:
@@ -176,6 +195,7 @@ class Decider:
         )
         self._block_hit = np.zeros((gh, gw), bool)
         self._block_labels = np.zeros((gh, gw), np.int32)
+        self._block_peaks = np.zeros(gh * gw + 1, np.float32)  # per blob label; at most one blob per block
 
         self.pixels: GridMap | None = None
         if segmenter is not None:
@@ -191,6 +211,10 @@ class Decider:
             self._labels = np.zeros((sh, sw), np.int32)
         self.ignored_blocks = int((~self._block_keep).sum())
         self.last_below_min_area = 0
+        self._batch_rows = 0  # batch scratch for screen(), grown to the largest batch seen (then never again)
+        self._batch_hit = np.zeros((0, gh, gw), bool)
+        self._batch_flagged = np.zeros(0, bool)
+        self._batch_score = np.zeros(0, np.float32)
 
     # ------------------------------------------------------------------------------------ recognizer
 
@@ -211,11 +235,32 @@ class Decider:
         scores = self._block_scores_checked(block_scores)
         return float(np.max(scores, where=self._block_keep, initial=0.0))
 
+    def screen(self, block_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A batch's block scores (n, grid_h, grid_w) -> (flagged (n,) bool, highest score outside the ignore
+        regions (n,) float32): `flagged` and `max_block_score` for every frame at once. The arrays are views of
+        scratch reused by the next call."""
+        n = block_scores.shape[0]
+        if block_scores.shape[1:] != self._block_hit.shape:
+            raise ValueError(f"block scores {block_scores.shape[1:]}, expected the grid {self._block_hit.shape}")
+        if n > self._batch_rows:
+            gh, gw = self._block_hit.shape
+            self._batch_hit = np.zeros((n, gh, gw), bool)
+            self._batch_flagged = np.zeros(n, bool)
+            self._batch_score = np.zeros(n, np.float32)
+            self._batch_rows = n
+        hit, flagged, score = self._batch_hit[:n], self._batch_flagged[:n], self._batch_score[:n]
+        np.greater_equal(block_scores, self.cfg.block_threshold, out=hit)
+        if self.ignored_blocks:
+            hit &= self._block_keep
+            np.max(block_scores, axis=(1, 2), where=self._block_keep, initial=0.0, out=score)
+        else:
+            np.max(block_scores, axis=(1, 2), initial=0.0, out=score)
+        np.any(hit, axis=(1, 2), out=flagged)
+        return flagged, score
+
     # -------------------------------------------------------------------------------------- decision
 
-    def decide(
-        self, block_scores: np.ndarray, pixel_scores: np.ndarray | None
-    ) -> tuple[Result, Reason, list[Defect], float]:
+    def decide(self, block_scores: np.ndarray, pixel_scores: np.ndarray | None) -> Decision:
         """-> (result, reason, defects largest first, highest block score outside ignore regions).
 
         block_scores: (grid_h, grid_w) P(defective block). pixel_scores: (classes, height, width) per-pixel class
@@ -225,28 +270,49 @@ class Decider:
         score = self.max_block_score(block_scores)
         blobs = self._block_blobs(block_scores) if pixel_scores is None else self._pixel_blobs(pixel_scores)
         if not blobs:
-            return "pass", Reason.OK, [], score
+            return "pass", Reason.OK, NO_DEFECTS, score
         blobs.sort(key=lambda d: d.area_px, reverse=True)
-        return "reject", Reason.DEFECT, blobs[: self.cfg.max_defects_reported], score
+        return "reject", Reason.DEFECT, tuple(blobs[: self.cfg.max_defects_reported]), score
+
+    def decide_screened(self, i: int, block_scores: np.ndarray, pixel_scores: np.ndarray | None) -> Decision:
+        """`decide` for frame i of the batch last given to `screen` (block_scores is that frame's row): its
+        threshold mask and top score are reused instead of computed again."""
+        score = float(self._batch_score[i])
+        if pixel_scores is not None:
+            blobs = self._pixel_blobs(pixel_scores)
+        elif self._batch_flagged[i]:
+            blobs = self._blobs_of(self._batch_hit[i], block_scores)
+        else:
+            self.last_below_min_area = 0
+            return "pass", Reason.OK, NO_DEFECTS, score
+        if not blobs:
+            return "pass", Reason.OK, NO_DEFECTS, score
+        blobs.sort(key=lambda d: d.area_px, reverse=True)
+        return "reject", Reason.DEFECT, tuple(blobs[: self.cfg.max_defects_reported]), score
 
     def _block_blobs(self, block_scores: np.ndarray) -> list[Defect]:
         if not self.flagged(block_scores):  # fills self._block_hit
             self.last_below_min_area = 0
             return []
-        n, _, stats, _ = cv2.connectedComponentsWithStats(
-            self._block_hit.view(np.uint8), self._block_labels, connectivity=8, ltype=cv2.CV_32S
-        )
+        return self._blobs_of(self._block_hit, block_scores)
+
+    def _blobs_of(self, hit: np.ndarray, block_scores: np.ndarray) -> list[Defect]:
+        """Blobs of flagged blocks (`hit`, the grid's bool mask), with their area, box and peak score."""
+        labels, peaks = self._block_labels, self._block_peaks
+        n, _, stats, _ = cv2.connectedComponentsWithStats(hit.view(np.uint8), labels, connectivity=8, ltype=cv2.CV_32S)
+        # Every blob's peak score in one call (label 0, the background, collects the rest).
+        peaks[:n] = 0.0
+        np.maximum.at(peaks, labels.ravel(), block_scores.ravel())
         blobs = []
         small = 0
-        for k in range(1, n):
-            x, y, w, h, cells = (int(v) for v in stats[k])
+        for k, (x, y, w, h, cells) in enumerate(stats.tolist()):
+            if k == 0:
+                continue
             area = self.blocks.area(cells)
             if area < self._block_min_area:
                 small += 1
                 continue
-            region = self._block_labels[y : y + h, x : x + w] == k
-            peak = float(block_scores[y : y + h, x : x + w][region].max())
-            blobs.append(Defect(BLOCK_CLASS, area, self.blocks.bbox(x, y, w, h), peak))
+            blobs.append(Defect(BLOCK_CLASS, area, self.blocks.bbox(x, y, w, h), float(peaks[k])))
         self.last_below_min_area = small
         return blobs
 

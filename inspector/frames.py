@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -23,7 +23,12 @@ Result = Literal["pass", "reject"]
 
 
 class Reason(str, Enum):
-    """Why a verdict is what it is. Part of the wire protocol (docs/PROTOCOL.md): add, never rename."""
+    """Why a verdict is what it is. Part of the wire protocol (docs/PROTOCOL.md): add, never rename.
+
+    `inspected`: the models looked at the frame (ok, defect); every other reason is a fail-safe verdict.
+    """
+
+    inspected: bool
 
     OK = "ok"  # inspected, nothing rejecting found
     DEFECT = "defect"  # inspected, at least one blob passed the thresholds
@@ -33,9 +38,9 @@ class Reason(str, Enum):
     BAD_FRAME = "bad_frame"  # the source delivered something that cannot be inspected (size, format)
     SHUTDOWN = "shutdown"  # in flight at shutdown and not inspected within the stop timeout
 
-    @property
-    def inspected(self) -> bool:
-        return self in (Reason.OK, Reason.DEFECT)
+    def __init__(self, value: str) -> None:
+        # An attribute, not a property: it is read for every verdict on the publisher thread.
+        self.inspected = value in ("ok", "defect")
 
 
 TimestampSource = Literal["device", "host"]
@@ -57,7 +62,7 @@ class Defect:
     bbox: tuple[int, int, int, int]  # x, y, width, height
     score: float  # the highest defect probability inside the blob
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> dict[str, Any]:
         x, y, w, h = self.bbox
         return {"class": self.cls, "area_px": self.area_px, "bbox": [x, y, w, h], "score": round(self.score, 4)}
 
@@ -72,7 +77,7 @@ class Verdict:
     t_decided_ns: int
     timestamp_source: TimestampSource = "host"
     t_device_ns: int | None = None
-    defects: list[Defect] = field(default_factory=list)
+    defects: tuple[Defect, ...] = ()
     recognizer_score: float | None = None  # highest block score; None when not inspected
     segmenter_ran: bool = False
     camera_drops_before: int = 0
@@ -114,10 +119,20 @@ class FrameRing:
             self._is_free[slot] = True
             self._free.append(slot)
 
+    def release_all(self, slots: list[int]) -> None:
+        """release() for several slots under one lock (the inference thread frees a batch at once)."""
+        with self._lock:
+            for slot in slots:
+                if self._is_free[slot]:
+                    raise RuntimeError(f"slot {slot} released twice")
+                self._is_free[slot] = True
+                self._free.append(slot)
+
     def in_use(self) -> int:
         with self._lock:
             return self.slots - len(self._free)
 
     def view(self, slot: int) -> np.ndarray:
         """The slot's pixels, (height, width, channels), a view (no copy)."""
-        return self.pixels[slot]
+        view: np.ndarray = self.pixels[slot]
+        return view

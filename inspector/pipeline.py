@@ -2,24 +2,31 @@
 
 Threads and what they own
 - acquisition: `source.grab()` into a free ring slot (the frame's only copy), a sequence number per acquired
-  frame (+1, never skipped), then a small record into the work queue. When every slot is busy the frame is
-  still read, into one preallocated scratch slot, so the camera's buffer is consumed and the part is counted,
-  and it is queued as an overload (its verdict is the fail-safe one). A source paced by the pipeline
-  (`rate_hz: null` on synthetic/folder) is not a free-running camera: there the acquisition thread waits for a
-  free slot instead, so "as fast as possible" means as fast as inference takes frames, not a flood of overloads.
+  frame (+1, never skipped), the recognizer's resize into that slot's input row, then the frame's ticket into
+  the work queue. When every slot is busy the frame is still read, into one preallocated scratch slot, so the
+  camera's buffer is consumed and the part is counted, and it is queued as an overload (its verdict is the
+  fail-safe one). A source paced by the pipeline (`rate_hz: null` on synthetic/folder) is not a free-running
+  camera: there the acquisition thread waits for a free slot instead, so "as fast as possible" means as fast as
+  inference takes frames, not a flood of overloads.
 - inference: takes the frames already queued, up to `pipeline.batch_size` (never waits to fill a batch),
-  rejects those past their deadline or bad, preprocesses the rest into the backend's own input buffer, runs the
-  recognizer on all, the segmenter per `segmenter_mode`, decides, and hands the verdicts to the publisher in
-  sequence order. Anything that raises turns that batch into `error` verdicts; the thread goes on.
+  rejects those past their deadline or bad, copies the rest's input rows into the backend's own input buffer,
+  runs the recognizer on all, screens the whole batch at once (`Decider.screen`: thresholds and top scores in
+  a few NumPy calls), runs the segmenter per `segmenter_mode` and connected components only where something
+  fired, and hands the verdicts to the publisher in sequence order. Anything that raises turns that batch into
+  `error` verdicts; the thread goes on.
 - main (daemon): builds `Runtime` bundles (config + loaded models) off the hot path; `swap()` hands one to the
   inference thread, which adopts it between two batches, so a batch is decided by exactly one config.
 
-Exactly one verdict per acquired frame: every queued item produces one `Verdict` and one `publisher.submit`.
+Exactly one verdict per acquired frame: every queued ticket becomes one verdict and one `publisher.submit`.
 With the publisher's own counters, acquired == published + dropped (tests/test_pipeline.py scrapes this).
 
-Allocation per frame: one small `Verdict` record (it travels to the publisher thread); no pixel buffers. Pixel
-copies per frame: source -> ring slot (1), slot -> network input (the resize, 1), and for frames the segmenter
-sees with the same input spec as the recognizer, one network-input-sized row copy instead of a second resize.
+Allocation per frame: none in steady state. A frame travels as a `Ticket` (its verdict plus where its pixels
+are) taken from a pool and given back by the publisher once the verdict is sent or dropped; the pool only grows
+while more frames are in flight than ever before. Per batch, no lists are allocated (reused). A rejected part's
+defect blobs are new objects (they are the verdict's content). tools/hot_path_alloc.py shows it with tracemalloc.
+Pixel copies per frame: source -> ring slot (1), slot -> network input (the resize, 1), input row -> backend
+input (a network-input-sized copy), and for frames the segmenter sees with the recognizer's input spec, one more
+such row copy instead of a second resize.
 """
 
 from __future__ import annotations
@@ -33,16 +40,19 @@ from typing import Protocol
 
 import numpy as np
 
+from inspector.decision import NO_DEFECTS
 from inspector.frames import CHANNELS, FrameRing, Reason, Verdict
 from inspector.preprocess import Preprocessor
 from inspector.runtime import InputKey, Runtime, input_key
 from inspector.sources import EndOfStream, Source, SourceError
+from inspector.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
 GRAB_TIMEOUT_S = 0.1  # a grab never blocks longer: the acquisition thread must notice stop() promptly
 IDLE_WAIT_S = 0.05  # inference thread's wait for work; also bounds how late a reload swap can be picked up
 ERROR_LOG_INTERVAL_S = 5.0  # an inference error repeating at frame rate is logged once per interval, then counted
+NO_HASHES: dict[str, str] = {}
 
 
 class PipelineMetrics(Protocol):
@@ -61,18 +71,50 @@ class VerdictSink(Protocol):
 
     def submit(self, verdict: Verdict) -> bool: ...
 
+    def submit_all(self, verdicts: list[Ticket]) -> None:
+        """submit() for a batch, in order, with one wake-up of the consumer."""
+        ...
+
+
+# ------------------------------------------------------------------------------------------------ tickets
+
+
+@dataclass(slots=True, eq=False)
+class Ticket(Verdict):
+    """One frame from acquisition to publication: its verdict-to-be and where its pixels are. Pooled."""
+
+    slot: int = -1  # ring slot; -1 = overload, never buffered
+    bad: str | None = None  # why the source says the frame cannot be inspected
+    prepped: InputKey | None = None  # input_key of the recognizer input already made from this slot, if any
+
+
+class TicketPool:
+    """Tickets for frames in flight. `take` on the acquisition thread, `give_back` on the publisher thread
+    (deque append/pop are atomic), so a frame costs no allocation once the pool holds as many tickets as frames
+    were ever in flight at once."""
+
+    def __init__(self, size: int):
+        self._free: collections.deque[Ticket] = collections.deque(self._new() for _ in range(size))
+        self.size = size
+
+    @staticmethod
+    def _new() -> Ticket:
+        return Ticket(seq=-1, camera_frame_id=-1, result="reject", reason=Reason.ERROR, t_acquired_ns=0, t_decided_ns=0)
+
+    def take(self) -> Ticket:
+        try:
+            return self._free.pop()
+        except IndexError:
+            self.size += 1  # more frames in flight than ever before: the pool grows once, for good
+            return self._new()
+
+    def give_back(self, verdict: Verdict) -> None:
+        """The verdict was sent or dropped: its record may be reused. Verdicts made elsewhere are left alone."""
+        if isinstance(verdict, Ticket):
+            self._free.append(verdict)
+
 
 # ----------------------------------------------------------------------------------------------- pipeline
-
-
-@dataclass(slots=True)
-class _Item:
-    """One queued frame: its ring slot (-1 = overload, never buffered) and its verdict-to-be."""
-
-    slot: int
-    verdict: Verdict
-    bad: str | None = None
-    prepped: InputKey | None = None  # input_key of the recognizer input already made from this slot, if any
 
 
 @dataclass
@@ -119,13 +161,15 @@ class Pipeline:
         self._prep = Preprocessor(
             ring_slots, (m.input.height, m.input.width), m.preprocessing.color, cfg.pixel_format, m.preprocessing.resize
         )
+        # Enough for the ring, the batch being decided and the publisher's backlog in ordinary running.
+        self.tickets = TicketPool(2 * ring_slots + 2 * runtime.batch_size + 64)
         self.counters = PipelineCounters()
         self.fatal: str | None = None  # set when the source failed for good
         self.end_of_stream = False
 
-        self._queue: collections.deque[_Item] = collections.deque()
+        self._queue: collections.deque[Ticket] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
-        self._freed = threading.Event()
+        self._freed = Wakeup()  # a slot was released: a paced replay may read its next frame
         self._stop_acquiring = threading.Event()
         self._acquisition_done = False
         self._drain_deadline: float | None = None  # monotonic time after which queued frames get SHUTDOWN
@@ -133,14 +177,20 @@ class Pipeline:
         self._swapped = threading.Condition(threading.Lock())
         self._retired: Runtime | None = None
         self.finished = threading.Event()
+        self._freed_closed = False
         self._threads: list[threading.Thread] = []
         self._last_error_log = 0.0
         self._errors_unlogged = 0
+        self._overload_detail = f"all {ring_slots} ring slots were busy"
         # Reused per batch (no per-batch list allocation on the hot path).
-        self._items: list[_Item] = []
-        self._todo: list[_Item] = []
+        self._items: list[Ticket] = []
+        self._todo: list[Ticket] = []
         self._held: list[int] = []
         self._seg_rows: list[int] = []
+
+    def recycle(self, verdict: Verdict) -> None:
+        """The publisher is done with this verdict (sent or dropped): its ticket goes back to the pool."""
+        self.tickets.give_back(verdict)
 
     # ------------------------------------------------------------------------------------------ control
 
@@ -165,7 +215,11 @@ class Pipeline:
         end = None if timeout_s is None else time.monotonic() + timeout_s
         for t in self._threads:
             t.join(None if end is None else max(0.0, end - time.monotonic()))
-        return not any(t.is_alive() for t in self._threads)
+        done = not any(t.is_alive() for t in self._threads)
+        if done and self._threads and not self._freed_closed:
+            self._freed_closed = True
+            self._freed.close()
+        return done
 
     def swap(self, runtime: Runtime, timeout_s: float = 30.0) -> Runtime | None:
         """Hand a new runtime to the inference thread; returns the old one once it is out of use (None if the
@@ -174,7 +228,10 @@ class Pipeline:
             self._retired = None
             self._pending = runtime
             end = time.monotonic() + timeout_s
-            while self._retired is None:
+            while True:
+                retired = self._take_retired()
+                if retired is not None:
+                    return retired
                 if not self._threads[1].is_alive():
                     old, self.runtime, self._pending = self.runtime, runtime, None
                     return old
@@ -182,8 +239,11 @@ class Pipeline:
                 if left <= 0:
                     raise TimeoutError("the inference thread did not reach a batch boundary")
                 self._swapped.wait(min(left, IDLE_WAIT_S))
-            old, self._retired = self._retired, None
-            return old
+
+    def _take_retired(self) -> Runtime | None:
+        # Under self._swapped: the runtime the inference thread handed back (_adopt_pending), if it has.
+        retired, self._retired = self._retired, None
+        return retired
 
     def _adopt_pending(self) -> None:
         # Inference thread only, between batches: the swap itself is one reference assignment.
@@ -197,19 +257,23 @@ class Pipeline:
     # -------------------------------------------------------------------------------------- acquisition
 
     def _acquire_loop(self) -> None:
-        ring, source, metrics = self.ring, self.source, self.metrics
+        ring, source, metrics, tickets = self.ring, self.source, self.metrics, self.tickets
+        prep, prep_key = self._prep, self._prep_key
+        queue, cond, counters = self._queue, self._cond, self.counters
+        perf, wall, mono = time.perf_counter, time.time_ns, time.monotonic_ns
         seq = 0
         try:
             while not self._stop_acquiring.is_set():
                 if self.max_frames is not None and seq >= self.max_frames:
                     break
-                self._freed.clear()
+                # No clear() before acquire(): a wake-up left over only costs one more turn of the loop, and
+                # clearing is a system call per frame.
                 slot = ring.acquire()
                 if slot is None and self.paced_by_pipeline:
                     self._freed.wait(IDLE_WAIT_S)  # backpressure: a replay waits for inference
                     continue
                 out = self._scratch if slot is None else ring.view(slot)
-                t0 = time.perf_counter()
+                t0 = perf()
                 try:
                     grab = source.grab(out, GRAB_TIMEOUT_S)
                 except BaseException:
@@ -220,34 +284,42 @@ class Pipeline:
                     if slot is not None:
                         self._release(slot)
                     continue
-                t_mono = time.monotonic_ns()
-                v = Verdict(
-                    seq=seq,
-                    camera_frame_id=grab.camera_frame_id,
-                    result="reject",
-                    reason=Reason.ERROR,  # overwritten when decided
-                    t_acquired_ns=time.time_ns(),
-                    t_decided_ns=0,
-                    timestamp_source=grab.timestamp_source,
-                    t_device_ns=grab.t_device_ns,
-                    camera_drops_before=grab.camera_drops_before,
-                    truth=grab.truth,
-                    t_acquired_mono_ns=t_mono,
-                )
+                t = tickets.take()
+                # Every field is set for every frame: a ticket carries nothing over from its previous frame.
+                t.seq = seq
+                t.camera_frame_id = grab.camera_frame_id
+                t.result = "reject"
+                t.reason = Reason.ERROR  # overwritten when decided
+                t.t_acquired_ns = wall()
+                t.t_acquired_mono_ns = mono()
+                t.t_decided_ns = 0
+                t.timestamp_source = grab.timestamp_source
+                t.t_device_ns = grab.t_device_ns
+                t.defects = NO_DEFECTS
+                t.recognizer_score = None
+                t.segmenter_ran = False
+                t.camera_drops_before = grab.camera_drops_before
+                t.detail = None
+                t.config_hash = ""
+                t.model_hashes = NO_HASHES
+                t.truth = grab.truth
+                t.slot = -1 if slot is None else slot
+                t.bad = grab.bad_frame
+                t.prepped = None
                 seq += 1
                 metrics.acquired()
-                metrics.stage("acquire", time.perf_counter() - t0)
-                metrics.camera_drops(grab.camera_drops_before)
-                item = _Item(-1 if slot is None else slot, v, grab.bad_frame)
+                metrics.stage("acquire", perf() - t0)
+                if grab.camera_drops_before:
+                    metrics.camera_drops(grab.camera_drops_before)
                 if slot is not None and grab.bad_frame is None:
-                    t1 = time.perf_counter()
-                    self._prep.put(slot, out)
-                    item.prepped = self._prep_key
-                    metrics.stage("preprocess", time.perf_counter() - t1)
-                with self._cond:
-                    self.counters.acquired = seq
-                    self._queue.append(item)
-                    self._cond.notify()
+                    t1 = perf()
+                    prep.put(slot, out)
+                    t.prepped = prep_key
+                    metrics.stage("preprocess", perf() - t1)
+                with cond:
+                    counters.acquired = seq
+                    queue.append(t)
+                    cond.notify()
         except EndOfStream:
             self.end_of_stream = True
             log.info("source: end of stream after %d frames", seq)
@@ -297,107 +369,55 @@ class Pipeline:
             self._adopt_pending()
             self.finished.set()
 
-    def _process(self, items: list[_Item]) -> None:
+    def _process(self, items: list[Ticket]) -> None:
         rt = self.runtime
         now = time.monotonic_ns()
         shutting = self._drain_deadline is not None and time.monotonic() > self._drain_deadline
         todo = self._todo
         todo.clear()
-        for item in items:
-            v = item.verdict
-            if item.slot < 0:
-                self._failsafe(rt, v, Reason.OVERLOAD, f"all {self.ring.slots} ring slots were busy")
-                continue
-            if item.bad is not None:
-                self._release(item.slot)
-                self._failsafe(rt, v, Reason.BAD_FRAME, item.bad)
+        for t in items:
+            if t.slot < 0:
+                self._failsafe(rt, t, Reason.OVERLOAD, self._overload_detail)
+            elif t.bad is not None:
+                self._held.append(t.slot)
+                self._failsafe(rt, t, Reason.BAD_FRAME, t.bad)
             elif shutting:
-                self._release(item.slot)
-                self._failsafe(rt, v, Reason.SHUTDOWN, "in flight at shutdown, not inspected within the stop timeout")
-            elif now - v.t_acquired_mono_ns > rt.deadline_ns:
-                self._release(item.slot)
-                waited = (now - v.t_acquired_mono_ns) / 1e6
-                self._failsafe(rt, v, Reason.TIMEOUT, f"waited {waited:.0f} ms, deadline {rt.deadline_ns / 1e6:g} ms")
+                self._held.append(t.slot)
+                self._failsafe(rt, t, Reason.SHUTDOWN, "in flight at shutdown, not inspected within the stop timeout")
+            elif now - t.t_acquired_mono_ns > rt.deadline_ns:
+                self._held.append(t.slot)
+                waited = (now - t.t_acquired_mono_ns) / 1e6
+                self._failsafe(rt, t, Reason.TIMEOUT, f"waited {waited:.0f} ms, deadline {rt.deadline_ns / 1e6:g} ms")
             else:
-                todo.append(item)
+                todo.append(t)
         if todo:
-            self._inspect(rt, todo)
+            self._inspect(rt, todo)  # it releases these frames' slots together with the batch's own
+        else:
+            self._release_held()
         self.metrics.ring_occupancy(self.ring.in_use(), self.ring.slots)
-        submit = self.publisher.submit
-        for item in items:
-            submit(item.verdict)
+        self.publisher.submit_all(items)
         with self._cond:
             self.counters.decided += len(items)
 
-    def _inspect(self, rt: Runtime, todo: list[_Item]) -> None:
+    def _inspect(self, rt: Runtime, todo: list[Ticket]) -> None:
         n = len(todo)
-        held = self._held
         metrics = self.metrics
         try:
-            # The segmenter's rows are written here only when it sees every frame and cannot copy them.
-            seg_upfront = rt.seg_pre is not None and rt.mode == "always" and not rt.seg_shares_input
-            rec_key = rt.rec_key
-            for i, item in enumerate(todo):
-                held.append(item.slot)
-                if item.prepped == rec_key:
-                    np.copyto(rt.rec_pre.buffer[i], self._prep.buffer[item.slot])
-                else:
-                    rt.rec_pre.put(i, self.ring.view(item.slot))
-                if seg_upfront:
-                    rt.seg_pre.put(i, self.ring.view(item.slot))
-            # Gated with a different input spec needs the pixels again after the recognizer; otherwise the
-            # slots are free now, before inference, so acquisition can reuse them while the models run.
-            keep = rt.mode == "gated" and not rt.seg_shares_input
-            if not keep:
-                self._release_held()
+            self._prepare(rt, todo)
             t1 = time.perf_counter()
-
             block_scores = rt.recognizer.backend.run(n)["block_scores"]
             t2 = time.perf_counter()
             metrics.stage("recognizer", t2 - t1)
-
+            flagged, top = rt.decider.screen(block_scores)
             rows = self._seg_rows
             rows.clear()
             pixel_scores = None
             if rt.segmenter is not None and rt.seg_pre is not None:
-                if rt.mode == "always":
-                    rows.extend(range(n))
-                else:
-                    rows.extend(i for i in range(n) if rt.decider.flagged(block_scores[i]))
-                if rows:
-                    seg_in = rt.seg_pre.buffer
-                    for j, i in enumerate(rows):
-                        if rt.seg_shares_input:
-                            np.copyto(seg_in[j], rt.rec_pre.buffer[i])  # a small row copy instead of a resize
-                        elif not seg_upfront:
-                            rt.seg_pre.put(j, self.ring.view(todo[i].slot))
-                    pixel_scores = rt.segmenter.backend.run(len(rows))["pixel_scores"]
-                    metrics.stage("segmenter", time.perf_counter() - t2)
+                pixel_scores = self._segment(rt, todo, flagged, rows)
+                metrics.stage("segmenter", time.perf_counter() - t2)
             self._release_held()
-
             t3 = time.perf_counter()
-            decided = time.time_ns()
-            deadline_at = time.monotonic_ns() - rt.deadline_ns
-            j = 0
-            for i, item in enumerate(todo):
-                v = item.verdict
-                pix = None
-                if pixel_scores is not None and j < len(rows) and rows[j] == i:
-                    pix = pixel_scores[j]
-                    j += 1
-                result, reason, defects, score = rt.decider.decide(block_scores[i], pix)
-                v.segmenter_ran = pix is not None
-                if v.t_acquired_mono_ns < deadline_at:
-                    # Decided, but after the deadline: the part has gone past the reject gate, so the answer
-                    # is a timeout (fail-safe), with what the inspection found kept in the detail.
-                    self._failsafe(rt, v, Reason.TIMEOUT, f"decided after the deadline; inspection said {result}")
-                    v.recognizer_score = score
-                    continue
-                v.result, v.reason, v.defects, v.recognizer_score = result, reason, defects, score
-                v.t_decided_ns = decided
-                v.detail = None
-                v.config_hash, v.model_hashes = rt.config_hash, rt.model_hashes
-                self.counters.inspected += 1
+            self._decide(rt, todo, block_scores, flagged, top, pixel_scores, rows)
             metrics.stage("decision", time.perf_counter() - t3)
             self.counters.batches += 1
             self.counters.batched_frames += n
@@ -405,18 +425,105 @@ class Pipeline:
             self._release_held()
             text = f"{type(exc).__name__}: {exc}"
             self._log_error(text, n)
-            for item in todo:
-                item.verdict.segmenter_ran = False
-                item.verdict.defects = []
-                self._failsafe(rt, item.verdict, Reason.ERROR, text[:500])
+            for t in todo:
+                t.segmenter_ran = False
+                t.defects = NO_DEFECTS
+                self._failsafe(rt, t, Reason.ERROR, text[:500])
+
+    def _prepare(self, rt: Runtime, todo: list[Ticket]) -> None:
+        """The batch's network inputs: the acquisition thread's rows copied in, or resized here after a reload
+        to another input spec. Slots are released before inference unless the segmenter needs their pixels."""
+        held, ring, prep = self._held, self.ring, self._prep.buffer
+        rec_buf, rec_key = rt.rec_pre.buffer, rt.rec_key
+        seg_pre = rt.seg_pre
+        # The segmenter's rows are written here only when it sees every frame and cannot copy them.
+        seg_upfront = seg_pre is not None and rt.mode == "always" and not rt.seg_shares_input
+        for i, t in enumerate(todo):
+            held.append(t.slot)
+            if t.prepped == rec_key:
+                np.copyto(rec_buf[i], prep[t.slot])
+            else:
+                rt.rec_pre.put(i, ring.view(t.slot))
+            if seg_upfront and seg_pre is not None:
+                seg_pre.put(i, ring.view(t.slot))
+        # Gated with a different input spec needs the pixels again after the recognizer; otherwise the slots
+        # are free now, before inference, so acquisition can reuse them while the models run.
+        if not (rt.mode == "gated" and not rt.seg_shares_input):
+            self._release_held()
+
+    def _segment(self, rt: Runtime, todo: list[Ticket], flagged: np.ndarray, rows: list[int]) -> np.ndarray | None:
+        """Run the segmenter on every frame (always) or on the flagged ones (gated); `rows` gets their indices."""
+        seg_pre, segmenter = rt.seg_pre, rt.segmenter
+        assert seg_pre is not None and segmenter is not None
+        n = len(todo)
+        if rt.mode == "always":
+            rows.extend(range(n))
+        else:
+            rows.extend(i for i in range(n) if flagged[i])
+        if not rows:
+            return None
+        seg_in, rec_in = seg_pre.buffer, rt.rec_pre.buffer
+        upfront = rt.mode == "always" and not rt.seg_shares_input
+        for j, i in enumerate(rows):
+            if rt.seg_shares_input:
+                np.copyto(seg_in[j], rec_in[i])  # a small row copy instead of a resize
+            elif not upfront:
+                seg_pre.put(j, self.ring.view(todo[i].slot))
+        pixel_scores: np.ndarray = segmenter.backend.run(len(rows))["pixel_scores"]
+        return pixel_scores
+
+    def _decide(
+        self,
+        rt: Runtime,
+        todo: list[Ticket],
+        block_scores: np.ndarray,
+        flagged: np.ndarray,
+        top: np.ndarray,
+        pixel_scores: np.ndarray | None,
+        rows: list[int],
+    ) -> None:
+        decider = rt.decider
+        decided = time.time_ns()
+        deadline_at = time.monotonic_ns() - rt.deadline_ns
+        n_rows = len(rows)
+        j = 0
+        inspected = 0
+        for i, t in enumerate(todo):
+            if pixel_scores is not None and j < n_rows and rows[j] == i:
+                result, reason, defects, score = decider.decide_screened(i, block_scores[i], pixel_scores[j])
+                t.segmenter_ran = True
+                j += 1
+            elif flagged[i]:
+                result, reason, defects, score = decider.decide_screened(i, block_scores[i], None)
+            else:  # nothing fired: screen() already knows it is a pass, and its top score
+                result, reason, defects, score = "pass", Reason.OK, NO_DEFECTS, float(top[i])
+            if t.t_acquired_mono_ns < deadline_at:
+                # Decided, but after the deadline: the part has gone past the reject gate, so the answer is a
+                # timeout (fail-safe), with what the inspection found kept in the detail.
+                self._failsafe(rt, t, Reason.TIMEOUT, f"decided after the deadline; inspection said {result}")
+                t.recognizer_score = score
+                continue
+            t.result = result
+            t.reason = reason
+            t.defects = defects
+            t.recognizer_score = score
+            t.t_decided_ns = decided
+            t.detail = None
+            t.config_hash = rt.config_hash
+            t.model_hashes = rt.model_hashes
+            inspected += 1
+        self.counters.inspected += inspected
 
     def _release_held(self) -> None:
-        for slot in self._held:
-            self._release(slot)
-        self._held.clear()
+        # One lock and one wake-up for the whole batch: waking another thread while holding the GIL can hand
+        # the CPU to it (py-spy showed the inference thread spending a third of its GIL time in such wake-ups).
+        if self._held:
+            self.ring.release_all(self._held)
+            self._held.clear()
+            self._freed.set()
 
     def _failsafe(self, rt: Runtime, v: Verdict, reason: Reason, detail: str) -> None:
-        v.result = rt.failsafe  # type: ignore[assignment]
+        v.result = rt.failsafe
         v.reason = reason
         v.detail = detail
         v.t_decided_ns = time.time_ns()

@@ -179,7 +179,7 @@ class Preprocessor:
         in_channels = 1 if pixel_format == "mono8" else 3
         self._needs_conversion = (in_channels != self.channels) or (pixel_format == "bgr8" and color == "rgb")
         self._scratch = np.zeros((height, width, in_channels), dtype=np.uint8) if self._needs_conversion else None
-        self._code = None
+        self._code = 0  # cv2 conversion code; used only when _needs_conversion
         if self._needs_conversion:
             if self.channels == 1:
                 self._code = cv2.COLOR_RGB2GRAY if pixel_format == "rgb8" else cv2.COLOR_BGR2GRAY
@@ -191,7 +191,7 @@ class Preprocessor:
     def put(self, index: int, frame: np.ndarray) -> np.ndarray:
         """Resize/convert `frame` (H, W, C) into row `index` of the batch buffer; returns that row."""
         height, width = self.size
-        dst = self.buffer[index]
+        dst: np.ndarray = self.buffer[index]
         if not self._needs_conversion:
             target = dst[:, :, 0] if self.channels == 1 else dst
             src = frame[:, :, 0] if frame.shape[2] == 1 else frame

@@ -38,13 +38,13 @@ import numpy as np
 from inspector.backends import Backend, BackendError, BackendSettings, backend_class
 from inspector.config import Config, ConfigError, ModelSpec, load_config, resolve_path
 from inspector.decision import Decider, load_ignore_mask
-from inspector.frames import CHANNELS
+from inspector.frames import CHANNELS, Result
 from inspector.manifest import ManifestError, ModelManifest, check_expectations, read_manifest
 from inspector.preprocess import Preprocessor
 
 # Sections whose change needs a restart: the ring, the sockets, the exporter and the source are built once, and
 # `line` names the ZeroMQ topic and the metrics labels. A reload touching any of them is refused as a whole.
-RESTART_ONLY = ("line", "source", "publish", "metrics", "pipeline.ring_slots")
+RESTART_ONLY = ("line", "source", "publish", "metrics", "pipeline.ring_slots", "pipeline.preprocess_threads")
 
 # Scores are probabilities (softmax folded into the graph); FP16 engines may round a little past the ends.
 SCORE_TOLERANCE = 1e-3
@@ -95,7 +95,7 @@ class Runtime:
     decider: Decider
     model_hashes: dict[str, str]
     mode: str  # always / gated / never
-    failsafe: str  # pass / reject
+    failsafe: Result  # what a frame that could not be inspected gets
     deadline_ns: int
     batch_size: int
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "inspector"
 
-BASE = {"numpy", "cv2", "onnxruntime", "zmq", "prometheus_client", "pydantic", "yaml"}
+BASE = {"numpy", "cv2", "onnxruntime", "zmq", "prometheus_client", "pydantic", "yaml", "orjson"}
 # Which third-party packages a module may import besides BASE: module-name prefix -> packages of its extra.
 EXTRA_IMPORTS = {
     "inspector.sources.genicam": {"genicam", "harvesters"},  # camera

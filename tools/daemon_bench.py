@@ -25,15 +25,33 @@ from inspector.daemon import Daemon  # noqa: E402
 from inspector.runtime import StartupError  # noqa: E402
 
 
+def stage_seconds(daemon: Daemon) -> dict[str, float]:
+    """Seconds spent so far in each pipeline stage (inspector_stage_seconds_sum from the daemon's registry)."""
+    assert daemon.metrics is not None
+    out: dict[str, float] = {}
+    for metric in daemon.metrics.registry.collect():
+        if metric.name == "inspector_stage_seconds":
+            for sample in metric.samples:
+                if sample.name.endswith("_sum"):
+                    out[sample.labels["stage"]] = sample.value
+    return out
+
+
 def benchmark(
-    config_path: str | Path, seconds: float, *, settle_s: float = 1.0, update: dict[str, dict[str, Any]] | None = None
+    config_path: str | Path,
+    seconds: float,
+    *,
+    settle_s: float = 1.0,
+    update: dict[str, dict[str, Any]] | None = None,
+    stage_budget: bool = False,
 ) -> dict[str, Any]:
     """Run the daemon in-process on the config's source for `seconds` and measure it.
 
     No metrics server and no actuator channel; the broadcast socket binds a free port. Frames from the first
     `settle_s` are not counted (thread start-up, first batches). `update` changes fields of sections, e.g.
     {"models": {"segmenter_mode": "never"}} (paths in the file stay relative to it). Returns frames/s of
-    verdicts published, acquisition-to-publish p50/p99 (ms) over the measured window, and the counts.
+    verdicts published, acquisition-to-publish p50/p99 (ms) over the measured window, and the counts; with
+    `stage_budget`, also each stage's milliseconds per published frame over the window (`stage_ms_per_frame`).
     """
 
     try:
@@ -54,16 +72,22 @@ def benchmark(
     stats = daemon.stats
     try:
         time.sleep(settle_s)
+        stages0 = stage_seconds(daemon)
         stats.begin_window(capacity=1 << 20)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         time.sleep(seconds)
         window = stats.end_window()
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        stages1 = stage_seconds(daemon)
     finally:
         daemon.stop()
         rc = daemon.wait()
     lat = window["latencies_s"]
+    frames = max(1, window["published"])
+    budget = {k: (stages1[k] - stages0.get(k, 0.0)) * 1e3 / frames for k in stages1} if stage_budget else {}
     return {
+        "stage_ms_per_frame": budget,
+        "cpu_ms_per_frame": cpu * 1e3 / frames,  # all the daemon's threads (ONNX Runtime's included)
         "fps": window["published"] / elapsed,
         "latency_ms_p50": float(np.percentile(lat, 50) * 1e3) if len(lat) else float("nan"),
         "latency_ms_p99": float(np.percentile(lat, 99) * 1e3) if len(lat) else float("nan"),

@@ -75,13 +75,13 @@ class CudaBackend(DeviceIO):
         self.path = Path(model_path)
         set_device(self.device)
         spec = manifest.input
-        outputs = {}
+        outputs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
         probe = self.ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         for o in probe.get_outputs():
-            shape = [d if isinstance(d, int) else None for d in o.shape]
-            if any(d is None for d in shape[1:]):
+            dims = list(o.shape[1:])
+            if not all(isinstance(d, int) for d in dims):
                 raise BackendError(f"{model_path} output {o.name} has dynamic non-batch dimensions {o.shape}")
-            outputs[o.name] = ((max_batch, *shape[1:]), np.dtype(np.float16 if "float16" in o.type else np.float32))
+            outputs[o.name] = ((max_batch, *dims), np.dtype(np.float16 if "float16" in o.type else np.float32))
         del probe
         missing = {o.name for o in manifest.outputs} - set(outputs)
         if missing:

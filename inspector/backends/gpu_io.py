@@ -8,6 +8,7 @@ neither of those depends on the other.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 
@@ -55,7 +56,10 @@ class DeviceIO:
         return self.input.array
 
     def enable_gpu_resize(
-        self, frame_shape: tuple[int, int, int], pixel_format: str, interpolation: str | None = None
+        self,
+        frame_shape: tuple[int, int, int],
+        pixel_format: str,
+        interpolation: Literal["area", "linear"] | None = None,
     ) -> np.ndarray:
         """Switch to GPU preprocessing: returns the pinned (max_batch, frame_h, frame_w, channels) uint8 array
         the caller fills with raw frames instead of `input_buffer()`; `run(n)` uploads and resizes them."""

@@ -48,7 +48,7 @@ def cudart() -> Any:
     return runtime
 
 
-def check(result: tuple, what: str) -> Any:
+def check(result: tuple[Any, ...], what: str) -> Any:
     """Unpack a cuda-python runtime result `(err, *values)`: raise CudaError unless err is cudaSuccess.
 
     Returns None, the single value, or a tuple of values.
@@ -158,7 +158,7 @@ class PinnedArray:
         self.ptr: int = int(
             check(rt.cudaHostAlloc(max(self.nbytes, 1), rt.cudaHostAllocDefault), f"cudaHostAlloc({self.nbytes})")
         )
-        raw = (ctypes.c_uint8 * max(self.nbytes, 1)).from_address(self.ptr)
+        raw = memoryview((ctypes.c_uint8 * max(self.nbytes, 1)).from_address(self.ptr)).cast("B")
         self.array: np.ndarray = np.frombuffer(raw, dtype=np.uint8, count=self.nbytes).view(self.dtype).reshape(shape)
         self.array[...] = 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -116,7 +117,7 @@ class OnnxRuntimeBackend:
             buffers[spec.name] = np.zeros((rows, *dims), dtype=dtype)
         return buffers
 
-    def _bind(self, n: int):
+    def _bind(self, n: int) -> tuple[Any, list[Any]]:
         import onnxruntime as ort
 
         rows = self._fixed_batch or n
@@ -144,4 +145,4 @@ class OnnxRuntimeBackend:
     def close(self) -> None:
         self._bindings = []
         self._results = []
-        self.session = None  # type: ignore[assignment]
+        self.session = None

@@ -233,7 +233,8 @@ def resolve_engine(
         )
     if build is None:
         build = build_in_child_process
-    calibration = Path(manifest.tensorrt.calibration_source) if precision == "int8" and manifest.tensorrt else None
+    source = manifest.tensorrt.calibration_source if manifest.tensorrt else None
+    calibration = Path(source) if precision == "int8" and source else None
     log.warning("building TensorRT engine %s (%s, batch %d): this takes minutes", target, precision, batch)
     built = build(
         onnx_path,
@@ -298,12 +299,16 @@ def build_in_child_process(
         raise EngineRefused(f"the engine build reported success but {exc}") from None
 
 
+def _precision_of(manifest: ModelManifest) -> str:
+    return manifest.tensorrt.precision if manifest.tensorrt is not None else "fp16"
+
+
 class _TrtLogger:
     """Routes TensorRT's log into Python logging (created lazily: needs tensorrt)."""
 
     @staticmethod
     def make(trt: Any) -> Any:
-        class Logger(trt.ILogger):
+        class Logger(trt.ILogger):  # type: ignore[misc]  # TensorRT has no type information: its base is Any
             def __init__(self) -> None:
                 trt.ILogger.__init__(self)
 
@@ -360,7 +365,7 @@ class TensorRTBackend(DeviceIO):
         if lo[0] > 1 or hi[0] < max_batch:
             raise EngineRefused(
                 f"engine {path} accepts batches {lo[0]}..{hi[0]}, the pipeline needs 1..{max_batch}. Rebuild with:\n  "
-                + build_command(_onnx_for(path, manifest), path, manifest.tensorrt.precision, max_batch)
+                + build_command(_onnx_for(path, manifest), path, _precision_of(manifest), max_batch)
             )
         self.context = self.engine.create_execution_context()
         if self.context is None:

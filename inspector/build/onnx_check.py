@@ -27,11 +27,13 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
+
+from inspector.manifest import ModelManifest
 
 TRT_OPSET_MIN = 9
 TRT_OPSET_MAX = 20
@@ -298,14 +300,14 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None] | None:
     return out
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
+def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     for a in node.attribute:
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
     return default
 
 
-def _text(value) -> str:
+def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -496,13 +498,16 @@ def check_model(
     expect_input: tuple[int, int, int] | None = None,
 ) -> CheckReport:
     """Check an ONNX model (or file) against TensorRT 10.x's ONNX parser. `expect_input` is (H, W, C)."""
-    source = str(model) if isinstance(model, (str, Path)) else (model.graph.name or "<model>")
     if isinstance(model, (str, Path)):
-        model = onnx.load(str(model))
+        source, model = str(model), onnx.load(str(model))
+    else:
+        source = model.graph.name or "<model>"
     report = CheckReport(source=source, opset=None)
     if model.functions:
         # Exporters may wrap modules in local functions; TensorRT's parser inlines them, so check the inlined graph.
-        model = onnx.inliner.inline_local_functions(model)
+        from onnx import inliner
+
+        model = inliner.inline_local_functions(model)
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     report.opset = opset
@@ -528,7 +533,7 @@ def check_model(
     return report
 
 
-def check_model_for_manifest(model_path: str | Path, manifest) -> CheckReport:
+def check_model_for_manifest(model_path: str | Path, manifest: ModelManifest) -> CheckReport:
     """Check an exported model file against TensorRT and against the input its manifest declares."""
     spec = manifest.input
     return check_model(model_path, expect_input=(spec.height, spec.width, spec.channels))

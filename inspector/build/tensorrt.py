@@ -127,7 +127,7 @@ class BuildProgress:
 def _trt_progress_monitor(trt: Any, progress: BuildProgress) -> Any:
     """An IProgressMonitor subclass forwarding to `progress` (the class needs tensorrt, hence built here)."""
 
-    class Monitor(trt.IProgressMonitor):
+    class Monitor(trt.IProgressMonitor):  # type: ignore[misc]  # TensorRT has no type information: its base is Any
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
 

@@ -153,7 +153,7 @@ class GenicamSource:
             wait = min(end - now, lost_at - now, self.cfg.fetch_timeout_ms / 1000)
             incomplete_before = self.stats.incomplete_buffers
             try:
-                buffer = self._ia.try_fetch(timeout=max(wait, 0.0), is_raw=True)
+                buffer = self._acquirer().try_fetch(timeout=max(wait, 0.0), is_raw=True)
             except (GenTLError, GenApiError) as exc:
                 self._lose(f"producer error while fetching: {exc}")
                 continue
@@ -225,6 +225,7 @@ class GenicamSource:
             if view is None:
                 view = self._views[id(raw)] = layout.view(raw)
             t0 = time.perf_counter_ns()
+            assert self._converter is not None  # made with the layout for every supported format
             self._converter(view, out)
             self.stats.convert_ns += time.perf_counter_ns() - t0
             self.stats.frames += 1
@@ -301,6 +302,8 @@ class GenicamSource:
     def _connect(self) -> None:
         """Enumerate, select the device, open it, check and apply features, check the result against the ring."""
         h = self._harvester
+        if h is None:
+            raise SourceError("GenicamSource: connect before open()")
         h.update()
         entry = select_device(enumerate_devices(h), self.cfg.device, self._ctis)
         self.device_label = f"{entry.model} serial {entry.serial_number!r} ({entry.id})"
@@ -354,6 +357,11 @@ class GenicamSource:
         self._ia, self._ia_stack = ia, stack
         log.info("opened %s through %s", self.device_label, entry.cti)
 
+    def _acquirer(self) -> ImageAcquirer:
+        if self._ia is None:
+            raise SourceError(f"{self.device_label} is not connected")  # a state-machine slip, said plainly
+        return self._ia
+
     def _raw_buffers(self, num_buffers: int = 0, size: int = 0) -> list[bytes]:
         """The GenTL buffers to announce: the source's own, reused by every connection while the size holds."""
         if len(self._buffer_pool) != num_buffers or any(len(b) != size for b in self._buffer_pool):
@@ -395,7 +403,7 @@ class GenicamSource:
         self._announce_connected = True
         self._fault = None
         try:
-            self._ia.start()
+            self._acquirer().start()
         except (GenTLError, GenApiError) as exc:
             raise SourceError(f"cannot start acquisition on {self.device_label}: {exc}") from None
 
@@ -404,7 +412,7 @@ class GenicamSource:
         self._ia = self._ia_stack = None
         self._views.clear()  # views keep the old buffers' memory alive
         self._layout = None
-        if ia is None:
+        if ia is None or stack is None:
             return
         # genicam's ChunkAdapter registers weakref.finalize(self, self._destruct): the bound method keeps the
         # adapter, and with it the device's whole GenApi node map (~0.4 MB), alive until that finalizer runs,
@@ -482,7 +490,7 @@ def _no_statistics(buffer: Any) -> None:
 def _incomplete_counter(stats: CameraStats) -> Any:
     """A harvesters Callback for INCOMPLETE_BUFFER: harvesters re-queued such a buffer inside the fetch."""
 
-    class CountIncomplete(Callback):
+    class CountIncomplete(Callback):  # type: ignore[misc]  # harvesters has no type information: its base is Any
         def emit(self, context: Any = None) -> None:
             stats.incomplete_buffers += 1
 
