@@ -161,7 +161,10 @@ class Pipeline:
         self._prep = Preprocessor(
             ring_slots, (m.input.height, m.input.width), m.preprocessing.color, cfg.pixel_format, m.preprocessing.resize
         )
-        # Enough for the ring, the batch being decided and the publisher's backlog in ordinary running.
+        # Frames in flight in ordinary running: the ring, overloads queued beside it, the batch being decided,
+        # a publisher that keeps up. A publisher backlog (up to twice its queue: queued and being sent) or a
+        # stalled inference grows the pool once, up to that many; it never shrinks, so a backlog costs no
+        # allocation the next time either.
         self.tickets = TicketPool(2 * ring_slots + 2 * runtime.batch_size + 64)
         self.counters = PipelineCounters()
         self.fatal: str | None = None  # set when the source failed for good
