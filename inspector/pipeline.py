@@ -40,7 +40,7 @@ from typing import Protocol
 
 import numpy as np
 
-from inspector.decision import NO_DEFECTS
+from inspector.decision import NO_DEFECTS, Geometry
 from inspector.frames import CHANNELS, FrameRing, Reason, Verdict
 from inspector.preprocess import Preprocessor
 from inspector.runtime import InputKey, Runtime, input_key
@@ -84,6 +84,8 @@ class Ticket(Verdict):
     """One frame from acquisition to publication: its verdict-to-be and where its pixels are. Pooled."""
 
     slot: int = -1  # ring slot; -1 = overload, never buffered
+    height: int = 0  # the frame's own size: it lies at the slot's top-left, and may be smaller than the slot
+    width: int = 0
     bad: str | None = None  # why the source says the frame cannot be inspected
     prepped: InputKey | None = None  # input_key of the recognizer input already made from this slot, if any
 
@@ -149,6 +151,7 @@ class Pipeline:
         self.max_frames = max_frames
         self.paced_by_pipeline = paced_by_pipeline
         shape = (cfg.height, cfg.width, CHANNELS[cfg.pixel_format])
+        self._slot_h, self._slot_w = cfg.height, cfg.width
         self.ring = FrameRing(ring_slots, *shape)
         # Where an overload frame is read to: it must leave the camera, but there is no slot to keep it in.
         self._scratch = np.zeros(shape, np.uint8)
@@ -156,11 +159,8 @@ class Pipeline:
         # overlaps with inference (OpenCV and ONNX Runtime both release the GIL) instead of adding to it. The
         # inference thread copies the row into the batch (input-sized, far smaller than the frame). A reload to
         # a recognizer with another input spec falls back to resizing in the inference thread (key mismatch).
-        m = runtime.recognizer.manifest
-        self._prep_key = input_key(m)
-        self._prep = Preprocessor(
-            ring_slots, (m.input.height, m.input.width), m.preprocessing.color, cfg.pixel_format, m.preprocessing.resize
-        )
+        self._prep_key = input_key(runtime.recognizer.manifest)
+        self._prep = Preprocessor.for_model(runtime.recognizer.manifest, ring_slots, cfg.pixel_format)
         # Frames in flight in ordinary running: the ring, overloads queued beside it, the batch being decided,
         # a publisher that keeps up. A publisher backlog (up to twice its queue: queued and being sent) or a
         # stalled inference grows the pool once, up to that many; it never shrinks, so a backlog costs no
@@ -307,6 +307,8 @@ class Pipeline:
                 t.model_hashes = NO_HASHES
                 t.truth = grab.truth
                 t.slot = -1 if slot is None else slot
+                t.height = min(grab.height, self._slot_h)
+                t.width = min(grab.width, self._slot_w)
                 t.bad = grab.bad_frame
                 t.prepped = None
                 seq += 1
@@ -316,7 +318,7 @@ class Pipeline:
                     metrics.camera_drops(grab.camera_drops_before)
                 if slot is not None and grab.bad_frame is None:
                     t1 = perf()
-                    prep.put(slot, out)
+                    prep.put(slot, self._pixels(t))
                     t.prepped = prep_key
                     metrics.stage("preprocess", perf() - t1)
                 with cond:
@@ -340,6 +342,14 @@ class Pipeline:
             with self._cond:
                 self._acquisition_done = True
                 self._cond.notify_all()
+
+    def _pixels(self, t: Ticket) -> np.ndarray:
+        """The frame's pixels in its slot: the whole slot, or its top-left part for a smaller frame."""
+        view = self.ring.view(t.slot)
+        if t.height == self._slot_h and t.width == self._slot_w:
+            return view
+        pixels: np.ndarray = view[: t.height, : t.width]
+        return pixels
 
     def _release(self, slot: int) -> None:
         self.ring.release(slot)
@@ -411,7 +421,8 @@ class Pipeline:
             block_scores = rt.recognizer.backend.run(n)["block_scores"]
             t2 = time.perf_counter()
             metrics.stage("recognizer", t2 - t1)
-            flagged, top = rt.decider.screen(block_scores)
+            geometries = self._geometries(rt, todo)
+            flagged, top = rt.decider.screen(block_scores, geometries)
             rows = self._seg_rows
             rows.clear()
             pixel_scores = None
@@ -420,7 +431,7 @@ class Pipeline:
                 metrics.stage("segmenter", time.perf_counter() - t2)
             self._release_held()
             t3 = time.perf_counter()
-            self._decide(rt, todo, block_scores, flagged, top, pixel_scores, rows)
+            self._decide(rt, todo, block_scores, flagged, top, pixel_scores, rows, geometries)
             metrics.stage("decision", time.perf_counter() - t3)
             self.counters.batches += 1
             self.counters.batched_frames += n
@@ -436,7 +447,7 @@ class Pipeline:
     def _prepare(self, rt: Runtime, todo: list[Ticket]) -> None:
         """The batch's network inputs: the acquisition thread's rows copied in, or resized here after a reload
         to another input spec. Slots are released before inference unless the segmenter needs their pixels."""
-        held, ring, prep = self._held, self.ring, self._prep.buffer
+        held, prep = self._held, self._prep.buffer
         rec_buf, rec_key = rt.rec_pre.buffer, rt.rec_key
         seg_pre = rt.seg_pre
         # The segmenter's rows are written here only when it sees every frame and cannot copy them.
@@ -446,9 +457,9 @@ class Pipeline:
             if t.prepped == rec_key:
                 np.copyto(rec_buf[i], prep[t.slot])
             else:
-                rt.rec_pre.put(i, ring.view(t.slot))
+                rt.rec_pre.put(i, self._pixels(t))
             if seg_upfront and seg_pre is not None:
-                seg_pre.put(i, ring.view(t.slot))
+                seg_pre.put(i, self._pixels(t))
         # Gated with a different input spec needs the pixels again after the recognizer; otherwise the slots
         # are free now, before inference, so acquisition can reuse them while the models run.
         if not (rt.mode == "gated" and not rt.seg_shares_input):
@@ -471,7 +482,7 @@ class Pipeline:
             if rt.seg_shares_input:
                 np.copyto(seg_in[j], rec_in[i])  # a small row copy instead of a resize
             elif not upfront:
-                seg_pre.put(j, self.ring.view(todo[i].slot))
+                seg_pre.put(j, self._pixels(todo[i]))
         pixel_scores: np.ndarray = segmenter.backend.run(len(rows))["pixel_scores"]
         return pixel_scores
 
@@ -484,6 +495,7 @@ class Pipeline:
         top: np.ndarray,
         pixel_scores: np.ndarray | None,
         rows: list[int],
+        geometries: list[Geometry] | None,
     ) -> None:
         decider = rt.decider
         decided = time.time_ns()
@@ -493,11 +505,13 @@ class Pipeline:
         inspected = 0
         for i, t in enumerate(todo):
             if pixel_scores is not None and j < n_rows and rows[j] == i:
-                result, reason, defects, score = decider.decide_screened(i, block_scores[i], pixel_scores[j])
+                geometry = geometries[i] if geometries is not None else None
+                result, reason, defects, score = decider.decide_screened(i, block_scores[i], pixel_scores[j], geometry)
                 t.segmenter_ran = True
                 j += 1
             elif flagged[i]:
-                result, reason, defects, score = decider.decide_screened(i, block_scores[i], None)
+                geometry = geometries[i] if geometries is not None else None
+                result, reason, defects, score = decider.decide_screened(i, block_scores[i], None, geometry)
             else:  # nothing fired: screen() already knows it is a pass, and its top score
                 result, reason, defects, score = "pass", Reason.OK, NO_DEFECTS, float(top[i])
             if t.t_acquired_mono_ns < deadline_at:
@@ -516,6 +530,13 @@ class Pipeline:
             t.model_hashes = rt.model_hashes
             inspected += 1
         self.counters.inspected += inspected
+
+    def _geometries(self, rt: Runtime, todo: list[Ticket]) -> list[Geometry] | None:
+        """None when every frame of the batch has the configured size (the rule); else each frame's geometry."""
+        for t in todo:
+            if t.height != self._slot_h or t.width != self._slot_w:
+                return [rt.decider.geometry((x.height, x.width)) for x in todo]
+        return None
 
     def _release_held(self) -> None:
         # One lock and one wake-up for the whole batch: waking another thread while holding the GIL can hand

@@ -51,7 +51,7 @@ SCORE_TOLERANCE = 1e-3
 
 EXIT_CONFIG, EXIT_MODEL, EXIT_SOURCE = 2, 3, 4
 
-InputKey = tuple[int, int, int, str, str]
+InputKey = tuple[int, int, int, str, str, str, float | None]
 
 
 class StartupError(Exception):
@@ -109,7 +109,9 @@ class Runtime:
 
 
 def input_key(m: ModelManifest) -> InputKey:
-    return (m.input.height, m.input.width, m.input.channels, m.preprocessing.color, m.preprocessing.resize)
+    """Everything a model's input row depends on: rows made for an equal key are the same pixels."""
+    pre = m.preprocessing
+    return (m.input.height, m.input.width, m.input.channels, pre.color, pre.resize, pre.fit, pre.scale)
 
 
 def backend_settings(config: Config) -> BackendSettings:
@@ -197,14 +199,7 @@ def _open_model(
 
 
 def _preprocessor(model: LoadedModel, config: Config) -> Preprocessor:
-    m = model.manifest
-    pre = Preprocessor(
-        config.pipeline.batch_size,
-        (m.input.height, m.input.width),
-        m.preprocessing.color,
-        config.source.pixel_format,
-        m.preprocessing.resize,
-    )
+    pre = Preprocessor.for_model(model.manifest, config.pipeline.batch_size, config.source.pixel_format)
     buf = model.backend.input_buffer()
     if buf.shape[1:] != pre.buffer.shape[1:] or buf.shape[0] < config.pipeline.batch_size or buf.dtype != np.uint8:
         raise StartupError(
@@ -323,13 +318,7 @@ def build(config: Config, config_file: str | Path, previous: Runtime | None = No
         problems.raise_if_any()
         assert decider is not None
         recognizer, segmenter = models["recognizer"], models.get("segmenter")
-        shares = False
-        if segmenter is not None:
-            r, s = recognizer.manifest, segmenter.manifest
-            shares = r.input == s.input and (r.preprocessing.resize, r.preprocessing.color) == (
-                s.preprocessing.resize,
-                s.preprocessing.color,
-            )
+        shares = segmenter is not None and input_key(recognizer.manifest) == input_key(segmenter.manifest)
     except BaseException:
         for model in opened:  # nothing half-built survives a failed build
             model.backend.close()

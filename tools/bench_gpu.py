@@ -85,8 +85,7 @@ def bench_preprocess(backend, manifest, frame: tuple[int, int, int], n: int, sec
     rng = np.random.default_rng(1)
     raw = rng.integers(0, 256, (n, *frame), dtype=np.uint8)
     fmt = "mono8" if frame[2] == 1 else "bgr8"
-    pre = Preprocessor(n, (manifest.input.height, manifest.input.width), manifest.preprocessing.color, fmt,
-                       manifest.preprocessing.resize)  # fmt: skip
+    pre = Preprocessor.for_model(manifest, n, fmt)
     pre.buffer = backend.input_buffer()  # write straight into the pinned input, as the daemon does
 
     def cpu():

@@ -95,13 +95,7 @@ class BareLoop:
         settings = config.models.onnxruntime.model_copy(update={"intra_op_threads": threads})
         manifest = load_model_manifest("onnxruntime", path, settings, batch)
         self.backend = backend_class("onnxruntime")(path, manifest, settings, batch)
-        pre = Preprocessor(
-            batch,
-            (manifest.input.height, manifest.input.width),
-            manifest.preprocessing.color,
-            config.source.pixel_format,
-            manifest.preprocessing.resize,
-        )
+        pre = Preprocessor.for_model(manifest, batch, config.source.pixel_format)
         pre.buffer = self.backend.input_buffer()
         for i in range(batch):
             pre.put(i, tiles[i % len(tiles)])
