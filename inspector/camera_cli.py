@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from inspector.sources import SourceError
@@ -29,14 +29,30 @@ def add_parser(subparsers: Any) -> None:
     p_list = sub.add_parser("list", help="devices found: vendor, model, serial, id, user-defined name, access")
     p_list.add_argument("--cti", action="append", default=[], metavar="PATH", help=cti_help)
     p_list.add_argument("--json", action="store_true", help="one JSON object per device, one a line")
-    p_list.set_defaults(func=cmd_list)
+    p_list.set_defaults(func=run(cmd_list))
 
     p_feat = sub.add_parser("features", help="a device's features: type, access, value, range or entries")
     p_feat.add_argument("device", metavar="DEVICE", help="serial number, id or user-defined name")
     p_feat.add_argument("--cti", action="append", default=[], metavar="PATH", help=cti_help)
     p_feat.add_argument("--all", action="store_true", help="also invisible (implementation) nodes")
     p_feat.add_argument("--json", action="store_true", help="one JSON object per feature, one a line")
-    p_feat.set_defaults(func=cmd_features)
+    p_feat.set_defaults(func=run(cmd_features))
+
+
+def run(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A camera command as the CLI runs it: a missing camera extra or a camera problem is one line, exit 2."""
+
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            from inspector.sources.genicam.gentl import require
+
+            require()  # before anything imports harvesters' names
+            return command(args)
+        except SourceError as exc:
+            print(f"inspector camera: {exc}", file=sys.stderr)
+            return 2
+
+    return guarded
 
 
 @contextlib.contextmanager
@@ -151,14 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="inspector")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except SourceError as exc:
-        print(f"inspector camera: {exc}", file=sys.stderr)
-        return 2
-    except ImportError as exc:
-        print(f"inspector camera needs the camera extra (pip install 'inspector[camera]'): {exc}", file=sys.stderr)
-        return 2
+    return int(args.func(args))
 
 
 if __name__ == "__main__":

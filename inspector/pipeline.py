@@ -44,7 +44,7 @@ from inspector.decision import NO_DEFECTS, Geometry
 from inspector.frames import CHANNELS, FrameRing, Reason, Verdict
 from inspector.preprocess import Preprocessor
 from inspector.runtime import InputKey, Runtime, input_key
-from inspector.sources import EndOfStream, Source, SourceError
+from inspector.sources import EndOfStream, Grab, Source, SourceError
 from inspector.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ class Pipeline:
         ring, source, metrics, tickets = self.ring, self.source, self.metrics, self.tickets
         prep, prep_key = self._prep, self._prep_key
         queue, cond, counters = self._queue, self._cond, self.counters
-        perf, wall, mono = time.perf_counter, time.time_ns, time.monotonic_ns
+        perf = time.perf_counter
         seq = 0
         try:
             while not self._stop_acquiring.is_set():
@@ -277,40 +277,10 @@ class Pipeline:
                     continue
                 out = self._scratch if slot is None else ring.view(slot)
                 t0 = perf()
-                try:
-                    grab = source.grab(out, GRAB_TIMEOUT_S)
-                except BaseException:
-                    if slot is not None:
-                        self._release(slot)
-                    raise
+                grab = self._grab(source, out, slot)
                 if grab is None:  # no frame within the timeout (or a camera reconnecting)
-                    if slot is not None:
-                        self._release(slot)
                     continue
-                t = tickets.take()
-                # Every field is set for every frame: a ticket carries nothing over from its previous frame.
-                t.seq = seq
-                t.camera_frame_id = grab.camera_frame_id
-                t.result = "reject"
-                t.reason = Reason.ERROR  # overwritten when decided
-                t.t_acquired_ns = wall()
-                t.t_acquired_mono_ns = mono()
-                t.t_decided_ns = 0
-                t.timestamp_source = grab.timestamp_source
-                t.t_device_ns = grab.t_device_ns
-                t.defects = NO_DEFECTS
-                t.recognizer_score = None
-                t.segmenter_ran = False
-                t.camera_drops_before = grab.camera_drops_before
-                t.detail = None
-                t.config_hash = ""
-                t.model_hashes = NO_HASHES
-                t.truth = grab.truth
-                t.slot = -1 if slot is None else slot
-                t.height = min(grab.height, self._slot_h)
-                t.width = min(grab.width, self._slot_w)
-                t.bad = grab.bad_frame
-                t.prepped = None
+                t = self._ticket(tickets.take(), seq, grab, slot)
                 seq += 1
                 metrics.acquired()
                 metrics.stage("acquire", perf() - t0)
@@ -342,6 +312,44 @@ class Pipeline:
             with self._cond:
                 self._acquisition_done = True
                 self._cond.notify_all()
+
+    def _grab(self, source: Source, out: np.ndarray, slot: int | None) -> Grab | None:
+        """source.grab() into `out`; the slot goes back to the ring if no frame came (or the source raised)."""
+        try:
+            grab = source.grab(out, GRAB_TIMEOUT_S)
+        except BaseException:
+            if slot is not None:
+                self._release(slot)
+            raise
+        if grab is None and slot is not None:
+            self._release(slot)
+        return grab
+
+    def _ticket(self, t: Ticket, seq: int, grab: Grab, slot: int | None) -> Ticket:
+        """A pooled ticket for the frame just grabbed. Every field is set: nothing carries over from its last use."""
+        t.seq = seq
+        t.camera_frame_id = grab.camera_frame_id
+        t.result = "reject"
+        t.reason = Reason.ERROR  # overwritten when decided
+        t.t_acquired_ns = time.time_ns()
+        t.t_acquired_mono_ns = time.monotonic_ns()
+        t.t_decided_ns = 0
+        t.timestamp_source = grab.timestamp_source
+        t.t_device_ns = grab.t_device_ns
+        t.defects = NO_DEFECTS
+        t.recognizer_score = None
+        t.segmenter_ran = False
+        t.camera_drops_before = grab.camera_drops_before
+        t.detail = None
+        t.config_hash = ""
+        t.model_hashes = NO_HASHES
+        t.truth = grab.truth
+        t.slot = -1 if slot is None else slot
+        t.height = min(grab.height, self._slot_h)
+        t.width = min(grab.width, self._slot_w)
+        t.bad = grab.bad_frame
+        t.prepped = None
+        return t
 
     def _pixels(self, t: Ticket) -> np.ndarray:
         """The frame's pixels in its slot: the whole slot, or its top-left part for a smaller frame."""

@@ -521,6 +521,16 @@ def format_verdict_line(msg: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _report_gap(last_seq: dict[str, int], cam_topic: str, seq: Any) -> None:
+    """A verdict's seq after the previous one of its camera: a jump means verdicts lost on the way (stderr)."""
+    if not isinstance(seq, int):
+        return
+    prev = last_seq.get(cam_topic)
+    if prev is not None and seq > prev + 1:
+        print(f"listen: {cam_topic}: {seq - prev - 1} verdicts missed before seq {seq}", file=sys.stderr)
+    last_seq[cam_topic] = seq
+
+
 def listen(
     endpoint: str,
     topic: str,
@@ -574,13 +584,7 @@ def listen(
             if not schema.startswith("inspector.verdict/"):
                 print(f"listen: ignoring a message with schema {schema!r}", file=sys.stderr)
                 continue
-            cam_topic = msg_topic.rsplit("/", 1)[0]
-            seq = msg.get("seq")
-            prev = last_seq.get(cam_topic)
-            if isinstance(seq, int):
-                if prev is not None and seq > prev + 1:
-                    print(f"listen: {cam_topic}: {seq - prev - 1} verdicts missed before seq {seq}", file=sys.stderr)
-                last_seq[cam_topic] = seq
+            _report_gap(last_seq, msg_topic.rsplit("/", 1)[0], msg.get("seq"))
             out.write(json.dumps(msg, separators=(",", ":")) if as_json else format_verdict_line(msg))
             out.write("\n")
             out.flush()

@@ -41,6 +41,7 @@ from inspector.decision import Decider, load_ignore_mask
 from inspector.frames import CHANNELS, Result
 from inspector.manifest import ManifestError, ModelManifest, check_expectations, read_manifest
 from inspector.preprocess import Preprocessor
+from inspector.sources import SourceError, source_class
 
 # Sections whose change needs a restart: the ring, the sockets, the exporter and the source are built once, and
 # `line` names the ZeroMQ topic and the metrics labels. A reload touching any of them is refused as a whole.
@@ -151,6 +152,10 @@ class _Problems:
 def source_problems(config: Config, config_file: str | Path, problems: _Problems) -> None:
     """What can be checked about the source without opening it (a camera may be in use by the running daemon)."""
     src = config.source
+    try:
+        source_class(src.kind)  # its library is installed (the camera extra for genicam)
+    except SourceError as exc:
+        problems.add(EXIT_SOURCE, f"source.kind {src.kind}: {exc}")
     if src.kind == "folder":
         folder = resolve_path(config_file, src.path)
         if not folder.is_dir():
@@ -295,6 +300,10 @@ def build(config: Config, config_file: str | Path, previous: Runtime | None = No
         assert config.models.segmenter is not None  # the config validator guarantees it
         specs["segmenter"] = config.models.segmenter
     batch = config.pipeline.batch_size
+    why = backend_class(config.models.backend).unavailable(backend_settings(config))
+    if why is not None:  # no model can be opened: say so once, not once per model
+        problems.add(EXIT_MODEL, f"models.backend: {why}")
+        specs = {}
     opened: list[LoadedModel] = []  # newly opened here: closed again if the build fails
     models: dict[str, LoadedModel] = {}
     pres: dict[str, Preprocessor] = {}

@@ -135,33 +135,13 @@ def threads_label(threads: int) -> str:
     return str(threads) if threads else f"0 (ORT default: {os.cpu_count()} here)"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", type=Path, default=ROOT / "configs" / "folder-replay.yaml", help="line config")
-    p.add_argument("--seconds", type=float, default=10.0, help="per measurement in a round")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
-    p.add_argument("--sweep-seconds", type=float, default=3.0, help="per bare-loop setting in the sweep")
-    p.add_argument("--threads", default="0,1,2", help="intra-op thread counts for the sweep (0 = ORT default)")
-    p.add_argument("--batches", default="1,2,4,8,16", help="batch sizes for the sweep")
-    p.add_argument("--candidates", type=int, default=3, help="best bare settings of the sweep measured in each round")
-    p.add_argument("--no-append", action="store_true", help="print only; do not append to docs/BENCHMARKS.md")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+Setting = tuple[int, int]  # (intra-op threads, batch)
 
-    config = load_config(args.config)
-    if config.source.kind != "folder" or config.models.backend != "onnxruntime":
-        print(f"{args.config}: the benchmark needs a folder source and the onnxruntime backend", file=sys.stderr)
-        return 2
-    data = resolve_path(args.config, config.source.path)
-    if not data.is_dir():
-        print(f"SKIPPED: data set not found at {data} (Magnetic Tile, see docs/TRAINING.md)", file=sys.stderr)
-        return 0
-    load_before = load_text()
-    tiles = real_tiles(args.config, config, 16)
+
+def sweep_bare(args: argparse.Namespace, config: Config, tiles: np.ndarray) -> dict[Setting, float]:
     threads_set = [int(x) for x in args.threads.split(",")]
     batches = [int(x) for x in args.batches.split(",")]
-
-    sweep: dict[tuple[int, int], float] = {}
+    sweep: dict[Setting, float] = {}
     for threads in threads_set:
         for batch in batches:
             loop = BareLoop(args.config, config, tiles, threads, batch)
@@ -170,13 +150,15 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 loop.close()
             print(f"bare threads {threads} batch {batch}: {sweep[(threads, batch)]:.1f} frames/s", file=sys.stderr)
-    # The sweep is short and a neighbour's burst can flatter one setting: the best few are measured again in
-    # every round, beside the daemon, and the best bare loop is the one with the highest median there.
-    candidates = sorted(sweep, key=lambda k: sweep[k], reverse=True)[: args.candidates]
-    own = (config.models.onnxruntime.intra_op_threads, config.pipeline.batch_size)
+    return sweep
 
-    bare_runs: dict[tuple[int, int], list[tuple[float, float]]] = {c: [] for c in candidates}
-    daemon_runs: dict[tuple[int, int], list[dict[str, Any]]] = {}
+
+def run_rounds(
+    args: argparse.Namespace, config: Config, tiles: np.ndarray, candidates: list[Setting], own: Setting
+) -> tuple[dict[Setting, list[tuple[float, float]]], dict[Setting, list[dict[str, Any]]]]:
+    """Interleaved rounds: each candidate bare loop, then the daemon at its own and at the leading settings."""
+    bare_runs: dict[Setting, list[tuple[float, float]]] = {c: [] for c in candidates}
+    daemon_runs: dict[Setting, list[dict[str, Any]]] = {}
     loops = {c: BareLoop(args.config, config, tiles, *c) for c in candidates}
     try:
         for r in range(args.rounds):
@@ -191,10 +173,25 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for loop in loops.values():
             loop.close()
+    return bare_runs, daemon_runs
+
+
+def report(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    config: Config,
+    sweep: dict[Setting, float],
+    bare_runs: dict[Setting, list[tuple[float, float]]],
+    daemon_runs: dict[Setting, list[dict[str, Any]]],
+    own: Setting,
+    load_before: str,
+) -> str:
+    threads_set = sorted({s[0] for s in sweep})
+    batches = sorted({s[1] for s in sweep})
+    candidates = list(bare_runs)
     best = max(candidates, key=lambda c: statistics.median(f for f, _ in bare_runs[c]))
     bare = statistics.median(f for f, _ in bare_runs[best])
     bare_cpu = statistics.median(c for _, c in bare_runs[best])
-
     cmd_args = argv if argv is not None else sys.argv[1:]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True)
@@ -258,20 +255,56 @@ def main(argv: list[str] | None = None) -> int:
         f"best bare loop {bare_cpu:.3f} ms.",
         "",
     ]
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", type=Path, default=ROOT / "configs" / "folder-replay.yaml", help="line config")
+    p.add_argument("--seconds", type=float, default=10.0, help="per measurement in a round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    p.add_argument("--sweep-seconds", type=float, default=3.0, help="per bare-loop setting in the sweep")
+    p.add_argument("--threads", default="0,1,2", help="intra-op thread counts for the sweep (0 = ORT default)")
+    p.add_argument("--batches", default="1,2,4,8,16", help="batch sizes for the sweep")
+    p.add_argument("--candidates", type=int, default=3, help="best bare settings of the sweep measured in each round")
+    p.add_argument("--no-append", action="store_true", help="print only; do not append to docs/BENCHMARKS.md")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    config = load_config(args.config)
+    if config.source.kind != "folder" or config.models.backend != "onnxruntime":
+        print(f"{args.config}: the benchmark needs a folder source and the onnxruntime backend", file=sys.stderr)
+        return 2
+    data = resolve_path(args.config, config.source.path)
+    if not data.is_dir():
+        print(f"SKIPPED: data set not found at {data} (Magnetic Tile, see docs/TRAINING.md)", file=sys.stderr)
+        return 0
+    load_before = load_text()
+    tiles = real_tiles(args.config, config, 16)
+    sweep = sweep_bare(args, config, tiles)
+    # The sweep is short and a neighbour's burst can flatter one setting: the best few are measured again in
+    # every round, beside the daemon, and the best bare loop is the one with the highest median there.
+    candidates = sorted(sweep, key=lambda k: sweep[k], reverse=True)[: args.candidates]
+    own = (config.models.onnxruntime.intra_op_threads, config.pipeline.batch_size)
+    bare_runs, daemon_runs = run_rounds(args, config, tiles, candidates, own)
+    table = report(args, argv, config, sweep, bare_runs, daemon_runs, own, load_before)
     print(table)
     if not args.no_append:
-        doc = ROOT / "docs" / "BENCHMARKS.md"
-        text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-        if SECTION not in text:
-            text = text.rstrip() + f"\n\n{SECTION}\n\nMeasured by `tools/bench_pipeline.py` (newest last).\n"
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        end = len(text) if nxt < 0 else nxt + 1
-        text = text[:end].rstrip() + "\n\n" + table + "\n" + ("\n" + text[end:] if nxt >= 0 else "")
-        doc.write_text(text)
-        print(f"appended to {doc}", file=sys.stderr)
+        append(table)
     return 0
+
+
+def append(table: str) -> None:
+    doc = ROOT / "docs" / "BENCHMARKS.md"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    if SECTION not in text:
+        text = text.rstrip() + f"\n\n{SECTION}\n\nMeasured by `tools/bench_pipeline.py` (newest last).\n"
+    start = text.index(SECTION)
+    nxt = text.find("\n## ", start + len(SECTION))
+    end = len(text) if nxt < 0 else nxt + 1
+    text = text[:end].rstrip() + "\n\n" + table + "\n" + ("\n" + text[end:] if nxt >= 0 else "")
+    doc.write_text(text)
+    print(f"appended to {doc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

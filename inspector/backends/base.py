@@ -31,6 +31,13 @@ class Backend(Protocol):
 
     def __init__(self, model_path: Path, manifest: ModelManifest, settings: BackendSettings, max_batch: int): ...
 
+    @classmethod
+    def unavailable(cls, settings: BackendSettings) -> str | None:
+        """Why this backend cannot run on this machine at all (a library or the GPU missing), in one line; None
+        when it can. Checked once before any model is opened, so a missing library is one clear line, not one
+        failure per model or a traceback."""
+        ...
+
     def input_buffer(self) -> np.ndarray:
         """The (max_batch, H, W, C) uint8 input array; rows [:n] are the batch for run(n)."""
         ...

@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from inspector.backends.base import BackendError
+from inspector.backends.base import BackendError, BackendSettings
 from inspector.backends.gpu_io import DeviceIO
-from inspector.backends.gpu_memory import set_device
+from inspector.backends.gpu_memory import gpu_available, set_device
+from inspector.config import TensorRTSettings
 from inspector.manifest import ModelManifest
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,15 @@ class CudaBackend(DeviceIO):
     """
 
     graphs_allowed = False  # ONNX Runtime captures its own graphs; see the module docstring
+
+    @classmethod
+    def unavailable(cls, settings: BackendSettings) -> str | None:
+        try:
+            _import_onnxruntime_cuda()
+        except BackendError as exc:
+            return str(exc)
+        ok, why = gpu_available(settings.device if isinstance(settings, TensorRTSettings) else 0)
+        return None if ok else why
 
     def __init__(self, model_path: str | Path, manifest: ModelManifest, settings: Any, max_batch: int):
         if manifest.format != "onnx":

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from inspector.backends.base import BackendError
+from inspector.backends.base import BackendError, BackendSettings
 from inspector.config import OnnxRuntimeSettings
 from inspector.manifest import ModelManifest
 
@@ -66,6 +66,14 @@ class OnnxRuntimeBackend:
         self._bindings = [self._bind(n) for n in range(1, max_batch + 1)]
         # One result dict per batch size, built once: run() returns it without allocating.
         self._results = [{name: buf[:n] for name, buf in self._outputs.items()} for n in range(1, max_batch + 1)]
+
+    @classmethod
+    def unavailable(cls, settings: BackendSettings) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            return f"ONNX Runtime cannot be imported ({exc}); reinstall inspector"
+        return None
 
     # ----------------------------------------------------------------------------------------- checks
 

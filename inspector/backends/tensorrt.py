@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from inspector.backends.base import BackendError
+from inspector.backends.base import BackendError, BackendSettings
 from inspector.backends.gpu_io import DeviceIO
-from inspector.backends.gpu_memory import device_info, set_device
+from inspector.backends.gpu_memory import device_info, gpu_available, set_device
 from inspector.config import TensorRTSettings
 from inspector.manifest import ManifestError, ModelManifest, manifest_path, read_manifest
 
@@ -326,6 +326,15 @@ class _TrtLogger:
 
 class TensorRTBackend(DeviceIO):
     """Backend(model_path, manifest, settings, max_batch) for TensorRT engines (see the module docstring)."""
+
+    @classmethod
+    def unavailable(cls, settings: BackendSettings) -> str | None:
+        try:
+            _import_tensorrt()
+        except BackendError as exc:
+            return str(exc)
+        ok, why = gpu_available(settings.device if isinstance(settings, TensorRTSettings) else 0)
+        return None if ok else f"TensorRT is installed but the GPU is not usable: {why}"
 
     def __init__(self, model_path: str | Path, manifest: ModelManifest, settings: TensorRTSettings, max_batch: int):
         trt = _import_tensorrt()

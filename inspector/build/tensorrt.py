@@ -167,6 +167,24 @@ def import_builder() -> Any:
     return trt
 
 
+def _builder_config(trt: Any, builder: Any, precision: Precision, workspace_gib: float, strongly_typed: bool) -> Any:
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        # TF32 is on by default for FP32 layers on Ampere+; "fp32" means FP32 (the tightest tolerance in docs/GPU.md).
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if not strongly_typed and precision in ("fp16", "int8"):
+        if not hasattr(trt.BuilderFlag, "FP16"):
+            raise BuildError(
+                f"TensorRT {trt.__version__} has no weakly-typed precision flags; build with --strongly-typed "
+                "from a graph whose types give the precision"
+            )
+        config.set_flag(trt.BuilderFlag.FP16)  # also for INT8: layers left in float run in FP16
+        if precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)  # with Q/DQ in the graph this is explicit quantization
+    return config
+
+
 def build_serialized(
     onnx_bytes: bytes,
     *,
@@ -193,31 +211,12 @@ def build_serialized(
     if not parser.parse(onnx_bytes, str(onnx_path)):
         errors = "\n".join(f"  {parser.get_error(i)}" for i in range(parser.num_errors))
         raise BuildError(f"TensorRT's ONNX parser refused {onnx_path}:\n{errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
-        # TF32 is on by default for FP32 layers on Ampere+; "fp32" means FP32 (the tightest tolerance in docs/GPU.md).
-        config.clear_flag(trt.BuilderFlag.TF32)
-    if not strongly_typed and precision in ("fp16", "int8"):
-        if not hasattr(trt.BuilderFlag, "FP16"):
-            raise BuildError(
-                f"TensorRT {trt.__version__} has no weakly-typed precision flags; build with --strongly-typed "
-                "from a graph whose types give the precision"
-            )
-        config.set_flag(trt.BuilderFlag.FP16)  # also for INT8: layers left in float run in FP16
-        if precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)  # with Q/DQ in the graph this is explicit quantization
-
-    shapes = profile_shapes(profile, hwc)
+    config = _builder_config(trt, builder, precision, workspace_gib, strongly_typed)
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    if input_name not in names:
+        raise BuildError(f"the network has no input named {input_name!r} (inputs: {names})")
     trt_profile = builder.create_optimization_profile()
-    found = False
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        if tensor.name == input_name:
-            trt_profile.set_shape(tensor.name, *shapes)
-            found = True
-    if not found:
-        raise BuildError(f"the network has no input named {input_name!r}")
+    trt_profile.set_shape(input_name, *profile_shapes(profile, hwc))
     config.add_optimization_profile(trt_profile)
 
     cache_blob = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""

@@ -27,6 +27,9 @@ def _folder() -> type[Source]:
 
 
 def _genicam() -> type[Source]:
+    from inspector.sources.genicam.gentl import require
+
+    require()  # without the camera extra: SourceError in one line, not an ImportError from deep inside
     from inspector.sources.genicam.source import GenicamSource
 
     return GenicamSource

@@ -75,53 +75,63 @@ def check_feature(node_map: Any, feature: GenicamFeature) -> str | None:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         return f"{shown}: the device has no feature {name!r}{hint} (`inspector camera features DEVICE` lists them)"
     kind = _node_type(node)
-    type_name = TYPE_NAMES.get(kind, str(kind))
     access = access_mode(node)
     if access not in (EAccessMode.RW, EAccessMode.WO):
         return f"{shown}: {name} is {ACCESS_NAMES.get(access, access)}, it cannot be set"
     if kind == EInterfaceType.intfIEnumeration:
-        allowed = enum_entries(node)
-        if not isinstance(value, str) or value not in allowed:
-            # YAML 1.1 reads unquoted On/Off/Yes/No as booleans: TriggerMode: Off arrives as False.
-            hint = ' (YAML reads unquoted On/Off as true/false: write "On"/"Off")' if isinstance(value, bool) else ""
-            return f"{shown}: not an allowed entry of {name}; the device allows: {', '.join(allowed)}{hint}"
-        return None
+        return _check_enumeration(node, name, value, shown)
     if kind == EInterfaceType.intfIBoolean:
-        if not isinstance(value, bool):
-            return f"{shown}: {name} is a Boolean feature; give true or false"
-        return None
+        return None if isinstance(value, bool) else f"{shown}: {name} is a Boolean feature; give true or false"
     if kind == EInterfaceType.intfIString:
-        if not isinstance(value, str):
-            return f"{shown}: {name} is a String feature; give a string"
-        max_length = getattr(node, "max_length", None)
-        if isinstance(max_length, int) and len(value) > max_length:
-            return f"{shown}: longer than the {max_length} characters {name} holds"
-        return None
+        return _check_string(node, name, value, shown)
     if kind in (EInterfaceType.intfIInteger, EInterfaceType.intfIFloat):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"{shown}: {name} is an {type_name} feature; give a number ({allowed_text(node)})"
-        if kind == EInterfaceType.intfIInteger and not float(value).is_integer():
-            return f"{shown}: {name} is an Integer feature; give a whole number ({allowed_text(node)})"
-        lo, hi = node.min, node.max
-        mode = int(node.inc_mode)
-        if mode == EIncMode.listIncrement:
-            if not any(math.isclose(value, v, rel_tol=1e-9, abs_tol=1e-12) for v in node.list_of_valid_values):
-                return f"{shown}: not a valid value of {name}; the device allows {allowed_text(node)}"
-            return None
-        tolerance = 1e-9 * max(1.0, abs(hi), abs(lo)) if kind == EInterfaceType.intfIFloat else 0
-        if value < lo - tolerance or value > hi + tolerance:
-            return f"{shown}: out of range; the device allows {allowed_text(node)}"
-        if mode == EIncMode.fixedIncrement:
-            inc = node.inc
-            steps = (value - lo) / inc
-            if kind == EInterfaceType.intfIInteger:
-                off_step = (int(value) - lo) % inc != 0
-            else:
-                off_step = abs(steps - round(steps)) > 1e-6 * max(1.0, abs(steps))
-            if off_step:
-                return f"{shown}: not on the increment; the device allows {allowed_text(node)}"
+        return _check_number(node, kind, name, value, shown)
+    return f"{shown}: {name} is a {TYPE_NAMES.get(kind, str(kind))} node, which a config cannot set"
+
+
+def _check_enumeration(node: Any, name: str, value: Any, shown: str) -> str | None:
+    allowed = enum_entries(node)
+    if isinstance(value, str) and value in allowed:
         return None
-    return f"{shown}: {name} is a {type_name} node, which a config cannot set"
+    # YAML 1.1 reads unquoted On/Off/Yes/No as booleans: TriggerMode: Off arrives as False.
+    hint = ' (YAML reads unquoted On/Off as true/false: write "On"/"Off")' if isinstance(value, bool) else ""
+    return f"{shown}: not an allowed entry of {name}; the device allows: {', '.join(allowed)}{hint}"
+
+
+def _check_string(node: Any, name: str, value: Any, shown: str) -> str | None:
+    if not isinstance(value, str):
+        return f"{shown}: {name} is a String feature; give a string"
+    max_length = getattr(node, "max_length", None)
+    if isinstance(max_length, int) and len(value) > max_length:
+        return f"{shown}: longer than the {max_length} characters {name} holds"
+    return None
+
+
+def _check_number(node: Any, kind: int, name: str, value: Any, shown: str) -> str | None:
+    integer = kind == EInterfaceType.intfIInteger
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{shown}: {name} is an {TYPE_NAMES.get(kind, str(kind))} feature; give a number ({allowed_text(node)})"
+    if integer and not float(value).is_integer():
+        return f"{shown}: {name} is an Integer feature; give a whole number ({allowed_text(node)})"
+    lo, hi = node.min, node.max
+    mode = int(node.inc_mode)
+    if mode == EIncMode.listIncrement:
+        if not any(math.isclose(value, v, rel_tol=1e-9, abs_tol=1e-12) for v in node.list_of_valid_values):
+            return f"{shown}: not a valid value of {name}; the device allows {allowed_text(node)}"
+        return None
+    tolerance = 0 if integer else 1e-9 * max(1.0, abs(hi), abs(lo))
+    if value < lo - tolerance or value > hi + tolerance:
+        return f"{shown}: out of range; the device allows {allowed_text(node)}"
+    if mode == EIncMode.fixedIncrement and _off_increment(value, lo, node.inc, integer):
+        return f"{shown}: not on the increment; the device allows {allowed_text(node)}"
+    return None
+
+
+def _off_increment(value: float, lo: float, inc: float, integer: bool) -> bool:
+    if integer:
+        return bool((int(value) - lo) % inc != 0)
+    steps = (value - lo) / inc
+    return abs(steps - round(steps)) > 1e-6 * max(1.0, abs(steps))
 
 
 def apply_features(node_map: Any, features: list[GenicamFeature], device: str) -> None:

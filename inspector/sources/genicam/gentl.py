@@ -47,7 +47,8 @@ def require() -> None:
     """Raise SourceError, in one line, when the camera extra is not installed."""
     if IMPORT_ERROR is not None:
         raise SourceError(
-            f"the genicam source needs harvesters and genicam (pip install 'inspector[camera]'): {IMPORT_ERROR}"
+            f"GenICam cameras need the camera extra: harvesters and genicam (pip install 'inspector[camera]'); "
+            f"{IMPORT_ERROR}"
         )
 
 
