@@ -4,6 +4,9 @@
     inspector check-config FILE                       validate a line config and the models it names
     inspector listen --config FILE [--count N] [--json]   print the verdicts that config publishes
     inspector camera list | features DEVICE           GenICam cameras (integrators writing a config)
+    inspector review --archive DIR                    the archive's review page (local web server)
+    inspector tune --archive DIR --config FILE [--set decision.block_threshold=0.7 ...]
+                                                      re-decide archived frames at other thresholds
 
 Exit status: 0 ok; 2 bad config; 3 model/backend problem; 4 source or socket/port problem; 1 a runtime failure
 (the source failed for good while running). check-config uses 0 or 2 for anything it finds wrong. Errors are
@@ -109,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     lis.set_defaults(func=cmd_listen)
 
     camera_cli.add_parser(sub)
+    from inspector.archive import review, tune
+
+    review.add_parser(sub)
+    tune.add_parser(sub)
     return p
 
 

@@ -35,6 +35,8 @@ from typing import Any
 
 import cv2
 
+from inspector.archive.metrics import ArchiveMetrics
+from inspector.archive.writer import ArchiveWriter
 from inspector.config import Config, ConfigError, load_config, resolve_path
 from inspector.console import Console, LiveStats, MetricsTap
 from inspector.metrics import Metrics
@@ -48,6 +50,7 @@ log = logging.getLogger("inspector.daemon")
 
 DRAIN_EXTRA_S = 2.0  # beyond deadline_ms, how long SIGTERM waits for frames in flight to be inspected
 PUBLISHER_CLOSE_S = 5.0
+ARCHIVE_CLOSE_S = 5.0  # at stop, how long the archive writer may take for what is queued (the rest is counted)
 
 
 class _Events:
@@ -101,6 +104,7 @@ class Daemon:
         self.source: Source | None = None
         self.runtime: Runtime | None = None
         self.pipeline: Pipeline | None = None
+        self.archive: ArchiveWriter | None = None
         self.watchdog: Watchdog | None = None
         self.console: Console | None = None
         self.metrics_port: int | None = None
@@ -148,8 +152,23 @@ class Daemon:
             self.publisher = None
             raise StartupError(4, f"publish: {exc}") from None
 
+        if config.archive.enabled:
+            # Before the models: their runtime binds its hand-over pool to the writer. A directory that cannot be
+            # used is reported (log, event, metric) and retried; inspection starts anyway.
+            assert config.archive.path is not None
+            self.archive = ArchiveWriter(
+                config.archive,
+                resolve_path(self.config_file, config.archive.path).resolve(),
+                line,
+                camera,
+                self.publisher.run_id,
+                metrics=ArchiveMetrics(line, camera, self.metrics.registry),
+                events=self.publisher,
+            )
+            self.archive.start()
+
         t0 = time.perf_counter()
-        self.runtime = build(config, self.config_file)
+        self.runtime = build(config, self.config_file, archive=self.archive)
         log.info(
             "models loaded and warmed up in %.1f s: %s (%s backend, segmenter %s)",
             time.perf_counter() - t0,
@@ -307,12 +326,14 @@ class Daemon:
             log.error("%s", error)
             return "invalid", error
         try:
-            runtime = build(new, self.config_file, previous=self.runtime)
+            runtime = build(new, self.config_file, previous=self.runtime, archive=self.archive)
         except StartupError as exc:
             log.error("reload failed, the running config stays: %s", exc)
             return "failed", str(exc)
         old = self.pipeline.swap(runtime)
         self.runtime, self.config = runtime, new
+        if self.archive is not None:
+            self.archive.configure(new.archive)
         if old is not None and old is not runtime:
             retire(old, runtime)
         self._describe(runtime)
@@ -337,6 +358,15 @@ class Daemon:
             or ("end of stream" if self.pipeline.end_of_stream else None)
             or ("max frames" if self.max_frames is not None and counters.acquired >= self.max_frames else "stopped")
         )
+        if self.archive is not None:
+            # Before the stop event: the writer's last alarm (if any) still reaches the broadcast stream.
+            self.archive.close(ARCHIVE_CLOSE_S)
+            log.info(
+                "archive: %d records written this run, %d deleted for space, dropped %s",
+                self.archive.written,
+                self.archive.deleted,
+                self.archive.dropped or "none",
+            )
         self.publisher.event("stop", reason=reason, acquired=counters.acquired, decided=counters.decided)
         self.publisher.close(PUBLISHER_CLOSE_S)
         if self.console is not None:
@@ -364,6 +394,8 @@ class Daemon:
             self.watchdog.stop()
         if self.publisher is not None and not self.pipeline:
             self.publisher.close(1.0)
+        if self.archive is not None:
+            self.archive.close(0.5)  # a no-op when the shutdown already closed it
         if self.source is not None:
             try:
                 self.source.close()

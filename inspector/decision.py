@@ -444,17 +444,31 @@ class Decider:
         self.last_below_min_area = small
         return blobs
 
-    def _pixel_blobs(self, pixel_scores: np.ndarray, geometry: Geometry) -> list[Defect]:
+    def defect_pixels(self, pixel_scores: np.ndarray, frame_size: tuple[int, int] | None = None) -> np.ndarray:
+        """(height, width) bool grid of the segmenter's defect pixels: at or above pixel_threshold, in the cells
+        that count; what blobs are made of. A copy, for review and labels (the hot path never calls it)."""
+        geometry = self.geometry0 if frame_size is None else self.geometry(frame_size)
+        hits: np.ndarray = self._pixel_hits(pixel_scores, geometry).copy()
+        return hits
+
+    def _pixel_hits(self, pixel_scores: np.ndarray, geometry: Geometry) -> np.ndarray:
         grid, keep = geometry.pixels, geometry.pixel_keep
         if grid is None or keep is None:
             raise ValueError("pixel scores given, but the Decider was built without a segmenter")
         expected = (len(self.classes), grid.grid_h, grid.grid_w)
         if pixel_scores.shape != expected:
             raise ValueError(f"pixel scores {pixel_scores.shape}, expected {expected}")
-        prob, hit, labels = self._prob, self._hit, self._labels
+        prob, hit = self._prob, self._hit
         np.subtract(1.0, pixel_scores[0], out=prob)  # P(any defect) = 1 - P(background)
         np.greater_equal(prob, self.cfg.pixel_threshold, out=hit)
         hit &= keep
+        return hit
+
+    def _pixel_blobs(self, pixel_scores: np.ndarray, geometry: Geometry) -> list[Defect]:
+        hit = self._pixel_hits(pixel_scores, geometry)  # checks the shape, and that there is a segmenter grid
+        grid = geometry.pixels
+        assert grid is not None
+        prob, labels = self._prob, self._labels
         if not hit.any():
             self.last_below_min_area = 0
             return []

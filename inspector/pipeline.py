@@ -445,6 +445,8 @@ class Pipeline:
             self.counters.batched_frames += n
         except Exception as exc:
             self._release_held()
+            if rt.archive is not None:
+                rt.archive.discard()
             text = f"{type(exc).__name__}: {exc}"
             self._log_error(text, n)
             for t in todo:
@@ -457,11 +459,13 @@ class Pipeline:
         to another input spec. Slots are released before inference unless the segmenter needs their pixels."""
         held, prep = self._held, self._prep.buffer
         rec_buf, rec_key = rt.rec_pre.buffer, rt.rec_key
-        seg_pre = rt.seg_pre
+        seg_pre, sink = rt.seg_pre, rt.archive
         # The segmenter's rows are written here only when it sees every frame and cannot copy them.
         seg_upfront = seg_pre is not None and rt.mode == "always" and not rt.seg_shares_input
         for i, t in enumerate(todo):
             held.append(t.slot)
+            if sink is not None:  # a bounded copy, so that the slot can still be released before inference
+                sink.stage(i, self.ring.view(t.slot))
             if t.prepped == rec_key:
                 np.copyto(rec_buf[i], prep[t.slot])
             else:
@@ -505,16 +509,18 @@ class Pipeline:
         rows: list[int],
         geometries: list[Geometry] | None,
     ) -> None:
-        decider = rt.decider
+        decider, sink = rt.decider, rt.archive
         decided = time.time_ns()
         deadline_at = time.monotonic_ns() - rt.deadline_ns
         n_rows = len(rows)
         j = 0
         inspected = 0
         for i, t in enumerate(todo):
+            pix = None
             if pixel_scores is not None and j < n_rows and rows[j] == i:
                 geometry = geometries[i] if geometries is not None else None
-                result, reason, defects, score = decider.decide_screened(i, block_scores[i], pixel_scores[j], geometry)
+                pix = pixel_scores[j]
+                result, reason, defects, score = decider.decide_screened(i, block_scores[i], pix, geometry)
                 t.segmenter_ran = True
                 j += 1
             elif flagged[i]:
@@ -527,16 +533,18 @@ class Pipeline:
                 # timeout (fail-safe), with what the inspection found kept in the detail.
                 self._failsafe(rt, t, Reason.TIMEOUT, f"decided after the deadline; inspection said {result}")
                 t.recognizer_score = score
-                continue
-            t.result = result
-            t.reason = reason
-            t.defects = defects
-            t.recognizer_score = score
-            t.t_decided_ns = decided
-            t.detail = None
-            t.config_hash = rt.config_hash
-            t.model_hashes = rt.model_hashes
-            inspected += 1
+            else:
+                t.result = result
+                t.reason = reason
+                t.defects = defects
+                t.recognizer_score = score
+                t.t_decided_ns = decided
+                t.detail = None
+                t.config_hash = rt.config_hash
+                t.model_hashes = rt.model_hashes
+                inspected += 1
+            if sink is not None:  # returns at once: the scores join the staged copy, or a counted drop
+                sink.offer(i, t, (result, reason, defects, score), block_scores[i], pix)
         self.counters.inspected += inspected
 
     def _geometries(self, rt: Runtime, todo: list[Ticket]) -> list[Geometry] | None:

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from inspector.archive import FrameArchive
+from inspector.archive.writer import ArchiveContext, ArchiveWriter
 from inspector.backends import Backend, BackendError, BackendSettings, backend_class
 from inspector.config import Config, ConfigError, ModelSpec, load_config, resolve_path
 from inspector.decision import Decider, load_ignore_mask
@@ -45,7 +47,17 @@ from inspector.sources import SourceError, source_class
 
 # Sections whose change needs a restart: the ring, the sockets, the exporter and the source are built once, and
 # `line` names the ZeroMQ topic and the metrics labels. A reload touching any of them is refused as a whole.
-RESTART_ONLY = ("line", "source", "publish", "metrics", "pipeline.ring_slots", "pipeline.preprocess_threads")
+RESTART_ONLY = (
+    "line",
+    "source",
+    "publish",
+    "metrics",
+    "pipeline.ring_slots",
+    "pipeline.preprocess_threads",
+    "archive.enabled",
+    "archive.path",
+    "archive.pool_slots",
+)
 
 # Scores are probabilities (softmax folded into the graph); FP16 engines may round a little past the ends.
 SCORE_TOLERANCE = 1e-3
@@ -99,6 +111,7 @@ class Runtime:
     failsafe: Result  # what a frame that could not be inspected gets
     deadline_ns: int
     batch_size: int
+    archive: FrameArchive | None = None  # the archive's hand-over for this runtime; None when archiving is off
 
     def models(self) -> list[LoadedModel]:
         return [m for m in (self.recognizer, self.segmenter) if m is not None]
@@ -289,9 +302,12 @@ def warm_up(model: LoadedModel, runs: int, batch: int) -> None:
         model.backend.run(batch)
 
 
-def build(config: Config, config_file: str | Path, previous: Runtime | None = None) -> Runtime:
+def build(
+    config: Config, config_file: str | Path, previous: Runtime | None = None, archive: ArchiveWriter | None = None
+) -> Runtime:
     """The one validation (see the module docstring) and the runtime it yields. Raises StartupError listing
-    every problem found; nothing it opened survives a failure. Models unchanged since `previous` are reused."""
+    every problem found; nothing it opened survives a failure. Models unchanged since `previous` are reused.
+    With `archive`, the runtime gets the archive's hand-over, its pool shaped for these models' outputs."""
     problems = _Problems()
     source_problems(config, config_file, problems)
     mode = config.models.segmenter_mode
@@ -323,7 +339,8 @@ def build(config: Config, config_file: str | Path, previous: Runtime | None = No
             except StartupError as exc:
                 for line in exc.problems:
                     problems.add(exc.code, line)
-        decider = _decider(config, config_file, models, firsts, problems)
+        ignore_mask = _ignore_mask(config, config_file, problems)
+        decider = _decider(config, models, firsts, ignore_mask, problems)
         problems.raise_if_any()
         assert decider is not None
         recognizer, segmenter = models["recognizer"], models.get("segmenter")
@@ -332,6 +349,13 @@ def build(config: Config, config_file: str | Path, previous: Runtime | None = No
         for model in opened:  # nothing half-built survives a failed build
             model.backend.close()
         raise
+    sink = None
+    if archive is not None:
+        # Allocated here, off the hot path: the pool for these models' score maps.
+        context = ArchiveContext.build(
+            config, config.config_hash(), recognizer.manifest, segmenter.manifest if segmenter else None, ignore_mask
+        )
+        sink = archive.bind(context)
     return Runtime(
         config=config,
         config_hash=config.config_hash(),
@@ -346,26 +370,32 @@ def build(config: Config, config_file: str | Path, previous: Runtime | None = No
         failsafe=config.pipeline.failsafe_result,
         deadline_ns=int(config.pipeline.deadline_ms * 1e6),
         batch_size=batch,
+        archive=sink,
     )
+
+
+def _ignore_mask(config: Config, config_file: str | Path, problems: _Problems) -> np.ndarray | None:
+    if not config.decision.ignore_regions.mask:
+        return None
+    mask_path = resolve_path(config_file, config.decision.ignore_regions.mask)
+    try:
+        return load_ignore_mask(mask_path, (config.source.height, config.source.width))
+    except (OSError, ValueError) as exc:
+        problems.add(EXIT_CONFIG, f"decision.ignore_regions.mask ({mask_path}): {exc}")
+        return None
 
 
 def _decider(
     config: Config,
-    config_file: str | Path,
     models: dict[str, LoadedModel],
     firsts: dict[str, dict[str, np.ndarray]],
+    ignore_mask: np.ndarray | None,
     problems: _Problems,
 ) -> Decider | None:
     """The decision section against the models' manifests, and one decision on the blank frame's outputs."""
     frame_size = (config.source.height, config.source.width)
-    ignore_mask = None
-    if config.decision.ignore_regions.mask:
-        mask_path = resolve_path(config_file, config.decision.ignore_regions.mask)
-        try:
-            ignore_mask = load_ignore_mask(mask_path, frame_size)
-        except (OSError, ValueError) as exc:
-            problems.add(EXIT_CONFIG, f"decision.ignore_regions.mask ({mask_path}): {exc}")
-            return None
+    if config.decision.ignore_regions.mask and ignore_mask is None:
+        return None  # its problem is reported
     wanted = 1 if config.models.segmenter_mode == "never" else 2
     if len(models) != wanted:
         return None  # a model problem is already reported; the decision cannot be checked without it
@@ -406,12 +436,23 @@ def check(config_file: str | Path) -> list[str]:
         config = load_config(config_file)
     except ConfigError as exc:
         return str(exc).splitlines()
+    problems = []
     try:
         runtime = build(config, config_file)
     except StartupError as exc:
-        return [f"{config_file}: {line}" for line in exc.problems]
-    retire(runtime, None)
-    return []
+        problems = [f"{config_file}: {line}" for line in exc.problems]
+    else:
+        retire(runtime, None)
+    if config.archive.enabled and config.archive.path:
+        # Only check-config refuses an unusable archive directory: the daemon starts without it, says so (log,
+        # event, metric) and retries, because inspecting comes before keeping evidence.
+        from inspector.archive.store import check_directory
+
+        where = resolve_path(config_file, config.archive.path)
+        problem = check_directory(where, config.line.name, config.line.camera)
+        if problem:
+            problems.append(f"{config_file}: archive.path: {problem}")
+    return problems
 
 
 def restart_only_changes(old: Config, new: Config) -> list[str]:
