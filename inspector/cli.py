@@ -92,23 +92,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the inspection daemon on a line config")
+    run = sub.add_parser(
+        "run",
+        help="run the inspection daemon on a line config",
+        description="Run the inspection daemon on a line config (what systemd runs). Exit 0 after a clean stop; "
+        "2 bad config, 3 model/backend, 4 source/socket/port, 1 source failed while running.",
+    )
     run.add_argument("--config", required=True, help="line config (YAML)")
-    run.add_argument("--max-frames", type=int, help="stop cleanly after N acquired frames (all verdicts published)")
+    run.add_argument(
+        "--max-frames",
+        type=int,
+        help="stop cleanly after N acquired frames, every verdict published (default: run until stopped)",
+    )
     run.add_argument("--no-console", action="store_true", help="no status line/log (the metrics still run)")
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check-config", help="validate a line config and check its models' manifests")
+    check = sub.add_parser(
+        "check-config",
+        help="what start-up would refuse: the config, its models run once, its endpoints",
+        description="Run start-up's validation without starting: the YAML, every model opened in its backend "
+        "and run once on a blank frame against its manifest, the decision settings against the models, distinct "
+        "endpoints, the source's files. Binds no socket, opens no camera. Exit 0 if it would start, else 2, one "
+        "line per problem.",
+    )
     check.add_argument("file", help="line config (YAML)")
     check.set_defaults(func=cmd_check_config)
 
-    lis = sub.add_parser("listen", help="print the verdicts a line config publishes (a ZeroMQ subscriber)")
+    lis = sub.add_parser(
+        "listen",
+        help="print the verdicts a line config publishes (a ZeroMQ subscriber)",
+        description="Subscribe to a line's broadcast stream and print its verdicts; gaps in seq (verdicts lost on "
+        "the way) are reported on stderr.",
+    )
     lis.add_argument("--config", required=True, help="line config whose broadcast endpoint and topic to use")
-    lis.add_argument("--count", type=int, help="stop after N verdicts")
+    lis.add_argument("--count", type=int, help="stop after N verdicts (default: until interrupted)")
     lis.add_argument("--json", action="store_true", help="one JSON object a line (the wire message)")
     lis.add_argument("--events", action="store_true", help="also print events (start, stop, reload, camera)")
-    lis.add_argument("--endpoint", help="connect here instead of the config's broadcast address")
-    lis.add_argument("--timeout", type=float, help="stop when nothing arrived for this many seconds")
+    lis.add_argument("--endpoint", help="connect here (default: the config's broadcast address, on this host)")
+    lis.add_argument("--timeout", type=float, help="stop when nothing arrived for this many seconds (default: wait)")
     lis.set_defaults(func=cmd_listen)
 
     camera_cli.add_parser(sub)

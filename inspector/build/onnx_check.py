@@ -585,14 +585,18 @@ def check_model_for_manifest(model_path: str | Path, manifest: ModelManifest) ->
     return check_model(model_path, expect_input=(spec.height, spec.width, spec.channels))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m inspector.build.onnx_check",
         description="Check ONNX models for TensorRT 10.x compatibility (operators, opset, static shapes, dtypes).",
     )
     parser.add_argument("models", nargs="+", type=Path, help="ONNX files")
     parser.add_argument("--strict", action="store_true", help="treat warnings as errors")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     failed = False
     for path in args.models:
         expect = None
