@@ -7,10 +7,11 @@
     inspector review --archive DIR                    the archive's review page (local web server)
     inspector tune --archive DIR --config FILE [--set decision.block_threshold=0.7 ...]
                                                       re-decide archived frames at other thresholds
+    inspector gateway --config FILE                   the PLC gateway: OPC UA and Modbus TCP (docs/PLC.md)
 
-Exit status: 0 ok; 2 bad config; 3 model/backend problem; 4 source or socket/port problem; 1 a runtime failure
-(the source failed for good while running). check-config uses 0 or 2 for anything it finds wrong. Errors are
-one clear message on stderr, never a traceback.
+Exit status: 0 ok; 2 bad config; 3 model/backend problem (for the gateway: the plc extra missing); 4 source
+or socket/port problem; 1 a runtime failure (the source failed for good while running). check-config uses 0
+or 2 for anything it finds wrong. Errors are one clear message on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -87,6 +88,27 @@ def cmd_listen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from inspector.gateway.config import load_gateway_config
+
+    if args.print_register_map:
+        from inspector.gateway.modbus import register_map_markdown
+
+        print(register_map_markdown(), end="")
+        return 0
+    if not args.config:
+        print("inspector gateway: --config is required", file=sys.stderr)
+        return 2
+    try:
+        config = load_gateway_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    from inspector.gateway.service import run
+
+    return run(config, args.config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inspector", description="Real-time visual defect inspection.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -131,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     lis.add_argument("--endpoint", help="connect here (default: the config's broadcast address, on this host)")
     lis.add_argument("--timeout", type=float, help="stop when nothing arrived for this many seconds (default: wait)")
     lis.set_defaults(func=cmd_listen)
+
+    gw = sub.add_parser("gateway", help="the PLC gateway: a daemon's verdicts over OPC UA and Modbus TCP")
+    gw.add_argument("--config", help="line config with a gateway: section (YAML)")
+    gw.add_argument("--print-register-map", action="store_true", help="print the Modbus register map (Markdown)")
+    gw.set_defaults(func=cmd_gateway)
 
     camera_cli.add_parser(sub)
     from inspector.archive import review, tune

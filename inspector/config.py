@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 import yaml
 from pydantic import (
@@ -615,7 +615,11 @@ def _yaml_path(lines: dict[YamlPath, int], loc: YamlPath) -> str:
     return ".".join(shown)
 
 
-def parse_config(text: str, file: str = "<config>", model: type[C] = Config) -> C:  # type: ignore[assignment]
+@overload
+def parse_config(text: str, file: str = ...) -> Config: ...
+@overload
+def parse_config(text: str, file: str, model: type[C]) -> C: ...
+def parse_config(text: str, file: str = "<config>", model: type[Config] = Config) -> Config:
     """Validate YAML text; raise ConfigError (never a bare traceback) when it is not a usable config.
 
     `model` is the root model: Config for the daemon, a subclass of it for tools that validate a section the
@@ -696,7 +700,11 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def load_config(path: str | Path, model: type[C] = Config) -> C:  # type: ignore[assignment]
+@overload
+def load_config(path: str | Path) -> Config: ...
+@overload
+def load_config(path: str | Path, model: type[C]) -> C: ...
+def load_config(path: str | Path, model: type[Config] = Config) -> Config:
     """Read and validate a config file. Raises ConfigError with file/line/field for every problem."""
     path = Path(path)
     try:

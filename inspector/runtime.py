@@ -452,6 +452,13 @@ def check(config_file: str | Path) -> list[str]:
         problem = check_directory(where, config.line.name, config.line.camera)
         if problem:
             problems.append(f"{config_file}: archive.path: {problem}")
+    if config.gateway is not None:  # the daemon ignores the section; the gateway reading this file would not
+        from inspector.gateway.config import load_gateway_config
+
+        try:
+            load_gateway_config(config_file)
+        except ConfigError as exc:
+            problems += str(exc).splitlines()
     return problems
 
 

@@ -26,6 +26,7 @@ EXTRA_IMPORTS = {
     "inspector.backends.gpu_preprocess": {"cuda"},  # gpu
     "inspector.build": {"onnx", "tensorrt"},  # build (+ gpu for the builder itself)
     "inspector.archive.tune": {"matplotlib"},  # archive (the sweep plot, imported when asked for)
+    "inspector.gateway": {"asyncua", "pymodbus", "cryptography"},  # plc
     "inspector.train": {"torch", "torchvision", "onnx", "tqdm", "matplotlib"},  # train
 }
 
