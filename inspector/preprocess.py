@@ -177,6 +177,7 @@ class Preprocessor:
         *,
         fit: Literal["squash", "place"] = "squash",
         scale: float | None = None,
+        pad: Literal["zero", "reflect"] = "zero",
     ):
         height, width = size
         self.color = color
@@ -187,6 +188,7 @@ class Preprocessor:
         if (fit == "place") != (scale is not None):
             raise ValueError("fit place needs a scale, and only fit place has one")
         self.scale = scale
+        self.pad = pad
         self.buffer = np.zeros((batch, height, width, self.channels), dtype=np.uint8)
         in_channels = 1 if pixel_format == "mono8" else 3
         self._in_channels = in_channels
@@ -215,6 +217,7 @@ class Preprocessor:
             pre.resize,
             fit=pre.fit,
             scale=pre.scale,
+            pad=pre.pad,
         )
 
     def put(self, index: int, frame: np.ndarray) -> np.ndarray:
@@ -256,14 +259,16 @@ class Preprocessor:
 
     def _put_placed(self, dst: np.ndarray, frame: np.ndarray) -> None:
         # The same steps as place_image (training's): resize by scale (area down, linear up, none at 1.0), then
-        # convert the channels, then the top-left corner of a zero input.
+        # convert the channels, then the top-left corner of the input, the rest padded as the manifest says.
         h, w = frame.shape[:2]
         ph, pw, resized, converted = self._placing((h, w))
         height, width = self.size
-        if ph < height:
-            dst[ph:] = 0
-        if pw < width:
-            dst[:ph, pw:] = 0
+        reflect = self.pad == "reflect" and (ph, pw) != (height, width)
+        if not reflect:
+            if ph < height:
+                dst[ph:] = 0
+            if pw < width:
+                dst[:ph, pw:] = 0
         src = frame
         if resized is not None:
             interp = cv2.INTER_AREA if ph < h else cv2.INTER_LINEAR
@@ -281,4 +286,19 @@ class Preprocessor:
                 dst=converted if converted.shape[2] != 1 else converted[:, :, 0],
             )
             src = converted
+        if reflect:
+            # The placed frame and its mirror image around it in one call, written into the row in place
+            # (pad_border's arithmetic; a frame of one row or column has nothing to mirror: its edge repeats).
+            border = cv2.BORDER_REPLICATE if ph < 2 or pw < 2 else cv2.BORDER_REFLECT_101
+            two_d = src.shape[2] == 1
+            cv2.copyMakeBorder(
+                src[:, :, 0] if two_d else src,
+                0,
+                height - ph,
+                0,
+                width - pw,
+                border,
+                dst=dst[:, :, 0] if two_d else dst,
+            )
+            return
         np.copyto(dst[:ph, :pw], src)

@@ -64,7 +64,7 @@ SCORE_TOLERANCE = 1e-3
 
 EXIT_CONFIG, EXIT_MODEL, EXIT_SOURCE = 2, 3, 4
 
-InputKey = tuple[int, int, int, str, str, str, float | None]
+InputKey = tuple[int, int, int, str, str, str, float | None, str]
 
 
 class StartupError(Exception):
@@ -125,7 +125,7 @@ class Runtime:
 def input_key(m: ModelManifest) -> InputKey:
     """Everything a model's input row depends on: rows made for an equal key are the same pixels."""
     pre = m.preprocessing
-    return (m.input.height, m.input.width, m.input.channels, pre.color, pre.resize, pre.fit, pre.scale)
+    return (m.input.height, m.input.width, m.input.channels, pre.color, pre.resize, pre.fit, pre.scale, pre.pad)
 
 
 def backend_settings(config: Config) -> BackendSettings:
