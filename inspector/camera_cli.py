@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from inspector.sources import SourceError
@@ -28,23 +29,39 @@ def add_parser(subparsers: Any) -> None:
     p_list = sub.add_parser("list", help="devices found: vendor, model, serial, id, user-defined name, access")
     p_list.add_argument("--cti", action="append", default=[], metavar="PATH", help=cti_help)
     p_list.add_argument("--json", action="store_true", help="one JSON object per device, one a line")
-    p_list.set_defaults(func=cmd_list)
+    p_list.set_defaults(func=run(cmd_list))
 
     p_feat = sub.add_parser("features", help="a device's features: type, access, value, range or entries")
     p_feat.add_argument("device", metavar="DEVICE", help="serial number, id or user-defined name")
     p_feat.add_argument("--cti", action="append", default=[], metavar="PATH", help=cti_help)
     p_feat.add_argument("--all", action="store_true", help="also invisible (implementation) nodes")
     p_feat.add_argument("--json", action="store_true", help="one JSON object per feature, one a line")
-    p_feat.set_defaults(func=cmd_features)
+    p_feat.set_defaults(func=run(cmd_features))
+
+
+def run(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A camera command as the CLI runs it: a missing camera extra or a camera problem is one line, exit 2."""
+
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            from inspector.sources.genicam.gentl import require
+
+            require()  # before anything imports harvesters' names
+            return command(args)
+        except SourceError as exc:
+            print(f"inspector camera: {exc}", file=sys.stderr)
+            return 2
+
+    return guarded
 
 
 @contextlib.contextmanager
-def _harvester(ctis: list[str]):
-    from harvesters.core import Harvester
+def _harvester(ctis: list[str]) -> Iterator[tuple[Any, list[str]]]:
+    from inspector.sources.genicam.gentl import Harvester, default_cti, quiet_harvesters, require
 
-    from inspector.sources.genicam import _quiet_harvesters, default_cti
+    require()
 
-    _quiet_harvesters()
+    quiet_harvesters()
     paths = ctis or [default_cti()]
     h = Harvester()
     try:
@@ -59,7 +76,7 @@ def _harvester(ctis: list[str]):
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from inspector.sources.genicam import enumerate_devices
+    from inspector.sources.genicam.devices import enumerate_devices
 
     with _harvester(args.cti) as (h, paths):
         devices = enumerate_devices(h)
@@ -80,17 +97,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe_node(node: Any) -> dict:
+def describe_node(node: Any) -> dict[str, Any]:
     """Name, type, access, value and what it accepts, for one node of a node map."""
-    from inspector.sources.genicam import _ACCESS_NAMES, _TYPE_NAMES, allowed_text
+    from inspector.sources.genicam.features import ACCESS_NAMES, TYPE_NAMES, allowed_text
 
     inner = node.node
     kind = int(inner.principal_interface_type)
     access = int(inner.get_access_mode())
     row = {
         "name": inner.name,
-        "type": _TYPE_NAMES.get(kind, str(kind)),
-        "access": _ACCESS_NAMES.get(access, str(access)),
+        "type": TYPE_NAMES.get(kind, str(kind)),
+        "access": ACCESS_NAMES.get(access, str(access)),
         "value": None,
         "allowed": "",
     }
@@ -105,7 +122,7 @@ def describe_node(node: Any) -> dict:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from inspector.sources.genicam import enumerate_devices, select_device
+    from inspector.sources.genicam.devices import enumerate_devices, select_device
 
     with _harvester(args.cti) as (h, paths):
         try:
@@ -140,11 +157,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shown(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def _table(header: tuple, rows: list[tuple]) -> None:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for row in (header, *rows):
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip())
@@ -154,14 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="inspector")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except SourceError as exc:
-        print(f"inspector camera: {exc}", file=sys.stderr)
-        return 2
-    except ImportError as exc:
-        print(f"inspector camera needs the camera extra (pip install 'inspector[camera]'): {exc}", file=sys.stderr)
-        return 2
+    return int(args.func(args))
 
 
 if __name__ == "__main__":

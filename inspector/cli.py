@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from inspector import camera_cli
-from inspector.config import ConfigError, load_config, resolve_path
+from inspector.config import ConfigError, load_config
 
 log = logging.getLogger("inspector")
 
@@ -50,66 +50,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def check_config(path: str | Path) -> list[str]:
-    """Problems with a config file and the models it names (empty = fine). No model is loaded into a backend."""
-    from inspector.decision import Decider, load_ignore_mask
-    from inspector.manifest import ManifestError, check_expectations
-    from inspector.pipeline import backend_settings, load_model_manifest
+    """Problems start-up would refuse, one line each (empty = it would start): `inspector.runtime.check`."""
+    from inspector.runtime import check
 
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        return str(exc).splitlines()
-    problems: list[str] = []
-    manifests = {}
-    specs = {"recognizer": config.models.recognizer}
-    if config.models.segmenter_mode != "never" and config.models.segmenter is not None:
-        specs["segmenter"] = config.models.segmenter
-    for role, spec in specs.items():
-        model = resolve_path(path, spec.path)
-        where = f"{path}: models.{role} ({model})"
-        try:
-            manifest = load_model_manifest(
-                config.models.backend, model, backend_settings(config), config.pipeline.batch_size
-            )
-            check_expectations(
-                manifest, task=role, expect_classes=spec.expect_classes, expect_input=spec.expect_input, where=where
-            )
-            if config.pipeline.batch_size > manifest.batch.max:
-                raise ManifestError(
-                    f"{where}: pipeline.batch_size {config.pipeline.batch_size} exceeds the model's largest batch "
-                    f"{manifest.batch.max}"
-                )
-            manifests[role] = manifest
-        except Exception as exc:  # ManifestError, BackendError: the message is the report
-            text = str(exc)
-            problems.append(text if text.startswith(str(path)) else f"{where}: {text}")
-    if "recognizer" in manifests and len(manifests) == len(specs):
-        frame = (config.source.height, config.source.width)
-        try:
-            mask = None
-            if config.decision.ignore_regions.mask:
-                mask = load_ignore_mask(resolve_path(path, config.decision.ignore_regions.mask), frame)
-            Decider(config.decision, frame, manifests["recognizer"], manifests.get("segmenter"), mask)
-        except (OSError, ValueError) as exc:
-            problems.append(f"{path}: decision: {exc}")
-    if config.archive.enabled and config.archive.path:
-        from inspector.archive.store import check_directory
-
-        problem = check_directory(resolve_path(path, config.archive.path), config.line.name, config.line.camera)
-        if problem:
-            problems.append(f"{path}: archive.path: {problem}")
-    if config.source.kind == "folder":
-        folder = resolve_path(path, config.source.path)
-        if not folder.is_dir():
-            problems.append(f"{path}: source.path: {folder} is not a directory")
-    if config.gateway is not None:  # the daemon ignores the section; the gateway reading this file would not
-        from inspector.gateway.config import load_gateway_config
-
-        try:
-            load_gateway_config(path)
-        except ConfigError as exc:
-            problems += str(exc).splitlines()
-    return problems
+    return check(path)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -170,23 +114,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the inspection daemon on a line config")
+    run = sub.add_parser(
+        "run",
+        help="run the inspection daemon on a line config",
+        description="Run the inspection daemon on a line config (what systemd runs). Exit 0 after a clean stop; "
+        "2 bad config, 3 model/backend, 4 source/socket/port, 1 source failed while running.",
+    )
     run.add_argument("--config", required=True, help="line config (YAML)")
-    run.add_argument("--max-frames", type=int, help="stop cleanly after N acquired frames (all verdicts published)")
+    run.add_argument(
+        "--max-frames",
+        type=int,
+        help="stop cleanly after N acquired frames, every verdict published (default: run until stopped)",
+    )
     run.add_argument("--no-console", action="store_true", help="no status line/log (the metrics still run)")
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check-config", help="validate a line config and check its models' manifests")
+    check = sub.add_parser(
+        "check-config",
+        help="what start-up would refuse: the config, its models run once, its endpoints",
+        description="Run start-up's validation without starting: the YAML, every model opened in its backend "
+        "and run once on a blank frame against its manifest, the decision settings against the models, distinct "
+        "endpoints, the source's files. Binds no socket, opens no camera. Exit 0 if it would start, else 2, one "
+        "line per problem.",
+    )
     check.add_argument("file", help="line config (YAML)")
     check.set_defaults(func=cmd_check_config)
 
-    lis = sub.add_parser("listen", help="print the verdicts a line config publishes (a ZeroMQ subscriber)")
+    lis = sub.add_parser(
+        "listen",
+        help="print the verdicts a line config publishes (a ZeroMQ subscriber)",
+        description="Subscribe to a line's broadcast stream and print its verdicts; gaps in seq (verdicts lost on "
+        "the way) are reported on stderr.",
+    )
     lis.add_argument("--config", required=True, help="line config whose broadcast endpoint and topic to use")
-    lis.add_argument("--count", type=int, help="stop after N verdicts")
+    lis.add_argument("--count", type=int, help="stop after N verdicts (default: until interrupted)")
     lis.add_argument("--json", action="store_true", help="one JSON object a line (the wire message)")
     lis.add_argument("--events", action="store_true", help="also print events (start, stop, reload, camera)")
-    lis.add_argument("--endpoint", help="connect here instead of the config's broadcast address")
-    lis.add_argument("--timeout", type=float, help="stop when nothing arrived for this many seconds")
+    lis.add_argument("--endpoint", help="connect here (default: the config's broadcast address, on this host)")
+    lis.add_argument("--timeout", type=float, help="stop when nothing arrived for this many seconds (default: wait)")
     lis.set_defaults(func=cmd_listen)
 
     gw = sub.add_parser("gateway", help="the PLC gateway: a daemon's verdicts over OPC UA and Modbus TCP")

@@ -15,10 +15,18 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 
@@ -56,6 +64,10 @@ class _SourceBase(_Model):
     )
 
 
+DefectKind = Literal["scratch", "crack", "pit", "stain"]
+DEFECT_KINDS: tuple[DefectKind, ...] = ("scratch", "crack", "pit", "stain")
+
+
 class SyntheticSourceConfig(_SourceBase):
     kind: Literal["synthetic"] = Field(description="Line simulator that renders parts with ground truth.")
     rate_hz: float | None = Field(
@@ -65,8 +77,8 @@ class SyntheticSourceConfig(_SourceBase):
     small_defect_fraction: float = Field(
         0.3, ge=0, le=1, description="Among defective parts, the fraction whose defect covers < 100 px."
     )
-    defect_kinds: list[Literal["scratch", "crack", "pit", "stain"]] = Field(
-        default_factory=lambda: ["scratch", "crack", "pit", "stain"],
+    defect_kinds: list[DefectKind] = Field(
+        default_factory=lambda: list(DEFECT_KINDS),
         min_length=1,
         description="Defect kinds the simulator draws from.",
     )
@@ -140,6 +152,12 @@ class GenicamSourceConfig(_SourceBase):
 
 
 SourceConfig = Annotated[SyntheticSourceConfig | FolderSourceConfig | GenicamSourceConfig, Field(discriminator="kind")]
+# source.kind -> its section (pydantic puts the kind into error locations: source.folder.rate_hz).
+SOURCE_CONFIGS: dict[str, type[_SourceBase]] = {
+    "synthetic": SyntheticSourceConfig,
+    "folder": FolderSourceConfig,
+    "genicam": GenicamSourceConfig,
+}
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -147,7 +165,12 @@ SourceConfig = Annotated[SyntheticSourceConfig | FolderSourceConfig | GenicamSou
 
 class OnnxRuntimeSettings(_Model):
     intra_op_threads: int = Field(
-        0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 = one per physical core."
+        1,
+        ge=0,
+        le=256,
+        description="ONNX Runtime intra-op threads; 0 = ONNX Runtime's choice, one per physical core. 1 leaves "
+        "the other cores to acquisition, preprocessing and publishing, and was fastest on the 2-core reference "
+        "machine, bare and in the daemon (docs/BENCHMARKS.md); tools/bench_pipeline.py measures yours.",
     )
     inter_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime inter-op threads.")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
@@ -233,6 +256,14 @@ class PipelineConfig(_Model):
         "pass is an explicit opt-in: it lets uninspected parts through.",
     )
     warmup_runs: int = Field(2, ge=1, le=100, description="Warm-up inferences before READY=1 is sent.")
+    preprocess_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="OpenCV threads per resize. 1 keeps each frame's resize on the acquisition thread's core, "
+        "where it overlaps with inference instead of competing with it; raise it only for frames so large "
+        "that acquisition cannot keep up (the process-wide cv2.setNumThreads). (restart)",
+    )
 
 
 # ----------------------------------------------------------------------------------------- decision
@@ -303,6 +334,40 @@ class SocketConfig(_Model):
         return bind
 
 
+_WILDCARD_HOSTS = {"*", "0.0.0.0", "::", "[::]", ""}
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1"}
+
+
+def _host_port(host: str, port: str) -> tuple[str, int] | None:
+    """(normalised host, port) of a TCP address, or None when the port is chosen by the system (0 or *)."""
+    if not port.isdigit() or int(port) == 0:
+        return None
+    host = "*" if host in _WILDCARD_HOSTS else ("127.0.0.1" if host in _LOOPBACK_HOSTS else host.strip("[]"))
+    return host, int(port)
+
+
+def endpoint_address(endpoint: str) -> tuple[str, str, int | None]:
+    """A ZeroMQ endpoint as (transport, host or path, port): tcp://*:5555 -> ("tcp", "*", 5555)."""
+    transport, _, rest = endpoint.partition("://")
+    if transport != "tcp":
+        return transport, rest, None
+    host, _, port = rest.rpartition(":")
+    hp = _host_port(host, port)
+    return ("tcp", hp[0], hp[1]) if hp else ("tcp", host, None)
+
+
+def addresses_clash(a: tuple[str, str, int | None], b: tuple[str, str, int | None]) -> bool:
+    """Whether two listening addresses would collide: same transport and, for TCP, the same port on hosts
+    that overlap (equal, or either a wildcard). System-chosen ports (0, *) never clash."""
+    if a[0] != b[0]:
+        return False
+    if a[0] != "tcp":
+        return a[1] == b[1]
+    if a[2] is None or b[2] is None or a[2] != b[2]:
+        return False
+    return a[1] == b[1] or "*" in (a[1], b[1])
+
+
 class PublishConfig(_Model):
     heartbeat_ms: int = Field(
         1000,
@@ -321,6 +386,19 @@ class PublishConfig(_Model):
         description="Channel to the reject actuator / PLC gateway; the daemon tracks whether a receiver is "
         "connected and counts what it could not deliver. null disables it.",
     )
+
+    @model_validator(mode="after")
+    def _distinct_endpoints(self) -> PublishConfig:
+        # One address for both would let a monitor's SUB and the PLC's PULL meet the wrong socket, or the
+        # second bind fail at start: refused here, with both names.
+        if self.actuator is not None and addresses_clash(
+            endpoint_address(self.broadcast.bind), endpoint_address(self.actuator.bind)
+        ):
+            raise ValueError(
+                f"broadcast.bind {self.broadcast.bind} and actuator.bind {self.actuator.bind} are the same address; "
+                "the monitors' stream and the actuator channel each need their own"
+            )
+        return self
 
 
 class MetricsConfig(_Model):
@@ -429,6 +507,23 @@ class Config(_Model):
             )
         return self
 
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_port_is_its_own(cls, metrics: MetricsConfig, info: ValidationInfo) -> MetricsConfig:
+        publish = info.data.get("publish")  # absent when the publish section itself is invalid
+        if not metrics.enabled or publish is None:
+            return metrics
+        hp = _host_port(metrics.bind, str(metrics.port))
+        if hp is None:
+            return metrics
+        for name, sock in (("broadcast", publish.broadcast), ("actuator", publish.actuator)):
+            if sock is not None and addresses_clash(("tcp", *hp), endpoint_address(sock.bind)):
+                raise ValueError(
+                    f"the exporter's {metrics.bind}:{metrics.port} is also publish.{name}.bind ({sock.bind}); "
+                    "give the metrics exporter a port of its own"
+                )
+        return metrics
+
     def config_hash(self) -> str:
         """Stable hash of the validated config (defaults included), carried in every verdict.
 
@@ -460,6 +555,9 @@ class ConfigIssue:
         return f"{where}: {self.path or '<top level>'}: {self.message}{got}"
 
 
+YamlPath = tuple[str | int, ...]  # keys and list indices from the document's root, as pydantic's error locations
+
+
 class ConfigError(Exception):
     """A config file that cannot be used. `str()` is the complete, human-readable report."""
 
@@ -469,7 +567,7 @@ class ConfigError(Exception):
         super().__init__("\n".join(issue.format(file) for issue in self.issues))
 
 
-def _line_index(node: yaml.Node, path: tuple[str | int, ...], lines: dict, issues: list) -> None:
+def _line_index(node: yaml.Node, path: YamlPath, lines: dict[YamlPath, int], issues: list[ConfigIssue]) -> None:
     """Record the 1-based line of every mapping key and sequence item, and refuse duplicate keys
     (PyYAML keeps the last one silently, which hides an engineer's edit)."""
     lines[path] = node.start_mark.line + 1
@@ -494,9 +592,9 @@ def _line_index(node: yaml.Node, path: tuple[str | int, ...], lines: dict, issue
             _line_index(item, (*path, i), lines, issues)
 
 
-def _nearest_line(lines: dict, loc: tuple) -> int | None:
+def _nearest_line(lines: dict[YamlPath, int], loc: YamlPath) -> int | None:
     # Tagged unions add the tag to pydantic's loc (source.folder.rate_hz): drop parts not in the YAML.
-    path: tuple = ()
+    path: YamlPath = ()
     best = lines.get(())
     for part in loc:
         if (*path, part) in lines:
@@ -505,19 +603,23 @@ def _nearest_line(lines: dict, loc: tuple) -> int | None:
     return best
 
 
-def _yaml_path(lines: dict, loc: tuple) -> str:
-    path: tuple = ()
+def _yaml_path(lines: dict[YamlPath, int], loc: YamlPath) -> str:
+    path: YamlPath = ()
     shown = []
     for part in loc:
         if (*path, part) in lines:
             path = (*path, part)
             shown.append(str(part))
-        elif isinstance(part, str) and part not in ("synthetic", "folder", "genicam"):
+        elif isinstance(part, str) and part not in SOURCE_CONFIGS:
             shown.append(part)
     return ".".join(shown)
 
 
-def parse_config(text: str, file: str = "<config>", model: type[C] = Config) -> C:  # type: ignore[assignment]
+@overload
+def parse_config(text: str, file: str = ...) -> Config: ...
+@overload
+def parse_config(text: str, file: str, model: type[C]) -> C: ...
+def parse_config(text: str, file: str = "<config>", model: type[Config] = Config) -> Config:
     """Validate YAML text; raise ConfigError (never a bare traceback) when it is not a usable config.
 
     `model` is the root model: Config for the daemon, a subclass of it for tools that validate a section the
@@ -534,7 +636,7 @@ def parse_config(text: str, file: str = "<config>", model: type[C] = Config) -> 
         raise ConfigError(file, [ConfigIssue("", None, "file is empty")])
     if not isinstance(data, dict):
         raise ConfigError(file, [ConfigIssue("", 1, "top level must be a mapping of sections")])
-    lines: dict = {}
+    lines: dict[YamlPath, int] = {}
     issues: list[ConfigIssue] = []
     _line_index(node, (), lines, issues)
     if issues:
@@ -564,21 +666,22 @@ def parse_config(text: str, file: str = "<config>", model: type[C] = Config) -> 
                     _nearest_line(lines, loc),
                     message,
                     value,
-                    has_value=kind not in ("missing", "union_tag_not_found") and "input" in err,
+                    # A whole section as the "value" says nothing the message does not.
+                    has_value=kind not in ("missing", "union_tag_not_found")
+                    and "input" in err
+                    and not isinstance(value, dict),
                 )
             )
         raise ConfigError(file, issues) from None
 
 
-def _allowed_fields_hint(loc: tuple, root: type[BaseModel] = Config) -> str:
+def _allowed_fields_hint(loc: YamlPath, root: type[BaseModel] = Config) -> str:
     model: type[BaseModel] | None = root
     for part in loc[:-1]:
         if model is None:
             break
-        if part in ("synthetic", "folder", "genicam"):
-            model = {"synthetic": SyntheticSourceConfig, "folder": FolderSourceConfig, "genicam": GenicamSourceConfig}[
-                part
-            ]
+        if part in SOURCE_CONFIGS:
+            model = SOURCE_CONFIGS[str(part)]
             continue
         field = model.model_fields.get(str(part)) if isinstance(part, str) else None
         model = _model_of(field.annotation) if field else None
@@ -597,7 +700,11 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def load_config(path: str | Path, model: type[C] = Config) -> C:  # type: ignore[assignment]
+@overload
+def load_config(path: str | Path) -> Config: ...
+@overload
+def load_config(path: str | Path, model: type[C]) -> C: ...
+def load_config(path: str | Path, model: type[Config] = Config) -> Config:
     """Read and validate a config file. Raises ConfigError with file/line/field for every problem."""
     path = Path(path)
     try:

@@ -15,11 +15,14 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import numpy as np
 
-from inspector.frames import Reason, Verdict
+from inspector.frames import Verdict
+from inspector.metrics import Metrics
+from inspector.pipeline import PipelineCounters
 
 log = logging.getLogger("inspector.console")
 
@@ -39,14 +42,14 @@ class LiveStats:
         self._window: dict[str, Any] | None = None  # benchmark window: every latency, not only the recent ones
 
     def record(self, v: Verdict, latency_s: float) -> None:
-        reason = v.reason.value if isinstance(v.reason, Reason) else str(v.reason)
+        reason = v.reason.value
         with self._lock:
             self.published += 1
             key = (v.result, reason)
             self.by_reason[key] = self.by_reason.get(key, 0) + 1
             self._lat[self._lat_n % len(self._lat)] = latency_s
             self._lat_n += 1
-            if v.truth is not None and reason in (Reason.OK.value, Reason.DEFECT.value):
+            if v.truth is not None and v.reason.inspected:
                 rejected = v.result == "reject"
                 if v.truth.defective:
                     self.tp += rejected
@@ -100,9 +103,10 @@ class LiveStats:
 
 
 class MetricsTap:
-    """The publisher's metrics object: forwards to `Metrics` and records each published verdict in LiveStats."""
+    """The publisher's metrics (`publish.PublisherMetrics`): everything goes to `Metrics`, and each published
+    verdict is also recorded in LiveStats for the console and benchmarks."""
 
-    def __init__(self, metrics: Any, stats: LiveStats):
+    def __init__(self, metrics: Metrics, stats: LiveStats):
         self._metrics = metrics
         self._stats = stats
 
@@ -110,8 +114,17 @@ class MetricsTap:
         self._metrics.verdict_published(v, latency_s)
         self._stats.record(v, latency_s)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._metrics, name)
+    def verdict_dropped(self, cause: str) -> None:
+        self._metrics.verdict_dropped(cause)
+
+    def stage(self, name: str, seconds: float) -> None:
+        self._metrics.stage(name, seconds)
+
+    def actuator_connected(self, connected: bool | int) -> None:
+        self._metrics.actuator_connected(connected)
+
+    def actuator_undelivered(self) -> None:
+        self._metrics.actuator_undelivered()
 
 
 def _rate(num: int, den: int) -> str:
@@ -121,16 +134,16 @@ def _rate(num: int, den: int) -> str:
 class Console:
     """Renders LiveStats every `interval_s`: a rewritten line on a TTY, a log line otherwise."""
 
-    def __init__(self, stats: LiveStats, interval_s: float, counters: Any, stream: TextIO | None = None):
+    def __init__(self, stats: LiveStats, interval_s: float, counters: PipelineCounters, stream: TextIO | None = None):
         self.stats = stats
         self.interval_s = interval_s
-        self.counters = counters  # PipelineCounters-like: .acquired
+        self.counters = counters
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._last_t = time.monotonic()
         self._last_published = 0
         self._next = self._last_t + interval_s
-        self.dropped: Any = lambda: 0  # verdicts dropped on the way out (the publisher's counter)
+        self.dropped: Callable[[], int] = lambda: 0  # verdicts dropped on the way out (the publisher's counter)
 
     def due(self) -> float:
         """Seconds until the next update (<= 0: now)."""

@@ -9,7 +9,7 @@ Start-up (in this order; each failure is a one-paragraph message and an exit sta
 Signals (handled on the main thread, which does nothing on the hot path):
 - SIGHUP: reload. The YAML is re-read and validated; a valid file becomes a new `Runtime` (models reused when
   unchanged, new ones loaded and warmed up beside the running ones) swapped in between two batches. An invalid
-  file, or one that changes a restart-only setting (line, source, publish, metrics, pipeline.ring_slots), is
+  file, or one that changes a restart-only setting (runtime.RESTART_ONLY: line, source, publish, metrics, ring), is
   refused as a whole, logged with file/line or the settings named, counted as reload result "invalid", and the
   running config stays. A valid file whose models cannot be loaded is counted "failed". RELOADING=1 ... READY=1.
 - SIGTERM / SIGINT: STOPPING=1, stop acquiring, inspect the frames in flight (or, past the drain budget,
@@ -33,22 +33,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
+
 from inspector.archive.metrics import ArchiveMetrics
 from inspector.archive.writer import ArchiveWriter
 from inspector.config import Config, ConfigError, load_config, resolve_path
 from inspector.console import Console, LiveStats, MetricsTap
 from inspector.metrics import Metrics
-from inspector.pipeline import (
-    Pipeline,
-    Runtime,
-    StartupError,
-    build_runtime,
-    close_retired,
-    restart_only_changes,
-)
+from inspector.pipeline import Pipeline
 from inspector.publish import Publisher, PublisherError
+from inspector.runtime import Runtime, StartupError, build, restart_only_changes, retire
 from inspector.service import Notifier, Watchdog
-from inspector.sources import SourceError, source_class
+from inspector.sources import Source, SourceError, source_class
 
 log = logging.getLogger("inspector.daemon")
 
@@ -105,7 +101,7 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.stats = LiveStats()
         self.publisher: Publisher | None = None
-        self.source: Any = None
+        self.source: Source | None = None
         self.runtime: Runtime | None = None
         self.pipeline: Pipeline | None = None
         self.archive: ArchiveWriter | None = None
@@ -172,7 +168,7 @@ class Daemon:
             self.archive.start()
 
         t0 = time.perf_counter()
-        self.runtime = build_runtime(config, self.config_file, archive=self.archive)
+        self.runtime = build(config, self.config_file, archive=self.archive)
         log.info(
             "models loaded and warmed up in %.1f s: %s (%s backend, segmenter %s)",
             time.perf_counter() - t0,
@@ -198,6 +194,9 @@ class Daemon:
             log.info("metrics on http://%s:%d/metrics", config.metrics.bind, self.metrics_port)
         self._describe(self.runtime)
 
+        # The pipeline parallelises across frames (acquisition beside inference); OpenCV's own threads would only
+        # move half of each resize onto the inference core (measured: docs/BENCHMARKS.md).
+        cv2.setNumThreads(config.pipeline.preprocess_threads)
         paced = getattr(config.source, "rate_hz", 0.0) is None  # a replay/simulator as fast as we take it
         self.pipeline = Pipeline(
             self.source,
@@ -208,6 +207,7 @@ class Daemon:
             paced_by_pipeline=paced,
             max_frames=self.max_frames,
         )
+        self.publisher.recycle = self.pipeline.recycle  # verdict records go back to the pipeline once sent
         if self.install_signals and threading.current_thread() is threading.main_thread():
             for sig, handler in (
                 (signal.SIGHUP, self._on_hup),
@@ -326,7 +326,7 @@ class Daemon:
             log.error("%s", error)
             return "invalid", error
         try:
-            runtime = build_runtime(new, self.config_file, previous=self.runtime, archive=self.archive)
+            runtime = build(new, self.config_file, previous=self.runtime, archive=self.archive)
         except StartupError as exc:
             log.error("reload failed, the running config stays: %s", exc)
             return "failed", str(exc)
@@ -335,7 +335,7 @@ class Daemon:
         if self.archive is not None:
             self.archive.configure(new.archive)
         if old is not None and old is not runtime:
-            close_retired(old, runtime)
+            retire(old, runtime)
         self._describe(runtime)
         log.info("reloaded %s: config %s", self.config_file, runtime.config_hash)
         return "ok", None
@@ -403,7 +403,7 @@ class Daemon:
                 log.warning("source.close() failed: %s", exc)
             self.source = None
         if self.runtime is not None:
-            close_retired(self.runtime, None)
+            retire(self.runtime, None)
         if self.metrics is not None:
             self.metrics.close()
         self.notifier.close()

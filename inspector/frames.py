@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -23,7 +23,12 @@ Result = Literal["pass", "reject"]
 
 
 class Reason(str, Enum):
-    """Why a verdict is what it is. Part of the wire protocol (docs/PROTOCOL.md): add, never rename."""
+    """Why a verdict is what it is. Part of the wire protocol (docs/PROTOCOL.md): add, never rename.
+
+    `inspected`: the models looked at the frame (ok, defect); every other reason is a fail-safe verdict.
+    """
+
+    inspected: bool
 
     OK = "ok"  # inspected, nothing rejecting found
     DEFECT = "defect"  # inspected, at least one blob passed the thresholds
@@ -33,30 +38,12 @@ class Reason(str, Enum):
     BAD_FRAME = "bad_frame"  # the source delivered something that cannot be inspected (size, format)
     SHUTDOWN = "shutdown"  # in flight at shutdown and not inspected within the stop timeout
 
-    @property
-    def inspected(self) -> bool:
-        return self in (Reason.OK, Reason.DEFECT)
+    def __init__(self, value: str) -> None:
+        # An attribute, not a property: it is read for every verdict on the publisher thread.
+        self.inspected = value in ("ok", "defect")
 
 
 TimestampSource = Literal["device", "host"]
-
-
-@dataclass(slots=True)
-class Frame:
-    """Metadata of one acquired frame. One preallocated instance per ring slot, overwritten per frame."""
-
-    slot: int = -1  # ring slot holding the pixels, -1 when the frame was never buffered (overload)
-    seq: int = -1  # daemon sequence number: +1 per acquired frame, never reused, never skipped
-    camera_frame_id: int = -1  # the camera's own frame counter (or the source's)
-    t_acquired_ns: int = 0  # time.time_ns() when the frame was acquired (wall clock, for the wire)
-    t_acquired_mono_ns: int = 0  # time.monotonic_ns() at acquisition (for deadlines and latency)
-    t_device_ns: int | None = None  # the device's timestamp where it gives one
-    timestamp_source: TimestampSource = "host"
-    height: int = 0  # actual size of the frame inside the slot
-    width: int = 0
-    camera_drops_before: int = 0  # frames the camera lost (frame-id gap) since the previous frame
-    bad_frame: str | None = None  # why the frame cannot be inspected, if it cannot
-    truth: GroundTruth | None = None  # ground truth attached by simulators and replays with masks
 
 
 @dataclass(slots=True, frozen=True)
@@ -75,7 +62,7 @@ class Defect:
     bbox: tuple[int, int, int, int]  # x, y, width, height
     score: float  # the highest defect probability inside the blob
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> dict[str, Any]:
         x, y, w, h = self.bbox
         return {"class": self.cls, "area_px": self.area_px, "bbox": [x, y, w, h], "score": round(self.score, 4)}
 
@@ -90,7 +77,7 @@ class Verdict:
     t_decided_ns: int
     timestamp_source: TimestampSource = "host"
     t_device_ns: int | None = None
-    defects: list[Defect] = field(default_factory=list)
+    defects: tuple[Defect, ...] = ()
     recognizer_score: float | None = None  # highest block score; None when not inspected
     segmenter_ran: bool = False
     camera_drops_before: int = 0
@@ -108,7 +95,6 @@ class FrameRing:
         if slots < 1:
             raise ValueError("a ring needs at least one slot")
         self.pixels = np.zeros((slots, height, width, channels), dtype=np.uint8)
-        self.frames = [Frame(slot=i) for i in range(slots)]
         self._free: list[int] = list(range(slots - 1, -1, -1))
         self._is_free = [True] * slots
         self._lock = threading.Lock()
@@ -116,11 +102,6 @@ class FrameRing:
     @property
     def slots(self) -> int:
         return self.pixels.shape[0]
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        _, h, w, c = self.pixels.shape
-        return h, w, c
 
     def acquire(self) -> int | None:
         """A free slot index, or None when every slot is in use (the caller reports an overload)."""
@@ -138,10 +119,20 @@ class FrameRing:
             self._is_free[slot] = True
             self._free.append(slot)
 
+    def release_all(self, slots: list[int]) -> None:
+        """release() for several slots under one lock (the inference thread frees a batch at once)."""
+        with self._lock:
+            for slot in slots:
+                if self._is_free[slot]:
+                    raise RuntimeError(f"slot {slot} released twice")
+                self._is_free[slot] = True
+                self._free.append(slot)
+
     def in_use(self) -> int:
         with self._lock:
             return self.slots - len(self._free)
 
     def view(self, slot: int) -> np.ndarray:
         """The slot's pixels, (height, width, channels), a view (no copy)."""
-        return self.pixels[slot]
+        view: np.ndarray = self.pixels[slot]
+        return view

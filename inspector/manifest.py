@@ -120,7 +120,7 @@ class TensorRTInfo(_Model):
 
 
 class ModelManifest(_Model):
-    schema_version: Literal[1] = MANIFEST_SCHEMA_VERSION
+    schema_version: Literal[1] = 1  # MANIFEST_SCHEMA_VERSION
     task: Literal["recognizer", "segmenter"]
     format: Literal["onnx", "tensorrt"]
     file: str = Field(description="Model file name, relative to the manifest.")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from typing import TypeVar
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
@@ -72,10 +73,13 @@ STAGE_BUCKETS = (
 
 STAGES = ("acquire", "preprocess", "recognizer", "segmenter", "decision", "publish")
 # Why a frame was not inspected (each still left the pipeline as a fail-safe verdict).
-DROP_CAUSES = ("overload", "timeout", "error", "bad_frame", "shutdown")
+DROP_CAUSES = tuple(r.value for r in Reason if not r.inspected)
 # Why a verdict did not reach the broadcast socket (see publish.Publisher).
 VERDICT_DROP_CAUSES = ("queue_full", "encode_error", "closed")
 RELOAD_RESULTS = ("ok", "invalid", "failed")
+
+
+_M = TypeVar("_M", Counter, Histogram)  # a labelled metric; .labels() gives a child of the same type
 
 
 class Metrics:
@@ -186,17 +190,17 @@ class Metrics:
                 if (reason is Reason.OK and result == "reject") or (reason is Reason.DEFECT and result == "pass"):
                     continue
                 self._verdicts[(result, reason.value)] = self._verdicts_c.labels(line, camera, result, reason.value)
-        self._defects = {}
+        self._defects: dict[str, Counter] = {}
         self._verdicts_dropped = self._children(self._verdicts_dropped_c, VERDICT_DROP_CAUSES)
         self._frames_dropped = self._children(self._frames_dropped_c, DROP_CAUSES)
         self._stages = self._children(self._stage_h, STAGES)
         self._reloads = self._children(self._reloads_c, RELOAD_RESULTS)
         self._lock = threading.Lock()  # only guards creating new label children on first use
 
-    def _children(self, metric, values: Iterable[str]) -> dict:
+    def _children(self, metric: _M, values: Iterable[str]) -> dict[str, _M]:
         return {v: metric.labels(self.line, self.camera, v) for v in values}
 
-    def _child(self, cache: dict, metric, key: str):
+    def _child(self, cache: dict[str, _M], metric: _M, key: str) -> _M:
         child = cache.get(key)
         if child is None:
             with self._lock:
@@ -214,7 +218,7 @@ class Metrics:
 
     def verdict_published(self, v: Verdict, latency_s: float) -> None:
         """One verdict handed to the broadcast socket `latency_s` after its frame was acquired."""
-        reason = v.reason.value if isinstance(v.reason, Reason) else str(v.reason)
+        reason = v.reason.value
         child = self._verdicts.get((v.result, reason))
         if child is None:
             with self._lock:

@@ -2,333 +2,121 @@
 
 Threads and what they own
 - acquisition: `source.grab()` into a free ring slot (the frame's only copy), a sequence number per acquired
-  frame (+1, never skipped), then a small record into the work queue. When every slot is busy the frame is
-  still read, into one preallocated scratch slot, so the camera's buffer is consumed and the part is counted,
-  and it is queued as an overload (its verdict is the fail-safe one). A source paced by the pipeline
-  (`rate_hz: null` on synthetic/folder) is not a free-running camera: there the acquisition thread waits for a
-  free slot instead, so "as fast as possible" means as fast as inference takes frames, not a flood of overloads.
+  frame (+1, never skipped), the recognizer's resize into that slot's input row, then the frame's ticket into
+  the work queue. When every slot is busy the frame is still read, into one preallocated scratch slot, so the
+  camera's buffer is consumed and the part is counted, and it is queued as an overload (its verdict is the
+  fail-safe one). A source paced by the pipeline (`rate_hz: null` on synthetic/folder) is not a free-running
+  camera: there the acquisition thread waits for a free slot instead, so "as fast as possible" means as fast as
+  inference takes frames, not a flood of overloads.
 - inference: takes the frames already queued, up to `pipeline.batch_size` (never waits to fill a batch),
-  rejects those past their deadline or bad, preprocesses the rest into the backend's own input buffer, runs the
-  recognizer on all, the segmenter per `segmenter_mode`, decides, and hands the verdicts to the publisher in
-  sequence order. Anything that raises turns that batch into `error` verdicts; the thread goes on.
+  rejects those past their deadline or bad, copies the rest's input rows into the backend's own input buffer,
+  runs the recognizer on all, screens the whole batch at once (`Decider.screen`: thresholds and top scores in
+  a few NumPy calls), runs the segmenter per `segmenter_mode` and connected components only where something
+  fired, and hands the verdicts to the publisher in sequence order. Anything that raises turns that batch into
+  `error` verdicts; the thread goes on.
 - main (daemon): builds `Runtime` bundles (config + loaded models) off the hot path; `swap()` hands one to the
   inference thread, which adopts it between two batches, so a batch is decided by exactly one config.
 
-Exactly one verdict per acquired frame: every queued item produces one `Verdict` and one `publisher.submit`.
+Exactly one verdict per acquired frame: every queued ticket becomes one verdict and one `publisher.submit`.
 With the publisher's own counters, acquired == published + dropped (tests/test_pipeline.py scrapes this).
 
-Allocation per frame: one small `Verdict` record (it travels to the publisher thread); no pixel buffers. Pixel
-copies per frame: source -> ring slot (1), slot -> network input (the resize, 1), and for frames the segmenter
-sees with the same input spec as the recognizer, one network-input-sized row copy instead of a second resize.
+Allocation per frame: none in steady state. A frame travels as a `Ticket` (its verdict plus where its pixels
+are) taken from a pool and given back by the publisher once the verdict is sent or dropped; the pool only grows
+while more frames are in flight than ever before. Per batch, no lists are allocated (reused). A rejected part's
+defect blobs are new objects (they are the verdict's content). tools/hot_path_alloc.py shows it with tracemalloc.
+Pixel copies per frame: source -> ring slot (1), slot -> network input (the resize, 1), input row -> backend
+input (a network-input-sized copy), and for frames the segmenter sees with the recognizer's input spec, one more
+such row copy instead of a second resize.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 
-from inspector.archive import FrameArchive
-from inspector.archive.writer import ArchiveContext, ArchiveWriter
-from inspector.backends import BackendError, backend_class
-from inspector.config import Config, ConfigError, ModelSpec, load_config, resolve_path
-from inspector.decision import Decider, load_ignore_mask
+from inspector.decision import NO_DEFECTS, Geometry
 from inspector.frames import CHANNELS, FrameRing, Reason, Verdict
-from inspector.manifest import ManifestError, ModelManifest, check_expectations, read_manifest
 from inspector.preprocess import Preprocessor
-from inspector.sources import EndOfStream, SourceError
+from inspector.runtime import InputKey, Runtime, input_key
+from inspector.sources import EndOfStream, Grab, Source, SourceError
+from inspector.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
 GRAB_TIMEOUT_S = 0.1  # a grab never blocks longer: the acquisition thread must notice stop() promptly
 IDLE_WAIT_S = 0.05  # inference thread's wait for work; also bounds how late a reload swap can be picked up
 ERROR_LOG_INTERVAL_S = 5.0  # an inference error repeating at frame rate is logged once per interval, then counted
-
-# Sections whose change needs a restart: the ring, the sockets, the exporter and the source are built once, and
-# `line` names the ZeroMQ topic and the metrics labels. A reload touching any of them is refused as a whole.
-RESTART_ONLY = (
-    "line",
-    "source",
-    "publish",
-    "metrics",
-    "pipeline.ring_slots",
-    "archive.enabled",
-    "archive.path",
-    "archive.pool_slots",
-)
+NO_HASHES: dict[str, str] = {}
 
 
-class StartupError(Exception):
-    """Cannot start (or reload): `code` is the process exit status (2 config, 3 model/backend, 4 source/publish)."""
+class PipelineMetrics(Protocol):
+    """What the pipeline reports per frame and per batch (`inspector.metrics.Metrics` in the daemon)."""
 
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
-
-
-# ------------------------------------------------------------------------------------------------ runtime
-
-
-@dataclass(eq=False)
-class LoadedModel:
-    """One backend with its model, keyed so that a reload reuses it when nothing about it changed."""
-
-    role: str
-    key: str  # backend, path, file hash, settings and batch: equal keys = the very same loaded model
-    path: Path
-    manifest: ModelManifest
-    backend: Any
-
-    @property
-    def sha256(self) -> str:
-        return self.manifest.sha256
+    def acquired(self) -> None: ...
+    def stage(self, name: str, seconds: float) -> None: ...
+    def camera_drops(self, n: int) -> None: ...
+    def drop(self, cause: str) -> None: ...
+    def ring_occupancy(self, in_use: int, slots: int) -> None: ...
 
 
-@dataclass(eq=False)
-class Runtime:
-    """Everything a batch is decided with, built together and swapped together (hot reload is atomic)."""
+class VerdictSink(Protocol):
+    """Where decided verdicts go, in sequence order (`inspector.publish.Publisher` in the daemon).
+    `submit` never blocks; a verdict it cannot take is counted as dropped by the sink itself."""
 
-    config: Config
-    config_hash: str
-    recognizer: LoadedModel
-    segmenter: LoadedModel | None  # None when segmenter_mode is never
-    rec_pre: Preprocessor
-    seg_pre: Preprocessor | None
-    seg_shares_input: bool  # same input spec: a segmenter row is a copy of the recognizer row, not a 2nd resize
-    decider: Decider
-    model_hashes: dict[str, str]
-    mode: str  # always / gated / never
-    failsafe: str  # pass / reject
-    deadline_ns: int
-    batch_size: int
-    archive: FrameArchive | None = None  # the archive's hand-over for this runtime; None when archiving is off
+    def submit(self, verdict: Verdict) -> bool: ...
 
-    def models(self) -> list[LoadedModel]:
-        return [m for m in (self.recognizer, self.segmenter) if m is not None]
-
-    @property
-    def rec_key(self) -> tuple:
-        """What the recognizer's input depends on: frames preprocessed for an equal key can be reused."""
-        return input_key(self.recognizer.manifest)
+    def submit_all(self, verdicts: list[Ticket]) -> None:
+        """submit() for a batch, in order, with one wake-up of the consumer."""
+        ...
 
 
-def input_key(m: ModelManifest) -> tuple:
-    return (m.input.height, m.input.width, m.input.channels, m.preprocessing.color, m.preprocessing.resize)
+# ------------------------------------------------------------------------------------------------ tickets
 
 
-def backend_settings(config: Config) -> Any:
-    """ONNX Runtime takes its own section; both GPU backends take models.tensorrt."""
-    return config.models.onnxruntime if config.models.backend == "onnxruntime" else config.models.tensorrt
+@dataclass(slots=True, eq=False)
+class Ticket(Verdict):
+    """One frame from acquisition to publication: its verdict-to-be and where its pixels are. Pooled."""
+
+    slot: int = -1  # ring slot; -1 = overload, never buffered
+    height: int = 0  # the frame's own size: it lies at the slot's top-left, and may be smaller than the slot
+    width: int = 0
+    bad: str | None = None  # why the source says the frame cannot be inspected
+    prepped: InputKey | None = None  # input_key of the recognizer input already made from this slot, if any
 
 
-def load_model_manifest(backend: str, path: Path, settings: Any, batch: int) -> ModelManifest:
-    """The one place where loading a manifest depends on the backend (engines say how to rebuild them)."""
-    if backend == "tensorrt":
-        from inspector.backends.tensorrt import read_engine_manifest
+class TicketPool:
+    """Tickets for frames in flight. `take` on the acquisition thread, `give_back` on the publisher thread
+    (deque append/pop are atomic), so a frame costs no allocation once the pool holds as many tickets as frames
+    were ever in flight at once."""
 
-        return read_engine_manifest(path, settings, batch)
-    return read_manifest(path)
+    def __init__(self, size: int):
+        self._free: collections.deque[Ticket] = collections.deque(self._new() for _ in range(size))
+        self.size = size
 
+    @staticmethod
+    def _new() -> Ticket:
+        return Ticket(seq=-1, camera_frame_id=-1, result="reject", reason=Reason.ERROR, t_acquired_ns=0, t_decided_ns=0)
 
-def _model_key(config: Config, path: Path, sha256: str) -> str:
-    settings = backend_settings(config)
-    return json.dumps(
-        [config.models.backend, str(path), sha256, settings.model_dump(mode="json"), config.pipeline.batch_size]
-    )
-
-
-def _load_model(
-    role: str,
-    spec: ModelSpec,
-    config: Config,
-    config_file: str | Path,
-    previous: Runtime | None,
-) -> tuple[LoadedModel, bool]:
-    """-> (model, newly loaded). Raises StartupError(3) with the reason in words."""
-    path = resolve_path(config_file, spec.path)
-    where = f"models.{role} ({path})"
-    settings = backend_settings(config)
-    batch = config.pipeline.batch_size
-    try:
-        manifest = load_model_manifest(config.models.backend, path, settings, batch)
-        check_expectations(
-            manifest, task=role, expect_classes=spec.expect_classes, expect_input=spec.expect_input, where=where
-        )
-    except (ManifestError, BackendError) as exc:
-        raise StartupError(3, f"{where}: {exc}" if where not in str(exc) else str(exc)) from None
-    key = _model_key(config, path, manifest.sha256)
-    if previous is not None:
-        for old in previous.models():
-            if old.key == key and old.role == role:
-                return old, False
-    try:
-        backend = backend_class(config.models.backend)(path, manifest, settings, batch)
-    except BackendError as exc:
-        raise StartupError(3, f"{where}: {exc}") from None
-    except Exception as exc:  # a backend library's own exception types: still a model problem, said plainly
-        raise StartupError(3, f"{where}: {config.models.backend} cannot load the model: {exc}") from None
-    return LoadedModel(role, key, path, manifest, backend), True
-
-
-def _preprocessor(model: LoadedModel, config: Config) -> Preprocessor:
-    m = model.manifest
-    pre = Preprocessor(
-        config.pipeline.batch_size,
-        (m.input.height, m.input.width),
-        m.preprocessing.color,
-        config.source.pixel_format,
-        m.preprocessing.resize,
-    )
-    buf = model.backend.input_buffer()
-    if buf.shape[1:] != pre.buffer.shape[1:] or buf.shape[0] < config.pipeline.batch_size or buf.dtype != np.uint8:
-        raise StartupError(3, f"models.{model.role}: backend input {buf.shape} does not fit {pre.buffer.shape}")
-    # Preprocess straight into the backend's input: no copy between preprocessing and inference.
-    pre.buffer = buf
-    return pre
-
-
-def warm_up(model: LoadedModel, runs: int, batch: int) -> None:
-    """Run the model on its (zeroed) input so the first real frame does not pay for lazy initialisation."""
-    for _ in range(runs):
-        model.backend.run(batch)
-
-
-def build_runtime(
-    config: Config,
-    config_file: str | Path,
-    previous: Runtime | None = None,
-    archive: ArchiveWriter | None = None,
-) -> Runtime:
-    """Load (or reuse from `previous`) the models and build the decider. Raises StartupError (2 or 3).
-
-    Models are reused when backend, path, file hash, backend settings and batch size are unchanged; new ones
-    are warmed up here, off the hot path, before the runtime is handed to the inference thread.
-    """
-    mode = config.models.segmenter_mode
-    loaded: list[LoadedModel] = []
-    try:
-        recognizer, new = _load_model("recognizer", config.models.recognizer, config, config_file, previous)
-        if new:
-            loaded.append(recognizer)
-        segmenter = None
-        if mode != "never":
-            assert config.models.segmenter is not None  # the config validator guarantees it
-            segmenter, new = _load_model("segmenter", config.models.segmenter, config, config_file, previous)
-            if new:
-                loaded.append(segmenter)
-        src = config.source
-        frame_size = (src.height, src.width)
-        ignore_mask = None
-        if config.decision.ignore_regions.mask:
-            mask_path = resolve_path(config_file, config.decision.ignore_regions.mask)
-            try:
-                ignore_mask = load_ignore_mask(mask_path, frame_size)
-            except (OSError, ValueError) as exc:
-                raise StartupError(2, f"decision.ignore_regions.mask ({mask_path}): {exc}") from None
+    def take(self) -> Ticket:
         try:
-            decider = Decider(
-                config.decision,
-                frame_size,
-                recognizer.manifest,
-                segmenter.manifest if segmenter else None,
-                ignore_mask,
-            )
-        except ValueError as exc:
-            raise StartupError(2, f"decision: {exc}") from None
-        rec_pre = _preprocessor(recognizer, config)
-        seg_pre = _preprocessor(segmenter, config) if segmenter else None
-        shares = False
-        if segmenter is not None:
-            r, s = recognizer.manifest, segmenter.manifest
-            shares = r.input == s.input and (r.preprocessing.resize, r.preprocessing.color) == (
-                s.preprocessing.resize,
-                s.preprocessing.color,
-            )
-        for model in loaded:
-            warm_up(model, config.pipeline.warmup_runs, config.pipeline.batch_size)
-    except BaseException:
-        for model in loaded:  # nothing half-built survives a failed build
-            model.backend.close()
-        raise
-    hashes = {m.role: m.sha256 for m in (recognizer, segmenter) if m is not None}
-    sink = None
-    if archive is not None:
-        # The archive's pool is shaped for these models' outputs and allocated here, off the hot path.
-        ctx = ArchiveContext.build(
-            config,
-            config.config_hash(),
-            recognizer.manifest,
-            segmenter.manifest if segmenter else None,
-            ignore_mask,
-        )
-        sink = archive.bind(ctx)
-    return Runtime(
-        config=config,
-        config_hash=config.config_hash(),
-        recognizer=recognizer,
-        segmenter=segmenter,
-        rec_pre=rec_pre,
-        seg_pre=seg_pre,
-        seg_shares_input=shares,
-        decider=decider,
-        model_hashes=hashes,
-        mode=mode,
-        failsafe=config.pipeline.failsafe_result,
-        deadline_ns=int(config.pipeline.deadline_ms * 1e6),
-        batch_size=config.pipeline.batch_size,
-        archive=sink,
-    )
+            return self._free.pop()
+        except IndexError:
+            self.size += 1  # more frames in flight than ever before: the pool grows once, for good
+            return self._new()
 
-
-def close_retired(old: Runtime, current: Runtime | None) -> None:
-    """Close the models of a runtime no longer in use, except those the current one reuses."""
-    keep = {id(m) for m in current.models()} if current is not None else set()
-    for model in old.models():
-        if id(model) not in keep:
-            model.backend.close()
-
-
-def restart_only_changes(old: Config, new: Config) -> list[str]:
-    """Dotted names of the restart-only settings that differ between two configs (empty: reloadable)."""
-    changed: list[str] = []
-    a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
-    for name in RESTART_ONLY:
-        va, vb = a, b
-        for part in name.split("."):
-            va, vb = va.get(part), vb.get(part)
-        if va != vb:
-            changed.extend(_diff_paths(name, va, vb))
-    return changed
-
-
-def _diff_paths(prefix: str, a: Any, b: Any) -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                out.extend(_diff_paths(f"{prefix}.{key}", a.get(key), b.get(key)))
-        return out
-    return [prefix]
+    def give_back(self, verdict: Verdict) -> None:
+        """The verdict was sent or dropped: its record may be reused. Verdicts made elsewhere are left alone."""
+        if isinstance(verdict, Ticket):
+            self._free.append(verdict)
 
 
 # ----------------------------------------------------------------------------------------------- pipeline
-
-
-@dataclass(slots=True)
-class _Item:
-    """One queued frame: its ring slot (-1 = overload, never buffered) and its verdict-to-be."""
-
-    slot: int
-    verdict: Verdict
-    bad: str | None = None
-    prepped: tuple | None = None  # input_key of the recognizer input already made from this slot, if any
 
 
 @dataclass
@@ -346,10 +134,10 @@ class Pipeline:
 
     def __init__(
         self,
-        source: Any,
+        source: Source,
         runtime: Runtime,
-        publisher: Any,
-        metrics: Any,
+        publisher: VerdictSink,
+        metrics: PipelineMetrics,
         *,
         ring_slots: int,
         paced_by_pipeline: bool,
@@ -363,6 +151,7 @@ class Pipeline:
         self.max_frames = max_frames
         self.paced_by_pipeline = paced_by_pipeline
         shape = (cfg.height, cfg.width, CHANNELS[cfg.pixel_format])
+        self._slot_h, self._slot_w = cfg.height, cfg.width
         self.ring = FrameRing(ring_slots, *shape)
         # Where an overload frame is read to: it must leave the camera, but there is no slot to keep it in.
         self._scratch = np.zeros(shape, np.uint8)
@@ -370,18 +159,20 @@ class Pipeline:
         # overlaps with inference (OpenCV and ONNX Runtime both release the GIL) instead of adding to it. The
         # inference thread copies the row into the batch (input-sized, far smaller than the frame). A reload to
         # a recognizer with another input spec falls back to resizing in the inference thread (key mismatch).
-        m = runtime.recognizer.manifest
-        self._prep_key = input_key(m)
-        self._prep = Preprocessor(
-            ring_slots, (m.input.height, m.input.width), m.preprocessing.color, cfg.pixel_format, m.preprocessing.resize
-        )
+        self._prep_key = input_key(runtime.recognizer.manifest)
+        self._prep = Preprocessor.for_model(runtime.recognizer.manifest, ring_slots, cfg.pixel_format)
+        # Frames in flight in ordinary running: the ring, overloads queued beside it, the batch being decided,
+        # a publisher that keeps up. A publisher backlog (up to twice its queue: queued and being sent) or a
+        # stalled inference grows the pool once, up to that many; it never shrinks, so a backlog costs no
+        # allocation the next time either.
+        self.tickets = TicketPool(2 * ring_slots + 2 * runtime.batch_size + 64)
         self.counters = PipelineCounters()
         self.fatal: str | None = None  # set when the source failed for good
         self.end_of_stream = False
 
-        self._queue: collections.deque[_Item] = collections.deque()
+        self._queue: collections.deque[Ticket] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
-        self._freed = threading.Event()
+        self._freed = Wakeup()  # a slot was released: a paced replay may read its next frame
         self._stop_acquiring = threading.Event()
         self._acquisition_done = False
         self._drain_deadline: float | None = None  # monotonic time after which queued frames get SHUTDOWN
@@ -389,14 +180,20 @@ class Pipeline:
         self._swapped = threading.Condition(threading.Lock())
         self._retired: Runtime | None = None
         self.finished = threading.Event()
+        self._freed_closed = False
         self._threads: list[threading.Thread] = []
         self._last_error_log = 0.0
         self._errors_unlogged = 0
+        self._overload_detail = f"all {ring_slots} ring slots were busy"
         # Reused per batch (no per-batch list allocation on the hot path).
-        self._items: list[_Item] = []
-        self._todo: list[_Item] = []
+        self._items: list[Ticket] = []
+        self._todo: list[Ticket] = []
         self._held: list[int] = []
         self._seg_rows: list[int] = []
+
+    def recycle(self, verdict: Verdict) -> None:
+        """The publisher is done with this verdict (sent or dropped): its ticket goes back to the pool."""
+        self.tickets.give_back(verdict)
 
     # ------------------------------------------------------------------------------------------ control
 
@@ -421,7 +218,11 @@ class Pipeline:
         end = None if timeout_s is None else time.monotonic() + timeout_s
         for t in self._threads:
             t.join(None if end is None else max(0.0, end - time.monotonic()))
-        return not any(t.is_alive() for t in self._threads)
+        done = not any(t.is_alive() for t in self._threads)
+        if done and self._threads and not self._freed_closed:
+            self._freed_closed = True
+            self._freed.close()
+        return done
 
     def swap(self, runtime: Runtime, timeout_s: float = 30.0) -> Runtime | None:
         """Hand a new runtime to the inference thread; returns the old one once it is out of use (None if the
@@ -430,7 +231,10 @@ class Pipeline:
             self._retired = None
             self._pending = runtime
             end = time.monotonic() + timeout_s
-            while self._retired is None:
+            while True:
+                retired = self._take_retired()
+                if retired is not None:
+                    return retired
                 if not self._threads[1].is_alive():
                     old, self.runtime, self._pending = self.runtime, runtime, None
                     return old
@@ -438,8 +242,11 @@ class Pipeline:
                 if left <= 0:
                     raise TimeoutError("the inference thread did not reach a batch boundary")
                 self._swapped.wait(min(left, IDLE_WAIT_S))
-            old, self._retired = self._retired, None
-            return old
+
+    def _take_retired(self) -> Runtime | None:
+        # Under self._swapped: the runtime the inference thread handed back (_adopt_pending), if it has.
+        retired, self._retired = self._retired, None
+        return retired
 
     def _adopt_pending(self) -> None:
         # Inference thread only, between batches: the swap itself is one reference assignment.
@@ -453,57 +260,41 @@ class Pipeline:
     # -------------------------------------------------------------------------------------- acquisition
 
     def _acquire_loop(self) -> None:
-        ring, source, metrics = self.ring, self.source, self.metrics
+        ring, source, metrics, tickets = self.ring, self.source, self.metrics, self.tickets
+        prep, prep_key = self._prep, self._prep_key
+        queue, cond, counters = self._queue, self._cond, self.counters
+        perf = time.perf_counter
         seq = 0
         try:
             while not self._stop_acquiring.is_set():
                 if self.max_frames is not None and seq >= self.max_frames:
                     break
-                self._freed.clear()
+                # No clear() before acquire(): a wake-up left over only costs one more turn of the loop, and
+                # clearing is a system call per frame.
                 slot = ring.acquire()
                 if slot is None and self.paced_by_pipeline:
                     self._freed.wait(IDLE_WAIT_S)  # backpressure: a replay waits for inference
                     continue
                 out = self._scratch if slot is None else ring.view(slot)
-                t0 = time.perf_counter()
-                try:
-                    grab = source.grab(out, GRAB_TIMEOUT_S)
-                except BaseException:
-                    if slot is not None:
-                        self._release(slot)
-                    raise
+                t0 = perf()
+                grab = self._grab(source, out, slot)
                 if grab is None:  # no frame within the timeout (or a camera reconnecting)
-                    if slot is not None:
-                        self._release(slot)
                     continue
-                t_mono = time.monotonic_ns()
-                v = Verdict(
-                    seq=seq,
-                    camera_frame_id=grab.camera_frame_id,
-                    result="reject",
-                    reason=Reason.ERROR,  # overwritten when decided
-                    t_acquired_ns=time.time_ns(),
-                    t_decided_ns=0,
-                    timestamp_source=grab.timestamp_source,
-                    t_device_ns=grab.t_device_ns,
-                    camera_drops_before=grab.camera_drops_before,
-                    truth=grab.truth,
-                    t_acquired_mono_ns=t_mono,
-                )
+                t = self._ticket(tickets.take(), seq, grab, slot)
                 seq += 1
                 metrics.acquired()
-                metrics.stage("acquire", time.perf_counter() - t0)
-                metrics.camera_drops(grab.camera_drops_before)
-                item = _Item(-1 if slot is None else slot, v, grab.bad_frame)
+                metrics.stage("acquire", perf() - t0)
+                if grab.camera_drops_before:
+                    metrics.camera_drops(grab.camera_drops_before)
                 if slot is not None and grab.bad_frame is None:
-                    t1 = time.perf_counter()
-                    self._prep.put(slot, out)
-                    item.prepped = self._prep_key
-                    metrics.stage("preprocess", time.perf_counter() - t1)
-                with self._cond:
-                    self.counters.acquired = seq
-                    self._queue.append(item)
-                    self._cond.notify()
+                    t1 = perf()
+                    prep.put(slot, self._pixels(t))
+                    t.prepped = prep_key
+                    metrics.stage("preprocess", perf() - t1)
+                with cond:
+                    counters.acquired = seq
+                    queue.append(t)
+                    cond.notify()
         except EndOfStream:
             self.end_of_stream = True
             log.info("source: end of stream after %d frames", seq)
@@ -521,6 +312,52 @@ class Pipeline:
             with self._cond:
                 self._acquisition_done = True
                 self._cond.notify_all()
+
+    def _grab(self, source: Source, out: np.ndarray, slot: int | None) -> Grab | None:
+        """source.grab() into `out`; the slot goes back to the ring if no frame came (or the source raised)."""
+        try:
+            grab = source.grab(out, GRAB_TIMEOUT_S)
+        except BaseException:
+            if slot is not None:
+                self._release(slot)
+            raise
+        if grab is None and slot is not None:
+            self._release(slot)
+        return grab
+
+    def _ticket(self, t: Ticket, seq: int, grab: Grab, slot: int | None) -> Ticket:
+        """A pooled ticket for the frame just grabbed. Every field is set: nothing carries over from its last use."""
+        t.seq = seq
+        t.camera_frame_id = grab.camera_frame_id
+        t.result = "reject"
+        t.reason = Reason.ERROR  # overwritten when decided
+        t.t_acquired_ns = time.time_ns()
+        t.t_acquired_mono_ns = time.monotonic_ns()
+        t.t_decided_ns = 0
+        t.timestamp_source = grab.timestamp_source
+        t.t_device_ns = grab.t_device_ns
+        t.defects = NO_DEFECTS
+        t.recognizer_score = None
+        t.segmenter_ran = False
+        t.camera_drops_before = grab.camera_drops_before
+        t.detail = None
+        t.config_hash = ""
+        t.model_hashes = NO_HASHES
+        t.truth = grab.truth
+        t.slot = -1 if slot is None else slot
+        t.height = min(grab.height, self._slot_h)
+        t.width = min(grab.width, self._slot_w)
+        t.bad = grab.bad_frame
+        t.prepped = None
+        return t
+
+    def _pixels(self, t: Ticket) -> np.ndarray:
+        """The frame's pixels in its slot: the whole slot, or its top-left part for a smaller frame."""
+        view = self.ring.view(t.slot)
+        if t.height == self._slot_h and t.width == self._slot_w:
+            return view
+        pixels: np.ndarray = view[: t.height, : t.width]
+        return pixels
 
     def _release(self, slot: int) -> None:
         self.ring.release(slot)
@@ -553,113 +390,56 @@ class Pipeline:
             self._adopt_pending()
             self.finished.set()
 
-    def _process(self, items: list[_Item]) -> None:
+    def _process(self, items: list[Ticket]) -> None:
         rt = self.runtime
         now = time.monotonic_ns()
         shutting = self._drain_deadline is not None and time.monotonic() > self._drain_deadline
         todo = self._todo
         todo.clear()
-        for item in items:
-            v = item.verdict
-            if item.slot < 0:
-                self._failsafe(rt, v, Reason.OVERLOAD, f"all {self.ring.slots} ring slots were busy")
-                continue
-            if item.bad is not None:
-                self._release(item.slot)
-                self._failsafe(rt, v, Reason.BAD_FRAME, item.bad)
+        for t in items:
+            if t.slot < 0:
+                self._failsafe(rt, t, Reason.OVERLOAD, self._overload_detail)
+            elif t.bad is not None:
+                self._held.append(t.slot)
+                self._failsafe(rt, t, Reason.BAD_FRAME, t.bad)
             elif shutting:
-                self._release(item.slot)
-                self._failsafe(rt, v, Reason.SHUTDOWN, "in flight at shutdown, not inspected within the stop timeout")
-            elif now - v.t_acquired_mono_ns > rt.deadline_ns:
-                self._release(item.slot)
-                waited = (now - v.t_acquired_mono_ns) / 1e6
-                self._failsafe(rt, v, Reason.TIMEOUT, f"waited {waited:.0f} ms, deadline {rt.deadline_ns / 1e6:g} ms")
+                self._held.append(t.slot)
+                self._failsafe(rt, t, Reason.SHUTDOWN, "in flight at shutdown, not inspected within the stop timeout")
+            elif now - t.t_acquired_mono_ns > rt.deadline_ns:
+                self._held.append(t.slot)
+                waited = (now - t.t_acquired_mono_ns) / 1e6
+                self._failsafe(rt, t, Reason.TIMEOUT, f"waited {waited:.0f} ms, deadline {rt.deadline_ns / 1e6:g} ms")
             else:
-                todo.append(item)
+                todo.append(t)
         if todo:
-            self._inspect(rt, todo)
+            self._inspect(rt, todo)  # it releases these frames' slots together with the batch's own
+        else:
+            self._release_held()
         self.metrics.ring_occupancy(self.ring.in_use(), self.ring.slots)
-        submit = self.publisher.submit
-        for item in items:
-            submit(item.verdict)
+        self.publisher.submit_all(items)
         with self._cond:
             self.counters.decided += len(items)
 
-    def _inspect(self, rt: Runtime, todo: list[_Item]) -> None:
+    def _inspect(self, rt: Runtime, todo: list[Ticket]) -> None:
         n = len(todo)
-        held = self._held
         metrics = self.metrics
         try:
-            # The segmenter's rows are written here only when it sees every frame and cannot copy them.
-            seg_upfront = rt.seg_pre is not None and rt.mode == "always" and not rt.seg_shares_input
-            rec_key = rt.rec_key
-            sink = rt.archive
-            for i, item in enumerate(todo):
-                held.append(item.slot)
-                if sink is not None:  # a bounded copy, so the slot can still be released before inference
-                    sink.stage(i, self.ring.view(item.slot))
-                if item.prepped == rec_key:
-                    np.copyto(rt.rec_pre.buffer[i], self._prep.buffer[item.slot])
-                else:
-                    rt.rec_pre.put(i, self.ring.view(item.slot))
-                if seg_upfront:
-                    rt.seg_pre.put(i, self.ring.view(item.slot))
-            # Gated with a different input spec needs the pixels again after the recognizer; otherwise the
-            # slots are free now, before inference, so acquisition can reuse them while the models run.
-            keep = rt.mode == "gated" and not rt.seg_shares_input
-            if not keep:
-                self._release_held()
+            self._prepare(rt, todo)
             t1 = time.perf_counter()
-
             block_scores = rt.recognizer.backend.run(n)["block_scores"]
             t2 = time.perf_counter()
             metrics.stage("recognizer", t2 - t1)
-
+            geometries = self._geometries(rt, todo)
+            flagged, top = rt.decider.screen(block_scores, geometries)
             rows = self._seg_rows
             rows.clear()
             pixel_scores = None
             if rt.segmenter is not None and rt.seg_pre is not None:
-                if rt.mode == "always":
-                    rows.extend(range(n))
-                else:
-                    rows.extend(i for i in range(n) if rt.decider.flagged(block_scores[i]))
-                if rows:
-                    seg_in = rt.seg_pre.buffer
-                    for j, i in enumerate(rows):
-                        if rt.seg_shares_input:
-                            np.copyto(seg_in[j], rt.rec_pre.buffer[i])  # a small row copy instead of a resize
-                        elif not seg_upfront:
-                            rt.seg_pre.put(j, self.ring.view(todo[i].slot))
-                    pixel_scores = rt.segmenter.backend.run(len(rows))["pixel_scores"]
-                    metrics.stage("segmenter", time.perf_counter() - t2)
+                pixel_scores = self._segment(rt, todo, flagged, rows)
+                metrics.stage("segmenter", time.perf_counter() - t2)
             self._release_held()
-
             t3 = time.perf_counter()
-            decided = time.time_ns()
-            deadline_at = time.monotonic_ns() - rt.deadline_ns
-            j = 0
-            for i, item in enumerate(todo):
-                v = item.verdict
-                pix = None
-                if pixel_scores is not None and j < len(rows) and rows[j] == i:
-                    pix = pixel_scores[j]
-                    j += 1
-                decision = rt.decider.decide(block_scores[i], pix)
-                result, reason, defects, score = decision
-                v.segmenter_ran = pix is not None
-                if v.t_acquired_mono_ns < deadline_at:
-                    # Decided, but after the deadline: the part has gone past the reject gate, so the answer
-                    # is a timeout (fail-safe), with what the inspection found kept in the detail.
-                    self._failsafe(rt, v, Reason.TIMEOUT, f"decided after the deadline; inspection said {result}")
-                    v.recognizer_score = score
-                else:
-                    v.result, v.reason, v.defects, v.recognizer_score = result, reason, defects, score
-                    v.t_decided_ns = decided
-                    v.detail = None
-                    v.config_hash, v.model_hashes = rt.config_hash, rt.model_hashes
-                    self.counters.inspected += 1
-                if sink is not None:  # returns at once: the scores join the staged copy, or a counted drop
-                    sink.offer(i, v, decision, block_scores[i], pix)
+            self._decide(rt, todo, block_scores, flagged, top, pixel_scores, rows, geometries)
             metrics.stage("decision", time.perf_counter() - t3)
             self.counters.batches += 1
             self.counters.batched_frames += n
@@ -669,18 +449,121 @@ class Pipeline:
                 rt.archive.discard()
             text = f"{type(exc).__name__}: {exc}"
             self._log_error(text, n)
-            for item in todo:
-                item.verdict.segmenter_ran = False
-                item.verdict.defects = []
-                self._failsafe(rt, item.verdict, Reason.ERROR, text[:500])
+            for t in todo:
+                t.segmenter_ran = False
+                t.defects = NO_DEFECTS
+                self._failsafe(rt, t, Reason.ERROR, text[:500])
+
+    def _prepare(self, rt: Runtime, todo: list[Ticket]) -> None:
+        """The batch's network inputs: the acquisition thread's rows copied in, or resized here after a reload
+        to another input spec. Slots are released before inference unless the segmenter needs their pixels."""
+        held, prep = self._held, self._prep.buffer
+        rec_buf, rec_key = rt.rec_pre.buffer, rt.rec_key
+        seg_pre, sink = rt.seg_pre, rt.archive
+        # The segmenter's rows are written here only when it sees every frame and cannot copy them.
+        seg_upfront = seg_pre is not None and rt.mode == "always" and not rt.seg_shares_input
+        for i, t in enumerate(todo):
+            held.append(t.slot)
+            if sink is not None:  # a bounded copy, so that the slot can still be released before inference
+                sink.stage(i, self.ring.view(t.slot))
+            if t.prepped == rec_key:
+                np.copyto(rec_buf[i], prep[t.slot])
+            else:
+                rt.rec_pre.put(i, self._pixels(t))
+            if seg_upfront and seg_pre is not None:
+                seg_pre.put(i, self._pixels(t))
+        # Gated with a different input spec needs the pixels again after the recognizer; otherwise the slots
+        # are free now, before inference, so acquisition can reuse them while the models run.
+        if not (rt.mode == "gated" and not rt.seg_shares_input):
+            self._release_held()
+
+    def _segment(self, rt: Runtime, todo: list[Ticket], flagged: np.ndarray, rows: list[int]) -> np.ndarray | None:
+        """Run the segmenter on every frame (always) or on the flagged ones (gated); `rows` gets their indices."""
+        seg_pre, segmenter = rt.seg_pre, rt.segmenter
+        assert seg_pre is not None and segmenter is not None
+        n = len(todo)
+        if rt.mode == "always":
+            rows.extend(range(n))
+        else:
+            rows.extend(i for i in range(n) if flagged[i])
+        if not rows:
+            return None
+        seg_in, rec_in = seg_pre.buffer, rt.rec_pre.buffer
+        upfront = rt.mode == "always" and not rt.seg_shares_input
+        for j, i in enumerate(rows):
+            if rt.seg_shares_input:
+                np.copyto(seg_in[j], rec_in[i])  # a small row copy instead of a resize
+            elif not upfront:
+                seg_pre.put(j, self._pixels(todo[i]))
+        pixel_scores: np.ndarray = segmenter.backend.run(len(rows))["pixel_scores"]
+        return pixel_scores
+
+    def _decide(
+        self,
+        rt: Runtime,
+        todo: list[Ticket],
+        block_scores: np.ndarray,
+        flagged: np.ndarray,
+        top: np.ndarray,
+        pixel_scores: np.ndarray | None,
+        rows: list[int],
+        geometries: list[Geometry] | None,
+    ) -> None:
+        decider, sink = rt.decider, rt.archive
+        decided = time.time_ns()
+        deadline_at = time.monotonic_ns() - rt.deadline_ns
+        n_rows = len(rows)
+        j = 0
+        inspected = 0
+        for i, t in enumerate(todo):
+            pix = None
+            if pixel_scores is not None and j < n_rows and rows[j] == i:
+                geometry = geometries[i] if geometries is not None else None
+                pix = pixel_scores[j]
+                result, reason, defects, score = decider.decide_screened(i, block_scores[i], pix, geometry)
+                t.segmenter_ran = True
+                j += 1
+            elif flagged[i]:
+                geometry = geometries[i] if geometries is not None else None
+                result, reason, defects, score = decider.decide_screened(i, block_scores[i], None, geometry)
+            else:  # nothing fired: screen() already knows it is a pass, and its top score
+                result, reason, defects, score = "pass", Reason.OK, NO_DEFECTS, float(top[i])
+            if t.t_acquired_mono_ns < deadline_at:
+                # Decided, but after the deadline: the part has gone past the reject gate, so the answer is a
+                # timeout (fail-safe), with what the inspection found kept in the detail.
+                self._failsafe(rt, t, Reason.TIMEOUT, f"decided after the deadline; inspection said {result}")
+                t.recognizer_score = score
+            else:
+                t.result = result
+                t.reason = reason
+                t.defects = defects
+                t.recognizer_score = score
+                t.t_decided_ns = decided
+                t.detail = None
+                t.config_hash = rt.config_hash
+                t.model_hashes = rt.model_hashes
+                inspected += 1
+            if sink is not None:  # returns at once: the scores join the staged copy, or a counted drop
+                sink.offer(i, t, (result, reason, defects, score), block_scores[i], pix)
+        self.counters.inspected += inspected
+
+    def _geometries(self, rt: Runtime, todo: list[Ticket]) -> list[Geometry] | None:
+        """None when every frame of the batch has the configured size (the rule); else each frame's geometry."""
+        for t in todo:
+            if t.height != self._slot_h or t.width != self._slot_w:
+                return [rt.decider.geometry((x.height, x.width)) for x in todo]
+        return None
 
     def _release_held(self) -> None:
-        for slot in self._held:
-            self._release(slot)
-        self._held.clear()
+        # One lock and one wake-up for the whole batch: waking another thread while holding the GIL can hand
+        # the CPU to it (py-spy showed the inference thread spending a third of its GIL time in such wake-ups).
+        if self._held:
+            self.ring.release_all(self._held)
+            self._held.clear()
+            self._freed.set()
 
     def _failsafe(self, rt: Runtime, v: Verdict, reason: Reason, detail: str) -> None:
-        v.result = rt.failsafe  # type: ignore[assignment]
+        v.result = rt.failsafe
         v.reason = reason
         v.detail = detail
         v.t_decided_ns = time.time_ns()
@@ -701,63 +584,3 @@ class Pipeline:
             self._errors_unlogged = 0
         else:
             self._errors_unlogged += 1
-
-
-# -------------------------------------------------------------------------------------------- benchmark
-
-
-def benchmark(
-    config_path: str | Path, seconds: float, *, settle_s: float = 1.0, update: dict[str, dict] | None = None
-) -> dict:
-    """Run the daemon in-process on the config's source for `seconds` and measure it.
-
-    No metrics server and no actuator channel; the broadcast socket binds a free port. Frames from the first
-    `settle_s` are not counted (thread start-up, first batches). `update` changes fields of sections, e.g.
-    {"models": {"segmenter_mode": "never"}} (paths in the file stay relative to it). Returns frames/s of
-    verdicts published, acquisition-to-publish p50/p99 (ms) over the measured window, and the counts.
-    """
-    from inspector.daemon import Daemon
-
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        raise StartupError(2, str(exc)) from None
-    publish = config.publish.model_copy(
-        update={
-            "broadcast": config.publish.broadcast.model_copy(update={"bind": "tcp://127.0.0.1:*"}),
-            "actuator": None,
-        }
-    )
-    overrides = {"publish": publish, "metrics": config.metrics.model_copy(update={"enabled": False})}
-    for section, fields in (update or {}).items():
-        overrides[section] = getattr(config, section).model_copy(update=fields)
-    daemon = Daemon(config_path, console=False, config_overrides=overrides, install_signals=False)
-    daemon.start()
-    stats = daemon.stats
-    try:
-        time.sleep(settle_s)
-        stats.begin_window(capacity=1 << 20)
-        t0 = time.perf_counter()
-        time.sleep(seconds)
-        window = stats.end_window()
-        elapsed = time.perf_counter() - t0
-    finally:
-        daemon.stop()
-        rc = daemon.wait()
-    lat = window["latencies_s"]
-    return {
-        "fps": window["published"] / elapsed,
-        "latency_ms_p50": float(np.percentile(lat, 50) * 1e3) if len(lat) else float("nan"),
-        "latency_ms_p99": float(np.percentile(lat, 99) * 1e3) if len(lat) else float("nan"),
-        "seconds": elapsed,
-        "published": window["published"],
-        "by_reason": window["by_reason"],
-        "segmented": window["segmented"],
-        "acquired_total": daemon.pipeline.counters.acquired if daemon.pipeline else 0,
-        "mean_batch": (
-            daemon.pipeline.counters.batched_frames / max(1, daemon.pipeline.counters.batches)
-            if daemon.pipeline
-            else 0.0
-        ),
-        "exit_code": rc,
-    }

@@ -13,6 +13,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from inspector.manifest import ModelManifest
+
 INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 
 # ImageNet statistics; also right for grayscale when replicated. Written into every manifest.
@@ -156,9 +158,13 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class Preprocessor:
     """Writes frames into a preallocated (batch, height, width, channels) uint8 network input, in place.
 
-    One instance per model input; `scratch` exists because a resize plus a channel conversion cannot be
-    done by OpenCV in one call without an intermediate. Copies per frame: one resize (unavoidable) and, for
-    mono->rgb or rgb->gray, one conversion.
+    One instance per model input. fit squash (the default): the frame is resized to the input with
+    `interpolation`, then its channels converted. fit place (`scale` given): the frame is resized by `scale`
+    and written to the row's top-left corner with zeros elsewhere, exactly as `place_image` does for training
+    and evaluation. A frame may be smaller than the ring slot it lies in: callers pass the view of the frame
+    itself. Scratch arrays (a resize plus a channel conversion cannot be one OpenCV call; a placed region is not
+    contiguous) are made once per frame size. Copies per frame: one resize and, for mono->rgb or rgb->gray, one
+    conversion; placing adds a copy of the placed region.
     """
 
     def __init__(
@@ -168,6 +174,10 @@ class Preprocessor:
         color: Literal["gray", "rgb"],
         pixel_format: str,
         interpolation: str = "area",
+        *,
+        fit: Literal["squash", "place"] = "squash",
+        scale: float | None = None,
+        pad: Literal["zero", "reflect"] = "zero",
     ):
         height, width = size
         self.color = color
@@ -175,11 +185,16 @@ class Preprocessor:
         self.channels = 1 if color == "gray" else 3
         self.interp = INTERPOLATION[interpolation]
         self.size = (height, width)
+        if (fit == "place") != (scale is not None):
+            raise ValueError("fit place needs a scale, and only fit place has one")
+        self.scale = scale
+        self.pad = pad
         self.buffer = np.zeros((batch, height, width, self.channels), dtype=np.uint8)
         in_channels = 1 if pixel_format == "mono8" else 3
+        self._in_channels = in_channels
         self._needs_conversion = (in_channels != self.channels) or (pixel_format == "bgr8" and color == "rgb")
         self._scratch = np.zeros((height, width, in_channels), dtype=np.uint8) if self._needs_conversion else None
-        self._code = None
+        self._code = 0  # cv2 conversion code; used only when _needs_conversion
         if self._needs_conversion:
             if self.channels == 1:
                 self._code = cv2.COLOR_RGB2GRAY if pixel_format == "rgb8" else cv2.COLOR_BGR2GRAY
@@ -187,11 +202,31 @@ class Preprocessor:
                 self._code = cv2.COLOR_GRAY2RGB
             else:
                 self._code = cv2.COLOR_BGR2RGB
+        # fit place, per frame (height, width): (placed height, width, resized scratch, converted scratch).
+        self._placed: dict[tuple[int, int], tuple[int, int, np.ndarray | None, np.ndarray | None]] = {}
+
+    @classmethod
+    def for_model(cls, manifest: ModelManifest, batch: int, pixel_format: str) -> Preprocessor:
+        """The preprocessing a model's manifest asks for, for frames in `pixel_format`."""
+        pre = manifest.preprocessing
+        return cls(
+            batch,
+            (manifest.input.height, manifest.input.width),
+            pre.color,
+            pixel_format,
+            pre.resize,
+            fit=pre.fit,
+            scale=pre.scale,
+            pad=pre.pad,
+        )
 
     def put(self, index: int, frame: np.ndarray) -> np.ndarray:
         """Resize/convert `frame` (H, W, C) into row `index` of the batch buffer; returns that row."""
+        dst: np.ndarray = self.buffer[index]
+        if self.scale is not None:
+            self._put_placed(dst, frame)
+            return dst
         height, width = self.size
-        dst = self.buffer[index]
         if not self._needs_conversion:
             target = dst[:, :, 0] if self.channels == 1 else dst
             src = frame[:, :, 0] if frame.shape[2] == 1 else frame
@@ -205,3 +240,65 @@ class Preprocessor:
         out = dst[:, :, 0] if self.channels == 1 else dst
         cv2.cvtColor(tgt, self._code, dst=out)
         return dst
+
+    def placed(self, frame_size: tuple[int, int]) -> tuple[int, int]:
+        """(height, width) a frame of this size takes in the input (fit place; the whole input for squash)."""
+        if self.scale is None:
+            return self.size
+        return self._placing(frame_size)[:2]
+
+    def _placing(self, frame_size: tuple[int, int]) -> tuple[int, int, np.ndarray | None, np.ndarray | None]:
+        found = self._placed.get(frame_size)
+        if found is None:
+            assert self.scale is not None
+            ph, pw = placed_size(frame_size, self.scale, self.size)
+            resized = None if (ph, pw) == frame_size else np.zeros((ph, pw, self._in_channels), np.uint8)
+            converted = np.zeros((ph, pw, self.channels), np.uint8) if self._needs_conversion else None
+            found = self._placed[frame_size] = (ph, pw, resized, converted)
+        return found
+
+    def _put_placed(self, dst: np.ndarray, frame: np.ndarray) -> None:
+        # The same steps as place_image (training's): resize by scale (area down, linear up, none at 1.0), then
+        # convert the channels, then the top-left corner of the input, the rest padded as the manifest says.
+        h, w = frame.shape[:2]
+        ph, pw, resized, converted = self._placing((h, w))
+        height, width = self.size
+        reflect = self.pad == "reflect" and (ph, pw) != (height, width)
+        if not reflect:
+            if ph < height:
+                dst[ph:] = 0
+            if pw < width:
+                dst[:ph, pw:] = 0
+        src = frame
+        if resized is not None:
+            interp = cv2.INTER_AREA if ph < h else cv2.INTER_LINEAR
+            cv2.resize(
+                frame[:, :, 0] if frame.shape[2] == 1 else frame,
+                (pw, ph),
+                dst=resized[:, :, 0] if resized.shape[2] == 1 else resized,
+                interpolation=interp,
+            )
+            src = resized
+        if converted is not None:
+            cv2.cvtColor(
+                src if src.shape[2] != 1 else src[:, :, 0],
+                self._code,
+                dst=converted if converted.shape[2] != 1 else converted[:, :, 0],
+            )
+            src = converted
+        if reflect:
+            # The placed frame and its mirror image around it in one call, written into the row in place
+            # (pad_border's arithmetic; a frame of one row or column has nothing to mirror: its edge repeats).
+            border = cv2.BORDER_REPLICATE if ph < 2 or pw < 2 else cv2.BORDER_REFLECT_101
+            two_d = src.shape[2] == 1
+            cv2.copyMakeBorder(
+                src[:, :, 0] if two_d else src,
+                0,
+                height - ph,
+                0,
+                width - pw,
+                border,
+                dst=dst[:, :, 0] if two_d else dst,
+            )
+            return
+        np.copyto(dst[:ph, :pw], src)

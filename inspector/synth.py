@@ -32,9 +32,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspector.config import DEFECT_KINDS
 from inspector.frames import GroundTruth
 
-KINDS = ("scratch", "crack", "pit", "stain")
+KINDS: tuple[str, ...] = DEFECT_KINDS  # the defect kinds the line simulator draws (source.defect_kinds)
 SMALL_PX = 100  # a "small" defect covers fewer pixels than this
 SOFT_EDGE = 0.3  # soft defects end where their contrast falls below this fraction of the peak
 WEAK_FRACTION = 0.25  # share of defects drawn at low contrast
@@ -212,7 +213,8 @@ def _finish(
         part = surface if delta is None else surface + delta
         img = (part * alpha + belt * (1 - alpha)) * light
         img += rng.standard_normal((height, width), dtype=np.float32) * noise_sigma
-        return np.clip(np.rint(img), 0, 255).astype(np.uint8)[:, :, None]
+        gray: np.ndarray = np.clip(np.rint(img), 0, 255).astype(np.uint8)[:, :, None]
+        return gray
     # Colour: a slightly warm metal on a neutral belt; stains are rust-brown, other defects neutral.
     part_tint = np.array([1.0, rng.uniform(0.93, 0.99), rng.uniform(0.82, 0.94)], np.float32)
     defect_tint = np.array([1.0, 0.75, 0.45], np.float32) if kind == "stain" else np.ones(3, np.float32)

@@ -92,10 +92,10 @@ def test_blocks_only_groups_blocks_into_blobs_in_frame_pixels():
 def test_blocks_only_min_area_and_quiet_frames():
     d = _decider(segmenter=False, min_area_px=64 * 64 + 1)
     blocks = np.zeros((4, 6), np.float32)
-    assert d.decide(blocks, None)[:3] == ("pass", Reason.OK, [])
+    assert d.decide(blocks, None)[:3] == ("pass", Reason.OK, ())
     blocks[2, 2] = 0.8  # one block: 4096 px, below the minimum
     result, reason, defects, score = d.decide(blocks, None)
-    assert (result, reason, defects) == ("pass", Reason.OK, [])
+    assert (result, reason, defects) == ("pass", Reason.OK, ())
     assert score == pytest.approx(0.8) and d.last_below_min_area == 1
 
 
@@ -136,7 +136,7 @@ def test_min_area_per_class_overrides_the_default():
     scores = _pixels()
     _paint(scores, np.s_[10:12, 10:13], {"pit": 0.9})  # 6 px -> 96 frame px: below the pit minimum
     result, reason, defects, _ = d.decide(np.zeros((4, 6)), scores)
-    assert (result, reason, defects) == ("pass", Reason.OK, [])
+    assert (result, reason, defects) == ("pass", Reason.OK, ())
     assert d.last_below_min_area == 1
     _paint(scores, np.s_[40:42, 40:43], {"crack": 0.9})  # the same size, but a crack: default minimum
     result, _, defects, _ = d.decide(np.zeros((4, 6)), scores)
@@ -244,3 +244,37 @@ def test_float16_outputs_are_accepted():
     _paint(scores, np.s_[3:5, 3:5], {"crack": 0.75})
     (blob,) = d.decide(np.zeros((4, 6), np.float16), scores)[2]
     assert blob.cls == "crack" and blob.score == pytest.approx(0.75, abs=1e-3)
+
+
+@pytest.mark.parametrize("ignore", [None, [[0, 0], [150, 0], [150, 256], [0, 256]]])
+def test_screening_a_batch_agrees_with_deciding_each_frame(ignore):
+    """The pipeline passes a frame on screen() alone when nothing fired: that must be decide()'s answer too."""
+    regions = {"polygons": [ignore]} if ignore else {}
+    d = _decider(segmenter=False, block_threshold=0.7, min_area_px=0, ignore_regions=regions)
+    rng = np.random.default_rng(3)
+    batch = (rng.random((40, 4, 6)) * rng.choice([0.7, 1.0], size=(40, 1, 1))).astype(np.float32)
+    batch[5] = 0.7  # exactly at the threshold: flagged (inclusive)
+    for n in (40, 1, 17):  # the scratch grows once, then is reused for any smaller batch
+        flagged, top = d.screen(batch[:n])
+        assert flagged.shape == top.shape == (n,)
+        for i in range(n):
+            result, reason, defects, score = d.decide(batch[i], None)
+            assert bool(flagged[i]) == d.flagged(batch[i])
+            assert float(top[i]) == pytest.approx(score)
+            if not flagged[i]:
+                assert (result, reason, defects) == ("pass", Reason.OK, ())
+    assert 0 < int(d.screen(batch)[0].sum()) < 40  # the batch has both kinds of frame
+
+
+def test_deciding_a_screened_frame_is_deciding_it():
+    d = _decider(segmenter=False, block_threshold=0.6, min_area_px=0)
+    rng = np.random.default_rng(5)
+    batch = rng.random((12, 4, 6)).astype(np.float32)
+    d.screen(batch)
+    for i in range(12):
+        assert d.decide_screened(i, batch[i], None) == d.decide(batch[i], None)
+    seg = _decider(min_area_px=0, pixel_threshold=0.5)
+    scores = _pixels()
+    _paint(scores, np.s_[10:20, 10:30], {"crack": 0.9})
+    seg.screen(batch[:2])
+    assert seg.decide_screened(1, batch[1], scores) == seg.decide(batch[1], scores)

@@ -26,7 +26,10 @@ pytest.importorskip("harvesters.core", reason="harvesters is not installed (pip 
 
 from inspector.config import GenicamFeature, GenicamSourceConfig
 from inspector.sources import SourceError, source_class
-from inspector.sources.genicam import Converter, GenicamSource, _Layout, apply_features, default_cti
+from inspector.sources.genicam.convert import Converter, Layout
+from inspector.sources.genicam.features import apply_features
+from inspector.sources.genicam.gentl import default_cti
+from inspector.sources.genicam.source import GenicamSource
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -322,8 +325,7 @@ def test_line_padding_is_skipped_and_conversion_writes_in_place():
     for y in range(h):
         for x in range(w):
             raw[16 + y * (w * 3 + pad) + x * 3 : 16 + y * (w * 3 + pad) + x * 3 + 3] = bytes((y, x, 7))
-    src = GenicamSource(_cfg(), Events())
-    view = src._image_view(bytes(raw), _Layout(w, h, 0, "RGB8", pad, 16))
+    view = Layout(w, h, 0, "RGB8", pad, 16).view(bytes(raw))
     out = np.zeros((h, w, 3), np.uint8)
     Converter("RGB8", "bgr8")(view, out)
     assert all(tuple(out[y, x]) == (7, x, y) for y in range(h) for x in range(w))

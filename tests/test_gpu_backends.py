@@ -22,8 +22,8 @@ from inspector.preprocess import resize_image
 def test_backend_modules_import_without_cuda_or_tensorrt():
     code = (
         "import sys\n"
-        "import inspector.backends.tensorrt, inspector.backends.cuda, inspector.backends.tensorrt_build\n"
-        "import inspector.backends.gpu_memory, inspector.backends.gpu_preprocess\n"
+        "import inspector.backends.tensorrt, inspector.backends.cuda, inspector.build.tensorrt, inspector.build.cli\n"
+        "import inspector.backends.gpu_memory, inspector.backends.gpu_preprocess, inspector.backends.gpu_io\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorrt', 'torch') or m.startswith('cuda.bindings')]\n"
         "print(bad); sys.exit(1 if bad else 0)\n"
     )

@@ -1,4 +1,4 @@
-"""TensorRT-compatibility check of ONNX graphs (inspector.backends.onnx_check): runs without TensorRT."""
+"""TensorRT-compatibility check of ONNX graphs (inspector.build.onnx_check): runs without TensorRT."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from inspector.backends.onnx_check import TRT10_OPERATORS, check_model, main
+from inspector.build.onnx_check import TRT10_OPERATORS, check_model, main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from daemon_helpers import Collector, free_port, scrape, synthetic, total, write
 from tiny_models import write_tiny_models
 
 from inspector.daemon import Daemon
-from inspector.pipeline import StartupError
+from inspector.runtime import StartupError
 
 pytestmark = pytest.mark.timeout(60)
 

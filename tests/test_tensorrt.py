@@ -11,34 +11,37 @@ import onnxruntime as ort
 import pytest
 from gpu_test_models import textured_images, tiny_recognizer, write_onnx_with_manifest
 
-from inspector.backends.onnx_check import check_model
 from inspector.backends.tensorrt import (
     EngineRefused,
     RuntimeDescription,
+    build_command,
     engine_mismatches,
     read_engine_manifest,
     resolve_engine,
     trt_release,
 )
-from inspector.backends.tensorrt_build import (
-    BuildError,
-    BuildProgress,
+from inspector.build import BuildError
+from inspector.build.cli import main
+from inspector.build.onnx_check import check_model
+from inspector.build.quantize import (
     _AbsHistogram,
     activation_ranges,
-    batch_profile,
-    build_command,
     calibration_files,
     calibration_hash,
-    engine_manifest,
     insert_qdq,
-    main,
-    profile_shapes,
     quantize,
 )
+from inspector.build.tensorrt import BuildProgress, batch_profile, engine_manifest, profile_shapes
 from inspector.config import TensorRTSettings
-from inspector.manifest import BatchSpec, write_manifest
+from inspector.manifest import BatchSpec, read_manifest, write_manifest
 
 H100 = RuntimeDescription("10.3.0.26", "NVIDIA H100 80GB HBM3", "9.0")
+
+
+def _has_tensorrt() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
 
 
 # ------------------------------------------------------------------------------------------ profiles & commands
@@ -170,6 +173,21 @@ def test_auto_rebuild_builds_once_into_the_cache_then_reuses_it(tmp_path):
     assert again == path and len(calls) == 1  # found in the cache, not rebuilt
 
 
+@pytest.mark.skipif(_has_tensorrt(), reason="checks the refusal on a machine without TensorRT")
+def test_auto_rebuild_without_tensorrt_is_refused_in_one_line(tmp_path):
+    """The real default builder (a child process running inspector-build-engine) on a box without TensorRT."""
+    onnx_path = tmp_path / "rec.onnx"
+    write_onnx_with_manifest(onnx_path, tiny_recognizer())
+    m = read_manifest(onnx_path)
+    settings = TensorRTSettings(engine_cache_dir=str(tmp_path / "cache"), auto_rebuild=True)
+    with pytest.raises(EngineRefused) as info:
+        resolve_engine(onnx_path, m, settings, 4, H100)
+    message = str(info.value)
+    assert "could not build" in message and "inspector-build-engine" in message
+    assert "needs TensorRT's builder" in message and "Traceback" not in message
+    assert message.count("\n") == 0
+
+
 def test_builder_cli_refuses_bad_input_clearly(tmp_path, capsys):
     onnx_path = tmp_path / "rec.onnx"
     write_onnx_with_manifest(onnx_path, tiny_recognizer())
@@ -262,7 +280,7 @@ def test_qdq_numerics_would_catch_wrong_scales():
     """The agreement test above can fail: activation ranges 20x too small clip everything."""
     model = tiny_recognizer()
     calibration, held_out = textured_images(16, seed=1), textured_images(16, seed=2)
-    from inspector.backends.tensorrt_build import _quantizable_nodes
+    from inspector.build.quantize import _quantizable_nodes
 
     tensors = sorted({n.input[0] for n in _quantizable_nodes(model, False)})
     ranges = activation_ranges(model, calibration, tensors, method="max")
@@ -304,7 +322,7 @@ def test_engine_build_and_run_agree_with_onnxruntime(tmp_path, precision, mean_t
 
     _need_tensorrt_gpu()
     from inspector.backends.tensorrt import TensorRTBackend
-    from inspector.backends.tensorrt_build import build_engine
+    from inspector.build.tensorrt import build_engine
 
     onnx_path = tmp_path / "rec.onnx"
     write_onnx_with_manifest(onnx_path, tiny_recognizer())

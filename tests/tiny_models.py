@@ -116,7 +116,16 @@ def _save(nodes, inits, outputs, path: Path, size: int) -> None:
     onnx.save(model, str(path))
 
 
-def _manifest(path: Path, task: str, size: int, outputs: list[dict], classes: list[str], max_batch: int):
+def _manifest(
+    path: Path,
+    task: str,
+    size: int,
+    outputs: list[dict],
+    classes: list[str],
+    max_batch: int,
+    scale: float | None = None,
+):
+    placing = {"fit": "place", "scale": scale} if scale is not None else {}
     return ModelManifest.model_validate(
         {
             "task": task,
@@ -126,7 +135,13 @@ def _manifest(path: Path, task: str, size: int, outputs: list[dict], classes: li
             "architecture": f"tiny-bright-spot-{task}",
             "input": {"name": "image", "height": size, "width": size, "channels": 1},
             "outputs": outputs,
-            "preprocessing": {"resize": "area", "color": "gray", "mean": list(MEAN_GRAY), "std": list(STD_GRAY)},
+            "preprocessing": {
+                "resize": "area",
+                "color": "gray",
+                "mean": list(MEAN_GRAY),
+                "std": list(STD_GRAY),
+                **placing,
+            },
             "batch": {"min": 1, "opt": 1, "max": max_batch, "dynamic": True},
             "block_size": 32 if task == "recognizer" else None,
             "classes": classes,
@@ -144,7 +159,9 @@ def write_tiny_recognizer(
     work: int = 0,
     poison: int | None = None,
     max_batch: int = 64,
+    place_scale: float | None = None,
 ) -> Path:
+    """`place_scale`: a native-resolution model (manifest fit place at that scale) instead of a squashing one."""
     nodes: list = []
     inits: list = []
     x = _normalised(nodes, inits)
@@ -163,7 +180,7 @@ def write_tiny_recognizer(
         nodes, inits, [helper.make_tensor_value_info("block_scores", TensorProto.FLOAT, ["N", grid, grid])], path, size
     )
     outputs = [{"name": "block_scores", "shape": ["N", grid, grid], "meaning": "P(block has a bright spot)"}]
-    write_manifest(path, _manifest(path, "recognizer", size, outputs, ["normal", "defect"], max_batch))
+    write_manifest(path, _manifest(path, "recognizer", size, outputs, ["normal", "defect"], max_batch, place_scale))
     return path
 
 

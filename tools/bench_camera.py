@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from inspector.config import GenicamSourceConfig  # noqa: E402
 from inspector.frames import CHANNELS, FrameRing  # noqa: E402
-from inspector.sources.genicam import GenicamSource  # noqa: E402
+from inspector.sources.genicam.source import GenicamSource  # noqa: E402
 
 
 def camera_config(args: argparse.Namespace, **over) -> GenicamSourceConfig:
@@ -185,8 +185,7 @@ publish: {{actuator: null, broadcast: {{bind: "tcp://127.0.0.1:*"}}}}
 metrics: {{enabled: false}}
 """.replace("'", '"')
         )
-        sources.SOURCES["genicam"] = "bench_camera:TimedGenicamSource"
-        sys.modules.setdefault("bench_camera", sys.modules[__name__])
+        sources.SOURCES["genicam"] = lambda: TimedGenicamSource
         frames = int(args.seconds * args.rate)
         t0 = time.monotonic()
         rc = inspector_main(["run", "--config", str(config), "--max-frames", str(frames)])
@@ -205,7 +204,7 @@ def rss_mb() -> float:
 
 def bench_reconnect(args: argparse.Namespace) -> dict:
     """RSS across reconnect cycles: each destroys the device under the running source (DevClose)."""
-    logging.getLogger("inspector.sources.genicam").setLevel(logging.ERROR)  # one warning per cycle otherwise
+    logging.getLogger("inspector.sources.genicam.source").setLevel(logging.ERROR)  # one warning per cycle otherwise
     src = GenicamSource(camera_config(args, reconnect_backoff_ms=[1]), Events())
     src.open()
     src.start()

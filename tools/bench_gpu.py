@@ -10,9 +10,9 @@ the daemon's throughput and acquisition-to-verdict latency on the in-memory repl
 - preprocessing: per batch at the best size, (a) CPU: `inspector.preprocess.Preprocessor` resizes raw frames
   into the pinned input, then run; (b) GPU: raw frames into the pinned frame buffer, upload + resize kernel +
   inference in one `run` (`enable_gpu_resize`). Same frames, same engine.
-- daemon: `inspector.pipeline.benchmark(config_path, seconds)` if the pipeline provides it, on the in-memory
+- daemon: `tools/daemon_bench.benchmark(config_path, seconds)` (the in-process daemon), on the in-memory
   folder source; reported as frames/s and acquisition-to-verdict p50/p99, and daemon/engine-only ratio
-  (target >= 0.9). If the pipeline has no such hook, the section says "not measured" — never a made-up number.
+  (target >= 0.9). Without --config the section says "not measured" — never a made-up number.
 
 Results: JSON + Markdown under --out, and the Markdown is what docs/BENCHMARKS.md's GPU section quotes.
 """
@@ -85,8 +85,7 @@ def bench_preprocess(backend, manifest, frame: tuple[int, int, int], n: int, sec
     rng = np.random.default_rng(1)
     raw = rng.integers(0, 256, (n, *frame), dtype=np.uint8)
     fmt = "mono8" if frame[2] == 1 else "bgr8"
-    pre = Preprocessor(n, (manifest.input.height, manifest.input.width), manifest.preprocessing.color, fmt,
-                       manifest.preprocessing.resize)  # fmt: skip
+    pre = Preprocessor.for_model(manifest, n, fmt)
     pre.buffer = backend.input_buffer()  # write straight into the pinned input, as the daemon does
 
     def cpu():
@@ -112,14 +111,9 @@ def bench_preprocess(backend, manifest, frame: tuple[int, int, int], n: int, sec
 def bench_daemon(config: Path | None, seconds: float) -> dict:
     if config is None:
         return {"measured": False, "why": "no --config given"}
-    try:
-        from inspector import pipeline
-    except ImportError as exc:
-        return {"measured": False, "why": f"inspector.pipeline not importable: {exc}"}
-    hook = getattr(pipeline, "benchmark", None)
-    if hook is None:
-        return {"measured": False, "why": "inspector.pipeline has no benchmark(config_path, seconds) hook"}
-    result = hook(config, seconds)  # expected keys: fps, latency_ms_p50, latency_ms_p99
+    from daemon_bench import benchmark
+
+    result = benchmark(config, seconds)  # fps, latency_ms_p50, latency_ms_p99, ...
     return {"measured": True, **result}
 
 

@@ -37,7 +37,7 @@ TOLERANCES: dict[str, dict[str, float]] = {
 
 def load_frames(manifest: ModelManifest, images: Path | None, count: int, seed: int = 0) -> np.ndarray:
     """Held-out frames as network inputs, through `inspector.preprocess` (the one preprocessing)."""
-    from inspector.backends.tensorrt_build import calibration_files, load_calibration_images
+    from inspector.build.quantize import calibration_files, load_calibration_images
 
     if images is not None:
         return load_calibration_images(calibration_files(images, count), manifest)

@@ -76,7 +76,7 @@ for task, name in (("recognizer", "block_scores"), ("segmenter", "pixel_scores")
 PYEOF
     REC="$MODELS/recognizer.onnx"; SEG="$MODELS/segmenter.onnx"
 fi
-step onnx-check "$PY" -m inspector.backends.onnx_check "$REC" ${SEG:+"$SEG"}
+step onnx-check "$PY" -m inspector.build.onnx_check "$REC" ${SEG:+"$SEG"}
 
 # calibration images for INT8: the data set if present, else synthetic frames
 CALIB="${CALIBRATION:-$MODELS/calibration}"
@@ -96,7 +96,7 @@ if [ -n "$HAVE_TRT" ]; then
     for precision in fp32 fp16 int8; do
         for m in "$REC" $SEG; do
             base=$(basename "$m" .onnx)
-            step "build-$base-$precision" "$PY" -m inspector.backends.tensorrt_build "$m" --precision "$precision" --batch 16 \
+            step "build-$base-$precision" "$PY" -m inspector.build "$m" --precision "$precision" --batch 16 \
                 --calibration "$CALIB" --output "$MODELS/$base.$precision.engine" --timing-cache "$MODELS/timing.cache"
         done
         step "compare-tensorrt-$precision" "$PY" tools/compare_backends.py --backend tensorrt --precision "$precision" \

@@ -15,6 +15,7 @@ The pipeline sees only `FrameArchive` (below); the rest never runs on the hot pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -33,7 +34,7 @@ class FrameArchive(Protocol):
         self,
         row: int,
         verdict: Verdict,
-        decision: tuple[str, Reason, list[Defect], float],
+        decision: tuple[str, Reason, Sequence[Defect], float],
         block_scores: np.ndarray,
         pixel_scores: np.ndarray | None,
     ) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import calendar
 import collections
 import contextlib
+import copy
 import errno
 import json
 import logging
@@ -30,6 +31,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,7 +50,7 @@ from inspector.publish import verdict_message
 log = logging.getLogger("inspector.archive")
 
 # What Decider.decide returns: (result, reason, rejecting defects, highest block score).
-Decision = tuple[str, Reason, list[Defect], float]
+Decision = tuple[str, Reason, Sequence[Defect], float]
 
 REOPEN_S = 30.0  # an unusable archive directory (missing mount) is tried again this often
 ALARM_REPEAT_S = 60.0  # while drops go on, an archive event at most this often
@@ -251,7 +253,9 @@ class ArchiveSink:
             self.pool.release(slot)
             writer.count_hot_drop("error")
             return False
-        slot.kept_as, slot.verdict, slot.decision, slot.ctx = kept, verdict, decision, self.ctx
+        # A copy: the pipeline reuses its verdict records (a pool) once the publisher has sent them, which can be
+        # before this writer has read one.
+        slot.kept_as, slot.verdict, slot.decision, slot.ctx = kept, copy.copy(verdict), decision, self.ctx
         writer.queue.put(slot)
         return True
 

@@ -4,7 +4,7 @@ Why this choice (issue 6): the GPU machines this project is verified on have CUD
 wheels) and cuda-python but no TensorRT, and the daemon must not import torch. ONNX Runtime's CUDA provider
 runs the very same ONNX file as the CPU default (same graph, same normalisation, same output names) with cuDNN
 kernels, and it can be bound to memory and a stream we own:
-- IOBinding binds the input and outputs to this backend's preallocated device buffers (`gpu_memory.DeviceIO`,
+- IOBinding binds the input and outputs to this backend's preallocated device buffers (`gpu_io.DeviceIO`,
   the same buffers/stream/copies the TensorRT backend uses), so ONNX Runtime allocates and copies nothing;
 - `user_compute_stream` makes its kernels run on this backend's stream, so upload -> inference -> download are
   ordered on one stream and the host waits once, and the run option
@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from inspector.backends import BackendError
-from inspector.backends.gpu_memory import DeviceIO, set_device
+from inspector.backends.base import BackendError, BackendSettings
+from inspector.backends.gpu_io import DeviceIO
+from inspector.backends.gpu_memory import gpu_available, set_device
+from inspector.config import TensorRTSettings
 from inspector.manifest import ModelManifest
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,15 @@ class CudaBackend(DeviceIO):
 
     graphs_allowed = False  # ONNX Runtime captures its own graphs; see the module docstring
 
+    @classmethod
+    def unavailable(cls, settings: BackendSettings) -> str | None:
+        try:
+            _import_onnxruntime_cuda()
+        except BackendError as exc:
+            return str(exc)
+        ok, why = gpu_available(settings.device if isinstance(settings, TensorRTSettings) else 0)
+        return None if ok else why
+
     def __init__(self, model_path: str | Path, manifest: ModelManifest, settings: Any, max_batch: int):
         if manifest.format != "onnx":
             raise BackendError(f"the cuda backend runs ONNX models; {model_path} is a {manifest.format} model")
@@ -74,13 +85,13 @@ class CudaBackend(DeviceIO):
         self.path = Path(model_path)
         set_device(self.device)
         spec = manifest.input
-        outputs = {}
+        outputs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
         probe = self.ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         for o in probe.get_outputs():
-            shape = [d if isinstance(d, int) else None for d in o.shape]
-            if any(d is None for d in shape[1:]):
+            dims = list(o.shape[1:])
+            if not all(isinstance(d, int) for d in dims):
                 raise BackendError(f"{model_path} output {o.name} has dynamic non-batch dimensions {o.shape}")
-            outputs[o.name] = ((max_batch, *shape[1:]), np.dtype(np.float16 if "float16" in o.type else np.float32))
+            outputs[o.name] = ((max_batch, *dims), np.dtype(np.float16 if "float16" in o.type else np.float32))
         del probe
         missing = {o.name for o in manifest.outputs} - set(outputs)
         if missing:

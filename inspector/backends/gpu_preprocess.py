@@ -186,7 +186,7 @@ extern "C" __global__ void resize_convert_u8(
 """
 
 
-def _check_driver(result: tuple, what: str) -> Any:
+def _check_driver(result: tuple[Any, ...], what: str) -> Any:
     from cuda.bindings import driver
 
     err, *values = result
@@ -201,7 +201,7 @@ def compile_kernel(compute_capability: str) -> bytes:
     round exactly like the NumPy reference."""
     from cuda.bindings import nvrtc
 
-    def ok(result: tuple, what: str) -> Any:
+    def ok(result: tuple[Any, ...], what: str) -> Any:
         err, *values = result
         if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             raise RuntimeError(f"{what} failed: {nvrtc.nvrtcGetErrorString(err)[1]}")
@@ -220,7 +220,7 @@ def compile_kernel(compute_capability: str) -> bytes:
         size = ok(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
         cubin = b" " * size
         ok(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
-        return cubin
+        return bytes(cubin)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
@@ -249,7 +249,7 @@ class GpuResizer:
         rt = cudart()
         self._driver = driver
         self.size = size
-        self.frame_shape = tuple(int(d) for d in frame_shape)
+        self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]), int(frame_shape[2]))
         self.code = CONVERT[conversion(self.frame_shape[2], pixel_format, color)]
         ytab, xtab = tables(self.frame_shape[:2], size, interpolation)
         self._taps = (ytab.index.shape[1], xtab.index.shape[1])
@@ -276,7 +276,7 @@ class GpuResizer:
         ky, kx = self._taps
         yi, yw, xi, xw = (t.ptr for t in self._tables)
         # kernelParams: an array of pointers to each argument's value (cuda-python's documented form).
-        values = [
+        values: list[np.ndarray] = [
             np.array([self.frames.device.ptr], np.uint64),
             *(np.array([v], np.int32) for v in (fh, fw, fc)),
             np.array([dst_ptr], np.uint64),
@@ -289,7 +289,7 @@ class GpuResizer:
             np.array([kx], np.int32),
             np.array([self.code], np.int32),
         ]
-        params = np.array([v.ctypes.data for v in values], np.uint64)
+        params = np.array([v.ctypes.data for v in values], np.uint64)  # each value array's address
         block = (32, 8, 1)
         grid = ((w + block[0] - 1) // block[0], (h + block[1] - 1) // block[1], n)
         _check_driver(

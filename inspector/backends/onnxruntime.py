@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from inspector.backends import BackendError
+from inspector.backends.base import BackendError, BackendSettings
 from inspector.config import OnnxRuntimeSettings
 from inspector.manifest import ModelManifest
 
@@ -66,6 +67,14 @@ class OnnxRuntimeBackend:
         # One result dict per batch size, built once: run() returns it without allocating.
         self._results = [{name: buf[:n] for name, buf in self._outputs.items()} for n in range(1, max_batch + 1)]
 
+    @classmethod
+    def unavailable(cls, settings: BackendSettings) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            return f"ONNX Runtime cannot be imported ({exc}); reinstall inspector"
+        return None
+
     # ----------------------------------------------------------------------------------------- checks
 
     def _check_input(self, name: str, hwc: tuple[int, int, int]) -> None:
@@ -116,7 +125,7 @@ class OnnxRuntimeBackend:
             buffers[spec.name] = np.zeros((rows, *dims), dtype=dtype)
         return buffers
 
-    def _bind(self, n: int):
+    def _bind(self, n: int) -> tuple[Any, list[Any]]:
         import onnxruntime as ort
 
         rows = self._fixed_batch or n
@@ -144,4 +153,4 @@ class OnnxRuntimeBackend:
     def close(self) -> None:
         self._bindings = []
         self._results = []
-        self.session = None  # type: ignore[assignment]
+        self.session = None

@@ -7,7 +7,7 @@ gives the exact command that rebuilds it — or, with `models.tensorrt.auto_rebu
 the ONNX model it came from into `engine_cache_dir` (minutes, once; later starts find it there). A model path
 that points at an ONNX model is treated the same way: its engine is looked up in (or built into) the cache.
 
-Running (shared with the CUDA backend through `gpu_memory.DeviceIO`): preallocated pinned host and device
+Running (shared with the CUDA backend through `gpu_io.DeviceIO`): preallocated pinned host and device
 buffers for every I/O tensor, one non-blocking CUDA stream per engine, addresses bound once with
 `set_tensor_address`, `execute_async_v3` (its bool return checked), outputs read only after the stream is
 synchronized, and one CUDA graph per batch size (upload + inference + download in one launch).
@@ -15,16 +15,21 @@ synchronized, and one CUDA graph per batch size (upload + inference + download i
 
 from __future__ import annotations
 
+import collections
 import logging
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from inspector.backends import BackendError
-from inspector.backends.gpu_memory import DeviceIO, device_info, set_device
-from inspector.backends.tensorrt_build import build_command, default_engine_path
+from inspector.backends.base import BackendError, BackendSettings
+from inspector.backends.gpu_io import DeviceIO
+from inspector.backends.gpu_memory import device_info, gpu_available, set_device
 from inspector.config import TensorRTSettings
 from inspector.manifest import ManifestError, ModelManifest, manifest_path, read_manifest
 
@@ -33,6 +38,25 @@ log = logging.getLogger(__name__)
 
 class EngineRefused(BackendError):
     """An engine that must not be loaded here; the message ends with the command that rebuilds it."""
+
+
+def default_engine_path(onnx_path: Path, precision: str, batch: int) -> Path:
+    return onnx_path.with_name(f"{onnx_path.stem}.{precision}.b{batch}.engine")
+
+
+def build_command(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    precision: str,
+    batch: int,
+    calibration: str | Path | None = None,
+) -> str:
+    """The exact shell command that (re)builds an engine; quoted in every refusal message."""
+    args = ["inspector-build-engine", str(onnx_path), "--output", str(engine_path)]
+    args += ["--precision", precision, "--batch", str(batch)]
+    if precision == "int8":
+        args += ["--calibration", str(calibration) if calibration else "CALIBRATION_IMAGE_DIR"]
+    return shlex.join(args)
 
 
 @dataclass(frozen=True)
@@ -161,10 +185,10 @@ def resolve_engine(
     batch: int,
     runtime: RuntimeDescription,
     *,
-    build: Any = None,
+    build: EngineBuilder | None = None,
 ) -> tuple[Path, ModelManifest]:
     """The engine to load for this model: itself if it matches, else a cached or freshly built one (only with
-    auto_rebuild), else EngineRefused. `build` is `tensorrt_build.build_engine` (injectable for tests)."""
+    auto_rebuild), else EngineRefused. `build` defaults to `build_in_child_process` (injectable for tests)."""
     if manifest.format == "tensorrt":
         problems = engine_mismatches(manifest, runtime, precision=settings.precision, batch=batch)
         if not problems:
@@ -208,8 +232,9 @@ def resolve_engine(
             onnx_path=onnx_path,
         )
     if build is None:
-        from inspector.backends.tensorrt_build import build_engine as build
-    calibration = Path(manifest.tensorrt.calibration_source) if precision == "int8" and manifest.tensorrt else None
+        build = build_in_child_process
+    source = manifest.tensorrt.calibration_source if manifest.tensorrt else None
+    calibration = Path(source) if precision == "int8" and source else None
     log.warning("building TensorRT engine %s (%s, batch %d): this takes minutes", target, precision, batch)
     built = build(
         onnx_path,
@@ -223,12 +248,67 @@ def resolve_engine(
     return target, built
 
 
+# (onnx_path, engine_path, *, precision, batch, calibration, timing_cache, device) -> the engine's manifest
+EngineBuilder = Callable[..., ModelManifest]
+
+BUILD_LOG_TAIL = 20  # lines of a failed build's output kept; the last one is quoted in the refusal
+
+
+def build_in_child_process(
+    onnx_path: Path,
+    engine_path: Path,
+    *,
+    precision: str,
+    batch: int,
+    calibration: Path | None,
+    timing_cache: Path,
+    device: int,
+) -> ModelManifest:
+    """auto_rebuild: `python -m inspector.build` (= inspector-build-engine) in a child process.
+
+    The daemon never imports the builder: onnx and TensorRT's builder library stay out of its memory, a builder
+    crash cannot take the running line down, and the builder's GPU memory is returned when the child exits.
+    Needs the `build` extra; without it the refusal quotes the child's one-line reason.
+    """
+    args = [sys.executable, "-m", "inspector.build", str(onnx_path), "--output", str(engine_path)]
+    args += ["--precision", precision, "--batch", str(batch), "--timing-cache", str(timing_cache)]
+    args += ["--device", str(device)]
+    if calibration is not None:
+        args += ["--calibration", str(calibration)]
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    # The build takes minutes: its progress goes to the log line by line (the builder writes one line per phase
+    # when its stderr is not a terminal); the last lines are kept for the refusal if it fails.
+    last: collections.deque[str] = collections.deque(maxlen=BUILD_LOG_TAIL)
+    with subprocess.Popen(
+        args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    ) as child:
+        assert child.stderr is not None
+        for line in child.stderr:
+            line = line.rstrip()
+            if line:
+                log.info("engine build: %s", line)
+                last.append(line)
+    if child.returncode != 0:
+        why = last[-1] if last else f"exit status {child.returncode}"
+        raise EngineRefused(
+            f"could not build {engine_path} (`{shlex.join(['inspector-build-engine', *args[3:]])}`): {why}"
+        )
+    try:
+        return read_manifest(engine_path)
+    except ManifestError as exc:
+        raise EngineRefused(f"the engine build reported success but {exc}") from None
+
+
+def _precision_of(manifest: ModelManifest) -> str:
+    return manifest.tensorrt.precision if manifest.tensorrt is not None else "fp16"
+
+
 class _TrtLogger:
     """Routes TensorRT's log into Python logging (created lazily: needs tensorrt)."""
 
     @staticmethod
     def make(trt: Any) -> Any:
-        class Logger(trt.ILogger):
+        class Logger(trt.ILogger):  # type: ignore[misc]  # TensorRT has no type information: its base is Any
             def __init__(self) -> None:
                 trt.ILogger.__init__(self)
 
@@ -246,6 +326,15 @@ class _TrtLogger:
 
 class TensorRTBackend(DeviceIO):
     """Backend(model_path, manifest, settings, max_batch) for TensorRT engines (see the module docstring)."""
+
+    @classmethod
+    def unavailable(cls, settings: BackendSettings) -> str | None:
+        try:
+            _import_tensorrt()
+        except BackendError as exc:
+            return str(exc)
+        ok, why = gpu_available(settings.device if isinstance(settings, TensorRTSettings) else 0)
+        return None if ok else f"TensorRT is installed but the GPU is not usable: {why}"
 
     def __init__(self, model_path: str | Path, manifest: ModelManifest, settings: TensorRTSettings, max_batch: int):
         trt = _import_tensorrt()
@@ -285,7 +374,7 @@ class TensorRTBackend(DeviceIO):
         if lo[0] > 1 or hi[0] < max_batch:
             raise EngineRefused(
                 f"engine {path} accepts batches {lo[0]}..{hi[0]}, the pipeline needs 1..{max_batch}. Rebuild with:\n  "
-                + build_command(_onnx_for(path, manifest), path, manifest.tensorrt.precision, max_batch)
+                + build_command(_onnx_for(path, manifest), path, _precision_of(manifest), max_batch)
             )
         self.context = self.engine.create_execution_context()
         if self.context is None:

@@ -31,7 +31,7 @@ import numpy as np
 
 from inspector.config import FolderSourceConfig
 from inspector.frames import CHANNELS, GroundTruth
-from inspector.sources import EndOfStream, Grab, SourceError, SourceEvents
+from inspector.sources.base import EndOfStream, Grab, SourceError, SourceEvents
 from inspector.sources.pacing import Pacer
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import numpy as np
 
 from inspector.config import SyntheticSourceConfig
 from inspector.frames import CHANNELS, GroundTruth
-from inspector.sources import Grab, SourceError, SourceEvents
+from inspector.sources.base import Grab, SourceError, SourceEvents
 from inspector.sources.pacing import Pacer
 from inspector.synth import random_part
 

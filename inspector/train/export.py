@@ -14,7 +14,7 @@ dynamo exporter builds opset 18 and could not convert DeepLabv3+'s pooling back 
 upsampling exports as `Resize` with `sizes` computed at run time from `Shape` (the batch is dynamic);
 `static_resize` rewrites every such node to constant `scales` (exact: input sizes are multiples of 32, so every
 ratio is an integer) and drops the shape arithmetic, so the parser sees no run-time shape computation. Every
-export then passes `inspector.backends.onnx_check` (TensorRT 10's operator table, uint8 only as the input).
+export then passes `inspector.build.onnx_check` (TensorRT 10's operator table, uint8 only as the input).
 
 Parity. ONNX Runtime (CPU, fp32) and PyTorch (CPU, fp32) run the same uint8 inputs — real images (Magnetic
 Tile when ../shared holds it, else synthetic parts from `inspector.synth`) through the shared preprocessing,
@@ -256,7 +256,7 @@ def export_checkpoint(
     validated on, e.g. the line camera's frame at the model's scale: the weights do not depend on it."""
     import torch
 
-    from inspector.backends.onnx_check import check_model_for_manifest
+    from inspector.build.onnx_check import check_model_for_manifest
     from inspector.train.recipe import deployed_from_checkpoint
 
     torch.set_num_threads(threads)

@@ -3,7 +3,7 @@
 `inspector-build-engine` runs it first (a build takes minutes and its parser errors are terse), CI runs it on
 the demo models and on a freshly exported ResNet-50 recognizer and segmenter, and it is a CLI:
 
-    python -m inspector.backends.onnx_check engines/demo/*.onnx
+    python -m inspector.build.onnx_check engines/demo/*.onnx
 
 What is checked, each against TensorRT 10.x's ONNX parser:
 - the default-domain opset lies in the parser's range, and no other operator domain is used (no plugins here);
@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
+
+from inspector.manifest import ModelManifest
 
 TRT_OPSET_MIN = 9
 TRT_OPSET_MAX = 20
@@ -298,14 +300,14 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None] | None:
     return out
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
+def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     for a in node.attribute:
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
     return default
 
 
-def _text(value) -> str:
+def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -352,85 +354,131 @@ class _Context:
                         self.constants[node.output[0]] = np.asarray(v)
 
 
-def _check_node(node: onnx.NodeProto, ctx: _Context, opset: int) -> list[Finding]:
-    where = _node_where(node)
-    found: list[Finding] = []
+def _resize_rules(node: onnx.NodeProto, ctx: _Context) -> list[str]:
+    mode = _text(_attr(node, "mode", "nearest"))
+    coord = _text(_attr(node, "coordinate_transformation_mode", "half_pixel"))
+    nearest = _text(_attr(node, "nearest_mode", "round_prefer_floor"))
+    errors = []
+    if mode not in _RESIZE_MODES:
+        errors.append(f"Resize mode {mode!r} unsupported (only {sorted(_RESIZE_MODES)})")
+    if coord not in _RESIZE_COORDINATE_MODES:
+        errors.append(f"Resize coordinate_transformation_mode {coord!r} unsupported")
+    if mode == "nearest" and nearest not in _RESIZE_NEAREST_MODES:
+        errors.append(f"Resize nearest_mode {nearest!r} unsupported")
+    if _attr(node, "antialias", 0):
+        errors.append("Resize antialias is not supported")
+    if _text(_attr(node, "keep_aspect_ratio_policy", "stretch")) != "stretch":
+        errors.append("Resize keep_aspect_ratio_policy must be 'stretch'")
+    return errors
 
-    def error(msg: str) -> None:
-        found.append(Finding("error", where, msg))
 
-    if node.domain not in ("", "ai.onnx"):
-        error(f"operator domain {node.domain!r} is not ONNX's default domain; TensorRT would need a plugin for it")
-        return found
-    op = node.op_type
-    supported = TRT10_OPERATORS.get(op)
-    if supported is None:
-        error("not supported by TensorRT's ONNX parser")
-        return found
+def _qdq_rules(node: onnx.NodeProto, ctx: _Context) -> list[str]:
+    if len(node.input) <= 2 or not node.input[2]:
+        return []
+    zp = ctx.constants.get(node.input[2])
+    if zp is None:
+        return ["zero point must be a constant (TensorRT supports symmetric quantization only)"]
+    if np.any(zp.astype(np.int64) != 0):
+        return ["zero point must be 0 (TensorRT supports symmetric quantization only)"]
+    return []
 
-    # Element type of the first input, which is what the matrix's "Supported Types" column describes.
+
+def _pool_rules(node: onnx.NodeProto, ctx: _Context) -> list[str]:
+    errors = []
+    dilations = _attr(node, "dilations", None)
+    if dilations and any(d != 1 for d in dilations):
+        errors.append("pooling `dilations` must be empty or all ones")
+    if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
+        errors.append("MaxPool's Indices output is unsupported")
+    return errors
+
+
+def _topk_rules(node: onnx.NodeProto, ctx: _Context) -> list[str]:
+    errors = []
+    if _attr(node, "sorted", 1) != 1:
+        errors.append("TopK `sorted` must be 1")
+    k = ctx.constants.get(node.input[1]) if len(node.input) > 1 else None
+    if k is not None and int(np.asarray(k).reshape(-1)[0]) >= 3840:
+        errors.append("TopK K must be less than 3840")
+    return errors
+
+
+def _layernorm_rules(node: onnx.NodeProto, ctx: _Context) -> list[str]:
+    return ["only LayerNormalization's first output is supported"] if len([o for o in node.output if o]) > 1 else []
+
+
+def _dropout_rules(node: onnx.NodeProto, ctx: _Context) -> list[str]:
+    if len(node.input) <= 2 or not node.input[2]:
+        return []
+    training = ctx.constants.get(node.input[2])
+    if training is None or bool(np.asarray(training).reshape(-1)[0]):
+        return ["Dropout `training_mode` must be an initializer that is False"]
+    return []
+
+
+# The documented per-operator restrictions an exported CNN can hit, one function per operator family.
+_OPERATOR_RULES: dict[str, Callable[[onnx.NodeProto, _Context], list[str]]] = {
+    "Resize": _resize_rules,
+    "QuantizeLinear": _qdq_rules,
+    "DequantizeLinear": _qdq_rules,
+    "AveragePool": _pool_rules,
+    "MaxPool": _pool_rules,
+    "LpPool": _pool_rules,
+    "TopK": _topk_rules,
+    "LayerNormalization": _layernorm_rules,
+    "Dropout": _dropout_rules,
+}
+
+
+def _type_findings(node: onnx.NodeProto, ctx: _Context, supported: tuple[str, ...], where: str) -> list[Finding]:
+    """The first input's element type, which is what the matrix's "Supported Types" column describes, and the
+    parser's own rule (ModelImporter.cpp): "TensorRT does not support UINT8 types for intermediate tensors!"
+    (x.permute(0, 3, 1, 2).float() exports a uint8 Transpose; x.float().permute(0, 3, 1, 2) is fine)."""
+    found = []
     if node.input and node.input[0] and node.input[0] in ctx.types:
         tname = _TYPE_NAMES.get(ctx.types[node.input[0]], f"type#{ctx.types[node.input[0]]}")
         if tname == "DOUBLE":
             found.append(Finding("warning", where, "DOUBLE input: TensorRT casts it to FP32, clamping at ±FLT_MAX"))
         elif tname not in supported:
             hint = "; cast the uint8 image to float first" if tname == "UINT8" else ""
-            error(f"input type {tname} not supported; TensorRT accepts {', '.join(supported)}{hint}")
-
-    # The parser's own rule (ModelImporter.cpp): "TensorRT does not support UINT8 types for intermediate tensors!"
-    # e.g. x.permute(0, 3, 1, 2).float() exports a uint8 Transpose; x.float().permute(0, 3, 1, 2) is fine.
+            found.append(
+                Finding(
+                    "error", where, f"input type {tname} not supported; TensorRT accepts {', '.join(supported)}{hint}"
+                )
+            )
     for out in node.output:
         if out and ctx.types.get(out) == TensorProto.UINT8 and out not in ctx.graph_outputs:
-            error(
-                f"produces the UINT8 intermediate tensor {out!r}: TensorRT allows UINT8 only as a network input/output"
+            found.append(
+                Finding(
+                    "error",
+                    where,
+                    f"produces the UINT8 intermediate tensor {out!r}: TensorRT allows UINT8 only as a network "
+                    "input/output",
+                )
             )
+    return found
 
+
+def _check_node(node: onnx.NodeProto, ctx: _Context, opset: int) -> list[Finding]:
+    where = _node_where(node)
+    if node.domain not in ("", "ai.onnx"):
+        message = f"operator domain {node.domain!r} is not ONNX's default domain; TensorRT would need a plugin for it"
+        return [Finding("error", where, message)]
+    op = node.op_type
+    supported = TRT10_OPERATORS.get(op)
+    if supported is None:
+        return [Finding("error", where, "not supported by TensorRT's ONNX parser")]
+    found = _type_findings(node, ctx, supported, where)
+    errors: list[str] = []
     if op in _CONSTANT_INPUTS:
         index, what = _CONSTANT_INPUTS[op]
         # Before opset 13 (Squeeze/Unsqueeze/ReduceSum) or 18 (other reductions, Pad axes) these are attributes.
         if len(node.input) > index and node.input[index] and node.input[index] not in ctx.constants:
-            error(f"`{what}` must be an initializer or Constant (TensorRT needs it at build time)")
-
-    if op == "Resize":
-        mode = _text(_attr(node, "mode", "nearest"))
-        coord = _text(_attr(node, "coordinate_transformation_mode", "half_pixel"))
-        nearest = _text(_attr(node, "nearest_mode", "round_prefer_floor"))
-        if mode not in _RESIZE_MODES:
-            error(f"Resize mode {mode!r} unsupported (only {sorted(_RESIZE_MODES)})")
-        if coord not in _RESIZE_COORDINATE_MODES:
-            error(f"Resize coordinate_transformation_mode {coord!r} unsupported")
-        if mode == "nearest" and nearest not in _RESIZE_NEAREST_MODES:
-            error(f"Resize nearest_mode {nearest!r} unsupported")
-        if _attr(node, "antialias", 0):
-            error("Resize antialias is not supported")
-        if _text(_attr(node, "keep_aspect_ratio_policy", "stretch")) != "stretch":
-            error("Resize keep_aspect_ratio_policy must be 'stretch'")
-    elif op in ("QuantizeLinear", "DequantizeLinear"):
-        if len(node.input) > 2 and node.input[2]:
-            zp = ctx.constants.get(node.input[2])
-            if zp is None:
-                error("zero point must be a constant (TensorRT supports symmetric quantization only)")
-            elif np.any(zp.astype(np.int64) != 0):
-                error("zero point must be 0 (TensorRT supports symmetric quantization only)")
-    elif op in ("AveragePool", "MaxPool", "LpPool"):
-        dilations = _attr(node, "dilations", None)
-        if dilations and any(d != 1 for d in dilations):
-            error("pooling `dilations` must be empty or all ones")
-        if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
-            error("MaxPool's Indices output is unsupported")
-    elif op == "TopK":
-        if _attr(node, "sorted", 1) != 1:
-            error("TopK `sorted` must be 1")
-        k = ctx.constants.get(node.input[1]) if len(node.input) > 1 else None
-        if k is not None and int(np.asarray(k).reshape(-1)[0]) >= 3840:
-            error("TopK K must be less than 3840")
-    elif op == "LayerNormalization" and len([o for o in node.output if o]) > 1:
-        error("only LayerNormalization's first output is supported")
-    elif op == "Dropout" and len(node.input) > 2 and node.input[2]:
-        training = ctx.constants.get(node.input[2])
-        if training is None or bool(np.asarray(training).reshape(-1)[0]):
-            error("Dropout `training_mode` must be an initializer that is False")
-    return found
+            errors.append(f"`{what}` must be an initializer or Constant (TensorRT needs it at build time)")
+    rules = _OPERATOR_RULES.get(op)
+    if rules is not None:
+        errors += rules(node, ctx)
+    return found + [Finding("error", where, e) for e in errors]
 
 
 def _check_io(graph: onnx.GraphProto, ctx: _Context, expect_input: tuple[int, int, int] | None) -> list[Finding]:
@@ -496,13 +544,16 @@ def check_model(
     expect_input: tuple[int, int, int] | None = None,
 ) -> CheckReport:
     """Check an ONNX model (or file) against TensorRT 10.x's ONNX parser. `expect_input` is (H, W, C)."""
-    source = str(model) if isinstance(model, (str, Path)) else (model.graph.name or "<model>")
     if isinstance(model, (str, Path)):
-        model = onnx.load(str(model))
+        source, model = str(model), onnx.load(str(model))
+    else:
+        source = model.graph.name or "<model>"
     report = CheckReport(source=source, opset=None)
     if model.functions:
         # Exporters may wrap modules in local functions; TensorRT's parser inlines them, so check the inlined graph.
-        model = onnx.inliner.inline_local_functions(model)
+        from onnx import inliner
+
+        model = inliner.inline_local_functions(model)
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     report.opset = opset
@@ -528,20 +579,24 @@ def check_model(
     return report
 
 
-def check_model_for_manifest(model_path: str | Path, manifest) -> CheckReport:
+def check_model_for_manifest(model_path: str | Path, manifest: ModelManifest) -> CheckReport:
     """Check an exported model file against TensorRT and against the input its manifest declares."""
     spec = manifest.input
     return check_model(model_path, expect_input=(spec.height, spec.width, spec.channels))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m inspector.backends.onnx_check",
+        prog="python -m inspector.build.onnx_check",
         description="Check ONNX models for TensorRT 10.x compatibility (operators, opset, static shapes, dtypes).",
     )
     parser.add_argument("models", nargs="+", type=Path, help="ONNX files")
     parser.add_argument("--strict", action="store_true", help="treat warnings as errors")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     failed = False
     for path in args.models:
         expect = None

@@ -24,129 +24,42 @@ first frame arrives again (and at the very first frame after start).
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
-import math
 import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
-from inspector.config import GenicamFeature, GenicamSourceConfig
+from inspector.config import GenicamSourceConfig
 from inspector.frames import CHANNELS, TimestampSource
-from inspector.sources import Grab, SourceError, SourceEvents
-
-try:  # the `camera` extra; a line without a camera never imports this module (see SOURCES)
-    import genicam
-    from genicam.genapi import EAccessMode, EIncMode, EInterfaceType
-    from genicam.genapi import GenericException as GenApiError
-    from genicam.gentl import GenericException as GenTLError
-    from harvesters.core import Callback, Harvester, ImageAcquirer, ParameterKey, ParameterSet
-    from harvesters.util.pfnc import dict_by_names as _PFNC
-except ImportError as _exc:  # pragma: no cover - depends on the installation
-    _IMPORT_ERROR: ImportError | None = _exc
-else:
-    _IMPORT_ERROR = None
+from inspector.sources.base import Grab, SourceError, SourceEvents
+from inspector.sources.genicam.convert import CONVERSIONS, SOURCE_FORMATS, Converter, Layout
+from inspector.sources.genicam.devices import enumerate_devices, select_device
+from inspector.sources.genicam.features import access_mode, apply_features, enum_entries, read_node
+from inspector.sources.genicam.gentl import (
+    PFNC_NAMES,
+    Callback,
+    EAccessMode,
+    GenApiError,
+    GenTLError,
+    Harvester,
+    ImageAcquirer,
+    ParameterKey,
+    ParameterSet,
+    default_cti,
+    quiet_harvesters,
+    require,
+)
 
 log = logging.getLogger(__name__)
 
 # harvesters waits for a buffer in GenTL EventGetData calls of this length and checks its own timeout between
 # them; it bounds how late a timeout (and so loss detection) can be. Idle cost: 1000/WAIT_SLICE_MS wake-ups/s.
 WAIT_SLICE_MS = 20
-
-# Camera pixel formats (PFNC names) this source converts, with their bytes per pixel.
-SOURCE_FORMATS: dict[str, int] = {
-    "Mono8": 1,
-    "RGB8": 3,
-    "BGR8": 3,
-    "RGBa8": 4,
-    "BGRa8": 4,
-    "BayerRG8": 1,
-    "BayerGR8": 1,
-    "BayerGB8": 1,
-    "BayerBG8": 1,
-}
-
-# (camera format, ring format) -> OpenCV conversion code, or None for a plain copy. OpenCV names Bayer patterns
-# after the second row (its BayerBG is GenICam's BayerRG, i.e. an R G / G B tile); tests/test_genicam.py checks
-# this mapping on mosaics of a known colour.
-_CV2: dict[tuple[str, str], int | None] = {
-    ("Mono8", "mono8"): None,
-    ("Mono8", "rgb8"): cv2.COLOR_GRAY2RGB,
-    ("Mono8", "bgr8"): cv2.COLOR_GRAY2BGR,
-    ("RGB8", "rgb8"): None,
-    ("RGB8", "bgr8"): cv2.COLOR_RGB2BGR,
-    ("RGB8", "mono8"): cv2.COLOR_RGB2GRAY,
-    ("BGR8", "bgr8"): None,
-    ("BGR8", "rgb8"): cv2.COLOR_BGR2RGB,
-    ("BGR8", "mono8"): cv2.COLOR_BGR2GRAY,
-    ("RGBa8", "rgb8"): cv2.COLOR_RGBA2RGB,
-    ("RGBa8", "bgr8"): cv2.COLOR_RGBA2BGR,
-    ("RGBa8", "mono8"): cv2.COLOR_RGBA2GRAY,
-    ("BGRa8", "rgb8"): cv2.COLOR_BGRA2RGB,
-    ("BGRa8", "bgr8"): cv2.COLOR_BGRA2BGR,
-    ("BGRa8", "mono8"): cv2.COLOR_BGRA2GRAY,
-    ("BayerRG8", "rgb8"): cv2.COLOR_BayerBG2RGB,
-    ("BayerRG8", "bgr8"): cv2.COLOR_BayerBG2BGR,
-    ("BayerRG8", "mono8"): cv2.COLOR_BayerBG2GRAY,
-    ("BayerGR8", "rgb8"): cv2.COLOR_BayerGB2RGB,
-    ("BayerGR8", "bgr8"): cv2.COLOR_BayerGB2BGR,
-    ("BayerGR8", "mono8"): cv2.COLOR_BayerGB2GRAY,
-    ("BayerGB8", "rgb8"): cv2.COLOR_BayerGR2RGB,
-    ("BayerGB8", "bgr8"): cv2.COLOR_BayerGR2BGR,
-    ("BayerGB8", "mono8"): cv2.COLOR_BayerGR2GRAY,
-    ("BayerBG8", "rgb8"): cv2.COLOR_BayerRG2RGB,
-    ("BayerBG8", "bgr8"): cv2.COLOR_BayerRG2BGR,
-    ("BayerBG8", "mono8"): cv2.COLOR_BayerRG2GRAY,
-}
-
-_TYPE_NAMES = {2: "Integer", 3: "Boolean", 4: "Command", 5: "Float", 6: "String", 7: "Register", 8: "Category"}
-_TYPE_NAMES.update({9: "Enumeration", 10: "EnumEntry", 11: "Port", 0: "Value", 1: "Base"})
-_ACCESS_NAMES = {0: "not implemented", 1: "not available", 2: "write-only", 3: "read-only", 4: "read/write"}
-
-
-def _require_harvesters() -> None:
-    if _IMPORT_ERROR is not None:
-        raise SourceError(
-            f"the genicam source needs harvesters and genicam (pip install 'inspector[camera]'): {_IMPORT_ERROR}"
-        )
-
-
-def default_cti() -> str:
-    """The simulated camera producer shipped inside the installed `genicam` wheel."""
-    _require_harvesters()
-    return os.path.join(os.path.dirname(genicam.__file__), "viky.cti")
-
-
-class Converter:
-    """Converts one camera format into one ring format; built once per connection (no per-frame lookups)."""
-
-    def __init__(self, camera_format: str, ring_format: str):
-        key = (camera_format, ring_format)
-        if key not in _CV2:
-            supported = ", ".join(sorted(SOURCE_FORMATS))
-            raise SourceError(
-                f"camera pixel format {camera_format} cannot be converted to the ring's {ring_format}; "
-                f"supported camera formats: {supported} (set PixelFormat in source.features)"
-            )
-        self.camera_format = camera_format
-        self.ring_format = ring_format
-        self.code = _CV2[key]
-        self.bytes_per_pixel = SOURCE_FORMATS[camera_format]
-
-    def __call__(self, src: np.ndarray, out: np.ndarray) -> None:
-        # A 1-channel slot is written through its (H, W) view: OpenCV treats (H, W, 1) as 1 channel too, but
-        # an explicit 2-D destination guarantees it writes in place instead of allocating a new array.
-        dst = out[:, :, 0] if out.shape[2] == 1 else out
-        if self.code is None:
-            np.copyto(dst, src if src.ndim == dst.ndim else src.reshape(dst.shape))
-        else:
-            cv2.cvtColor(src, self.code, dst=dst)
 
 
 @dataclass
@@ -165,248 +78,6 @@ class CameraStats:
     connected: bool = False
 
 
-@dataclass
-class _Layout:
-    """What the frames of one connection look like, read from the first buffer and checked on every one."""
-
-    width: int
-    height: int
-    pixel_format: int  # PFNC value as the buffer reports it
-    format_name: str
-    padding_x: int
-    offset: int
-
-
-@dataclass
-class DeviceEntry:
-    """One device as enumerated (what `inspector camera list` shows and what `device:` is matched against)."""
-
-    vendor: str
-    model: str
-    serial_number: str
-    id: str
-    user_defined_name: str
-    access_status: str
-    tl_type: str
-    cti: str
-    info: Any = field(default=None, repr=False)  # harvesters DeviceInfo
-
-    def label(self) -> str:
-        name = f", name {self.user_defined_name!r}" if self.user_defined_name else ""
-        return (
-            f"serial {self.serial_number!r}, id {self.id!r}{name}: {self.vendor} {self.model} "
-            f"[{self.access_status}] via {self.cti}"
-        )
-
-
-_ACCESS_STATUS = {0: "unknown", 1: "ready", 2: "read-only", 3: "no access", 4: "busy", 5: "open", 6: "open read-only"}
-
-
-def _str(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def enumerate_devices(harvester: Harvester) -> list[DeviceEntry]:
-    """Devices found by the harvester's last update(), with the .cti each came through."""
-    devices = []
-    for info in harvester.device_info_list:
-        props = info.property_dict
-        try:
-            cti = info.parent.parent.parent.module.path_name  # DeviceInfo -> Interface -> System -> Producer
-        except Exception:  # only decoration for the listing
-            cti = "?"
-        status = props.get("access_status")
-        devices.append(
-            DeviceEntry(
-                vendor=_str(props.get("vendor")),
-                model=_str(props.get("model")),
-                serial_number=_str(props.get("serial_number")),
-                id=_str(props.get("id_")),
-                user_defined_name=_str(props.get("user_defined_name")),
-                access_status=_ACCESS_STATUS.get(status, _str(status)) if isinstance(status, int) else _str(status),
-                tl_type=_str(props.get("tl_type")),
-                cti=cti,
-                info=info,
-            )
-        )
-    return devices
-
-
-def select_device(devices: list[DeviceEntry], wanted: str | None, ctis: list[str]) -> DeviceEntry:
-    """The one device whose serial number, id or user-defined name is `wanted` (or the only one when None).
-
-    No match and several matches are both refused, listing what is there: picking "the first" of two would
-    inspect the wrong line without anyone noticing.
-    """
-    where = ", ".join(ctis)
-    if not devices:
-        raise SourceError(f"no GenICam device found through {where} (is the camera connected and powered?)")
-    listing = "\n".join("  - " + d.label() for d in devices)
-    if wanted is None:
-        if len(devices) == 1:
-            return devices[0]
-        raise SourceError(
-            f"source.device is not set and {len(devices)} devices are present; set source.device to the serial "
-            f"number, id or user-defined name of one of:\n{listing}"
-        )
-    matches = [d for d in devices if wanted in (d.serial_number, d.id, d.user_defined_name)]
-    if not matches:
-        raise SourceError(f"no device matches source.device {wanted!r} through {where}; devices present:\n{listing}")
-    if len(matches) > 1:
-        candidates = "\n".join("  - " + d.label() for d in matches)
-        raise SourceError(
-            f"source.device {wanted!r} is ambiguous: it matches {len(matches)} devices:\n{candidates}\n"
-            "name one device: use a value that only one of them has (an id, or set a unique user-defined name), "
-            "or list only the .cti that should serve it in source.cti"
-        )
-    return matches[0]
-
-
-# ------------------------------------------------------------------------------------------------- features
-
-
-def _node_type(node: Any) -> int:
-    return int(node.node.principal_interface_type)
-
-
-def _access(node: Any) -> int:
-    return int(node.node.get_access_mode())
-
-
-def _fmt(value: float | int) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def allowed_text(node: Any) -> str:
-    """What a feature accepts, in words, for error messages and `inspector camera features`."""
-    kind = _node_type(node)
-    try:
-        if kind == EInterfaceType.intfIEnumeration:
-            return "one of: " + ", ".join(enum_entries(node))
-        if kind in (EInterfaceType.intfIInteger, EInterfaceType.intfIFloat):
-            text = f"{_fmt(node.min)} .. {_fmt(node.max)}"
-            mode = int(node.inc_mode)
-            if mode == EIncMode.fixedIncrement:
-                text += f" in steps of {_fmt(node.inc)}"
-            elif mode == EIncMode.listIncrement:
-                text = "one of: " + ", ".join(_fmt(v) for v in node.list_of_valid_values)
-            unit = getattr(node, "unit", "")
-            return text + (f" {unit}" if unit else "")
-        if kind == EInterfaceType.intfIBoolean:
-            return "true or false"
-        if kind == EInterfaceType.intfIString:
-            return "a string"
-    except (GenApiError, GenTLError, AttributeError) as exc:
-        return f"(not readable now: {exc})"
-    return "(cannot be set from a config)"
-
-
-def enum_entries(node: Any) -> list[str]:
-    """Entries of an enumeration that are available now (an entry can be implemented but not selectable)."""
-    names = []
-    for entry in node.entries:
-        if int(entry.node.get_access_mode()) in (EAccessMode.RO, EAccessMode.RW):
-            names.append(entry.symbolic)
-    return names
-
-
-def check_feature(node_map: Any, feature: GenicamFeature) -> str | None:
-    """Why `feature` cannot be set on this node map as it is now, or None when it can."""
-    name, value = feature.name, feature.value
-    shown = f"{name} = {value!r}"
-    try:
-        node = node_map.get_node(name)
-    except (GenApiError, AttributeError):
-        close = difflib.get_close_matches(name, [n.node.name for n in node_map.nodes if n.node.is_feature()], 3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        return f"{shown}: the device has no feature {name!r}{hint} (`inspector camera features DEVICE` lists them)"
-    kind = _node_type(node)
-    type_name = _TYPE_NAMES.get(kind, str(kind))
-    access = _access(node)
-    if access not in (EAccessMode.RW, EAccessMode.WO):
-        return f"{shown}: {name} is {_ACCESS_NAMES.get(access, access)}, it cannot be set"
-    if kind == EInterfaceType.intfIEnumeration:
-        allowed = enum_entries(node)
-        if not isinstance(value, str) or value not in allowed:
-            # YAML 1.1 reads unquoted On/Off/Yes/No as booleans: TriggerMode: Off arrives as False.
-            hint = ' (YAML reads unquoted On/Off as true/false: write "On"/"Off")' if isinstance(value, bool) else ""
-            return f"{shown}: not an allowed entry of {name}; the device allows: {', '.join(allowed)}{hint}"
-        return None
-    if kind == EInterfaceType.intfIBoolean:
-        if not isinstance(value, bool):
-            return f"{shown}: {name} is a Boolean feature; give true or false"
-        return None
-    if kind == EInterfaceType.intfIString:
-        if not isinstance(value, str):
-            return f"{shown}: {name} is a String feature; give a string"
-        max_length = getattr(node, "max_length", None)
-        if isinstance(max_length, int) and len(value) > max_length:
-            return f"{shown}: longer than the {max_length} characters {name} holds"
-        return None
-    if kind in (EInterfaceType.intfIInteger, EInterfaceType.intfIFloat):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"{shown}: {name} is an {type_name} feature; give a number ({allowed_text(node)})"
-        if kind == EInterfaceType.intfIInteger and not float(value).is_integer():
-            return f"{shown}: {name} is an Integer feature; give a whole number ({allowed_text(node)})"
-        lo, hi = node.min, node.max
-        mode = int(node.inc_mode)
-        if mode == EIncMode.listIncrement:
-            if not any(math.isclose(value, v, rel_tol=1e-9, abs_tol=1e-12) for v in node.list_of_valid_values):
-                return f"{shown}: not a valid value of {name}; the device allows {allowed_text(node)}"
-            return None
-        tolerance = 1e-9 * max(1.0, abs(hi), abs(lo)) if kind == EInterfaceType.intfIFloat else 0
-        if value < lo - tolerance or value > hi + tolerance:
-            return f"{shown}: out of range; the device allows {allowed_text(node)}"
-        if mode == EIncMode.fixedIncrement:
-            inc = node.inc
-            steps = (value - lo) / inc
-            if kind == EInterfaceType.intfIInteger:
-                off_step = (int(value) - lo) % inc != 0
-            else:
-                off_step = abs(steps - round(steps)) > 1e-6 * max(1.0, abs(steps))
-            if off_step:
-                return f"{shown}: not on the increment; the device allows {allowed_text(node)}"
-        return None
-    return f"{shown}: {name} is a {type_name} node, which a config cannot set"
-
-
-def apply_features(node_map: Any, features: list[GenicamFeature], device: str) -> None:
-    """Check every feature against the node map, then (only if all pass) set them in order.
-
-    Each one is checked again just before it is set, because an earlier feature can change what a later one
-    allows (e.g. OffsetX narrows the Width range). All problems are reported at once.
-    """
-    problems = [p for p in (check_feature(node_map, f) for f in features) if p]
-    if problems:
-        raise SourceError(f"source.features rejected by device {device}:\n  - " + "\n  - ".join(problems))
-    for feature in features:
-        problem = check_feature(node_map, feature)
-        if problem:
-            raise SourceError(f"source.features rejected by device {device} once earlier ones were set: {problem}")
-        node = node_map.get_node(feature.name)
-        kind = _node_type(node)
-        value: Any = feature.value
-        if kind == EInterfaceType.intfIInteger:
-            value = int(value)
-        elif kind == EInterfaceType.intfIFloat:
-            value = float(value)
-        try:
-            node.value = value
-        except (GenApiError, GenTLError) as exc:
-            raise SourceError(f"device {device} refused {feature.name} = {feature.value!r}: {exc}") from None
-        log.debug("set %s = %r on %s", feature.name, feature.value, device)
-
-
-def _read(node_map: Any, name: str) -> Any:
-    try:
-        return node_map.get_node(name).value
-    except (GenApiError, GenTLError, AttributeError):
-        return None
-
-
-# --------------------------------------------------------------------------------------------------- source
-
-
 class GenicamSource:
     """Source for a GenICam camera; constructed as GenicamSource(config, events) like every Source."""
 
@@ -421,7 +92,7 @@ class GenicamSource:
         self._ia: ImageAcquirer | None = None
         self._ia_stack: contextlib.ExitStack | None = None
         self._converter: Converter | None = None
-        self._layout: _Layout | None = None
+        self._layout: Layout | None = None
         self._buffer_pool: list[bytes] = []  # GenTL buffers, owned here and reused across reconnects
         self._views: dict[int, np.ndarray] = {}  # id(GenTL buffer bytes) -> image view, built once per buffer
         self._timestamps: str | None = None  # "ns", "ticks" or "host": what this device gives, found at frame 1
@@ -440,8 +111,8 @@ class GenicamSource:
     # ----------------------------------------------------------------------------------------- lifecycle
 
     def open(self) -> None:
-        _require_harvesters()
-        _quiet_harvesters()
+        require()
+        quiet_harvesters()
         self._ctis = [os.path.abspath(os.path.expanduser(p)) for p in self.cfg.cti] or [default_cti()]
         for path in self._ctis:
             if not os.path.isfile(path):
@@ -482,7 +153,7 @@ class GenicamSource:
             wait = min(end - now, lost_at - now, self.cfg.fetch_timeout_ms / 1000)
             incomplete_before = self.stats.incomplete_buffers
             try:
-                buffer = self._ia.try_fetch(timeout=max(wait, 0.0), is_raw=True)
+                buffer = self._acquirer().try_fetch(timeout=max(wait, 0.0), is_raw=True)
             except (GenTLError, GenApiError) as exc:
                 self._lose(f"producer error while fetching: {exc}")
                 continue
@@ -552,8 +223,9 @@ class GenicamSource:
             raw = buffer.raw_buffer
             view = self._views.get(id(raw))
             if view is None:
-                view = self._views[id(raw)] = self._image_view(raw, layout)
+                view = self._views[id(raw)] = layout.view(raw)
             t0 = time.perf_counter_ns()
+            assert self._converter is not None  # made with the layout for every supported format
             self._converter(view, out)
             self.stats.convert_ns += time.perf_counter_ns() - t0
             self.stats.frames += 1
@@ -569,8 +241,8 @@ class GenicamSource:
             camera_drops_before=drops,
         )
 
-    def _read_layout(self, buffer: Any, width: int, height: int, pixel_format: int) -> _Layout:
-        name = _PFNC_NAMES.get(pixel_format, hex(pixel_format))
+    def _read_layout(self, buffer: Any, width: int, height: int, pixel_format: int) -> Layout:
+        name = PFNC_NAMES.get(pixel_format, hex(pixel_format))
         try:
             padding = int(buffer.padding_x)
         except GenTLError:
@@ -579,12 +251,12 @@ class GenicamSource:
             offset = int(buffer.image_offset)
         except GenTLError:
             offset = 0
-        layout = _Layout(width, height, pixel_format, name, padding, offset)
+        layout = Layout(width, height, pixel_format, name, padding, offset)
         if name in SOURCE_FORMATS and (self._converter is None or self._converter.camera_format != name):
             self._converter = Converter(name, self.cfg.pixel_format)
         return layout
 
-    def _bad_frame_reason(self, layout: _Layout) -> str | None:
+    def _bad_frame_reason(self, layout: Layout) -> str | None:
         if layout.format_name not in SOURCE_FORMATS:
             return f"camera pixel format {layout.format_name} is not supported"
         if (layout.height, layout.width) != self.shape[:2]:
@@ -593,14 +265,6 @@ class GenicamSource:
                 "(Width/Height changed on the camera?)"
             )
         return None
-
-    def _image_view(self, raw: Any, layout: _Layout) -> np.ndarray:
-        """A view of the image inside a GenTL buffer (no copy), honouring line padding."""
-        bpp = SOURCE_FORMATS[layout.format_name]
-        stride = layout.width * bpp + layout.padding_x
-        flat = np.frombuffer(raw, np.uint8, count=stride * layout.height, offset=layout.offset)
-        rows = flat.reshape(layout.height, stride)[:, : layout.width * bpp]
-        return rows if bpp == 1 else rows.reshape(layout.height, layout.width, bpp)
 
     def _frame_id(self, buffer: Any) -> int:
         if self._frame_ids:
@@ -638,6 +302,8 @@ class GenicamSource:
     def _connect(self) -> None:
         """Enumerate, select the device, open it, check and apply features, check the result against the ring."""
         h = self._harvester
+        if h is None:
+            raise SourceError("GenicamSource: connect before open()")
         h.update()
         entry = select_device(enumerate_devices(h), self.cfg.device, self._ctis)
         self.device_label = f"{entry.model} serial {entry.serial_number!r} ({entry.id})"
@@ -691,6 +357,11 @@ class GenicamSource:
         self._ia, self._ia_stack = ia, stack
         log.info("opened %s through %s", self.device_label, entry.cti)
 
+    def _acquirer(self) -> ImageAcquirer:
+        if self._ia is None:
+            raise SourceError(f"{self.device_label} is not connected")  # a state-machine slip, said plainly
+        return self._ia
+
     def _raw_buffers(self, num_buffers: int = 0, size: int = 0) -> list[bytes]:
         """The GenTL buffers to announce: the source's own, reused by every connection while the size holds."""
         if len(self._buffer_pool) != num_buffers or any(len(b) != size for b in self._buffer_pool):
@@ -698,7 +369,7 @@ class GenicamSource:
         return self._buffer_pool
 
     def _check_format(self, node_map: Any) -> None:
-        width, height, pixel_format = (_read(node_map, n) for n in ("Width", "Height", "PixelFormat"))
+        width, height, pixel_format = (read_node(node_map, n) for n in ("Width", "Height", "PixelFormat"))
         problems = []
         if width is not None and height is not None and (height, width) != self.shape[:2]:
             problems.append(
@@ -706,7 +377,7 @@ class GenicamSource:
                 "(set Width/Height in source.features or change source.width/height)"
             )
         if pixel_format is not None:
-            if (pixel_format, self.cfg.pixel_format) not in _CV2:
+            if (pixel_format, self.cfg.pixel_format) not in CONVERSIONS:
                 problems.append(
                     f"camera PixelFormat {pixel_format} cannot be converted to the ring's {self.cfg.pixel_format}; "
                     f"set PixelFormat in source.features to one of {', '.join(SOURCE_FORMATS)} that it offers"
@@ -721,7 +392,7 @@ class GenicamSource:
         # id is then missing and counted. Other modes overwrite or skip buffers behind the consumer's back.
         with contextlib.suppress(Exception):
             node = ia.data_streams[0].node_map.get_node("StreamBufferHandlingMode")
-            if _access(node) == EAccessMode.RW and "OldestFirst" in enum_entries(node):
+            if access_mode(node) == EAccessMode.RW and "OldestFirst" in enum_entries(node):
                 node.value = "OldestFirst"
 
     def _start_acquisition(self) -> None:
@@ -732,7 +403,7 @@ class GenicamSource:
         self._announce_connected = True
         self._fault = None
         try:
-            self._ia.start()
+            self._acquirer().start()
         except (GenTLError, GenApiError) as exc:
             raise SourceError(f"cannot start acquisition on {self.device_label}: {exc}") from None
 
@@ -741,7 +412,7 @@ class GenicamSource:
         self._ia = self._ia_stack = None
         self._views.clear()  # views keep the old buffers' memory alive
         self._layout = None
-        if ia is None:
+        if ia is None or stack is None:
             return
         # genicam's ChunkAdapter registers weakref.finalize(self, self._destruct): the bound method keeps the
         # adapter, and with it the device's whole GenApi node map (~0.4 MB), alive until that finalizer runs,
@@ -819,18 +490,8 @@ def _no_statistics(buffer: Any) -> None:
 def _incomplete_counter(stats: CameraStats) -> Any:
     """A harvesters Callback for INCOMPLETE_BUFFER: harvesters re-queued such a buffer inside the fetch."""
 
-    class CountIncomplete(Callback):
+    class CountIncomplete(Callback):  # type: ignore[misc]  # harvesters has no type information: its base is Any
         def emit(self, context: Any = None) -> None:
             stats.incomplete_buffers += 1
 
     return CountIncomplete()
-
-
-def _quiet_harvesters() -> None:
-    # harvesters logs an ERROR with a traceback for every failed wait while a device is gone (50 a second);
-    # this source reports each loss once, with its reason. INSPECTOR_HARVESTERS_LOG=1 keeps harvesters' logging.
-    if not os.environ.get("INSPECTOR_HARVESTERS_LOG"):
-        logging.getLogger("harvesters.core").setLevel(logging.CRITICAL)
-
-
-_PFNC_NAMES: dict[int, str] = {} if _IMPORT_ERROR else {_PFNC[n]: n for n in SOURCE_FORMATS if n in _PFNC}
