@@ -161,7 +161,12 @@ def test_quota_holds_in_the_daemon(tmp_path):
 
 
 @pytest.mark.slow
-def test_tune_reproduces_every_verdict_of_the_demo_exactly(tmp_path, capsys):
+def test_tune_reproduces_every_verdict_of_the_demo_exactly(tmp_path, capsys, monkeypatch):
+    import inspector.daemon
+
+    # A loaded box writes a few records a second: let the writer finish what is queued at stop (on a quiet box
+    # it is done at once), so the reproduction covers every frame instead of what 5 s allowed.
+    monkeypatch.setattr(inspector.daemon, "ARCHIVE_CLOSE_S", 300.0)
     root = tmp_path / "archive"
     demo = load_config(DEMO_CONFIG)
     port = free_port()
@@ -188,7 +193,7 @@ def test_tune_reproduces_every_verdict_of_the_demo_exactly(tmp_path, capsys):
     assert daemon.pipeline.counters.not_inspected == {}, daemon.pipeline.counters.not_inspected
     assert daemon.archive.written + sum(daemon.archive.dropped.values()) == 120
     written = daemon.archive.written
-    assert written >= 100, daemon.archive.dropped
+    assert written >= 100, daemon.archive.dropped  # pool_full drops only: the pool holds 256
     out = tmp_path / "tune"
     capsys.readouterr()
     rc = cli.main(["tune", "--archive", str(root), "--config", str(DEMO_CONFIG), "--out", str(out), "--json"])
