@@ -25,5 +25,5 @@ if [[ ! -d $DATA ]]; then
 fi
 exec "${PYTHON:-.venv/bin/python}" -m inspector.train.cli cv --data "$DATA" --out "$OUT" \
     --results "docs/results/$NAME" --arch resnet-small --groups 5 --val-fraction 0.15 --epochs 30 \
-    --max-minutes 60 --tasks recognizer,classifier,segmenter,deeplabv3plus --device auto --threads 2 --seed 0 \
+    --tasks recognizer,classifier,segmenter,deeplabv3plus --device auto --threads 2 --seed 0 \
     --resume "$@"

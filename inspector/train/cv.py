@@ -368,8 +368,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hard-negatives", type=float, default=0.0, help="see `train --help`")
     p.add_argument("--output-stride", type=int, choices=(8, 16, 32), default=16)
     p.add_argument("--select", choices=("best", "last"), default="best")
-    p.add_argument("--max-minutes", type=float, default=60.0, help="training time limit per model and fold")
+    p.add_argument(
+        "--max-minutes", type=float, default=0.0, help="training time limit per model and fold (0 = the schedule)"
+    )
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any other training setting (a TrainConfig field, see `train --help`), e.g. --set paste=0.5",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", action="store_true")
@@ -386,6 +395,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, type=Path, help="summary JSON to write (e.g. docs/results/NAME.json)")
     s.add_argument("--markdown", type=Path, help="also write the tables here")
     s.set_defaults(func=run_summary)
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """['paste=0.5', 'pad=reflect'] -> {'paste': 0.5, 'pad': 'reflect'}, typed by TrainConfig's defaults."""
+    import dataclasses
+
+    from inspector.train.recipe import TrainConfig
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    defaults = TrainConfig()
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields or key in ("task", "augment"):
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with a training setting (see `train --help`)")
+        current = getattr(defaults, key)
+        try:
+            if isinstance(current, bool):
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                value: Any = text.lower() in ("true", "1", "yes")
+            elif isinstance(current, int):
+                value = int(text)
+            elif isinstance(current, float):
+                value = float(text)
+            else:
+                value = text
+        except ValueError:
+            raise SystemExit(f"--set {item!r}: {text!r} is not a {type(current).__name__}") from None
+        out[key] = value
+    return out
 
 
 def run_cv(args: argparse.Namespace) -> int:
@@ -425,6 +465,7 @@ def run_cv(args: argparse.Namespace) -> int:
         "select": args.select,
         "max_minutes": args.max_minutes,
         "plots": True,
+        **parse_sets(args.set),
         "per_task": {
             "classifier": {"size": args.classifier_size, "scale": None if args.scale == "auto" else args.scale},
             "segmenter": {"epochs": segmenter_epochs},

@@ -23,11 +23,14 @@ def plot_losses(history: list[dict[str, Any]], step_losses: list[float], path: P
         if len(step_losses) >= window > 1:
             smooth = np.convolve(step_losses, np.ones(window) / window, mode="valid")
             ax_loss.plot(x[window - 1 :], smooth, color="C0", label="train (1-epoch mean)")
-    epochs = [h["epoch"] + 1 for h in history]
-    if history and "val_loss" in history[0]:
-        ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", color="C1", label="validation")
-        ax_metric.plot(epochs, [h.get(metric, np.nan) for h in history], "o-", color="C2", label=metric)
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    checked = [h for h in history if metric in h]  # epochs that were validated (every --val-every)
+    if checked:
+        ax_metric.plot([h["epoch"] + 1 for h in checked], [h[metric] for h in checked], "o-", color="C2", label=metric)
+        if "val_auroc" in checked[0] and metric != "val_auroc":
+            epochs = [h["epoch"] + 1 for h in checked]
+            ax_metric.plot(epochs, [h["val_auroc"] for h in checked], "s--", color="C3", label="val_auroc")
+        ax_metric.legend()
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
     ax_loss.set_yscale("log")
     ax_loss.legend()
     ax_metric.set(xlabel="epoch", ylabel=metric, title="validation", ylim=(0, 1.02))

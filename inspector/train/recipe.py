@@ -106,7 +106,7 @@ class TrainConfig:
     hard_negatives: float = 0.0  # recognizer: > 0 = normal-block loss over the hardest k x #defective blocks
     ignore_ring: int = 1  # recognizer: normal blocks within this many blocks of a defective one are not scored
     image_weight: float = 0.5  # recognizer: weight of the image-level loss on the highest block of each window
-    standardize: bool = False  # per-image input standardisation inside the network (models.ImageStandardize)
+    standardize: bool = True  # per-image input standardisation inside the network (models.ImageStandardize)
     pad: str = "zero"  # what surrounds a placed frame in the input: zero | reflect (preprocess.place_image)
     ema: float = 0.0  # > 0: keep an exponential moving average of the weights (decay per step), validated/exported
     paste: float = 0.0  # recognizer: P(a defect-free window gets a real defect pasted in from a defective image)
@@ -117,6 +117,7 @@ class TrainConfig:
     plots: bool = True  # loss curves and sample predictions as PNG
     keep_every: int = 0  # also keep epoch_NNN.pt every N epochs (0: only last.pt and best.pt)
     val_batch: int = 8
+    val_every: int = 1  # validate every N epochs (and always after the last)
     select: str = "best"  # best: the checkpoint with the best validation metric; last: the final epoch
     max_minutes: float = 0.0  # > 0: stop after the epoch that passes this much training time
 
@@ -826,7 +827,8 @@ def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path,
         if ctx.is_main:
             v0 = time.monotonic()
             final = ema.module if ema is not None else model
-            metrics, kept = validate(final, cfg, val_cache, mean, std, ctx.device, keep=6) if val_cache else ({}, [])
+            check = val_cache is not None and ((epoch + 1) % max(cfg.val_every, 1) == 0 or epoch + 1 == cfg.epochs)
+            metrics, kept = validate(final, cfg, val_cache, mean, std, ctx.device, keep=6) if check else ({}, [])
             record = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -841,7 +843,7 @@ def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path,
             }
             history.append(record)
             step_losses.extend(epoch_losses)
-            improved = bool(val_cache) and _is_better(metrics, best, cfg.task)
+            improved = bool(metrics) and _is_better(metrics, best, cfg.task)
             if improved:
                 best = dict(metrics)
             ckpt = {
