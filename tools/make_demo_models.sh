@@ -7,9 +7,10 @@
 # 1. writes two synthetic data sets with inspector.synth.write_dataset (the renderer the daemon's synthetic
 #    source uses, 320x320 mono8 like configs/demo.yaml's source): a training set (seed 1) and a separate test
 #    set (seed 2), about a third of the defects small (< 100 px);
-# 2. trains a resnet-tiny recognizer (224x224 -> 7x7 blocks) and a resnet-tiny segmenter (224x224, classes
-#    background + crack, pit, scratch, stain) with the paper's recipe; 15 % of the training set (stratified,
-#    seeded) is held out for checkpoint selection and the operating point;
+# 2. trains a resnet-tiny recognizer (native resolution: the 320x320 frame is the input, 10x10 blocks) and a
+#    resnet-tiny segmenter (320x320, classes background + crack, pit, scratch, stain) with the recipe of
+#    docs/TRAINING.md; 15 % of the training set (stratified, seeded) is held out for checkpoint selection and
+#    the operating point;
 # 3. evaluates both on the test set, thresholds chosen on that validation split (never on the test set);
 # 4. exports both to ONNX with manifests (test metrics and suggested thresholds inside) and checks ONNX
 #    Runtime against PyTorch on the test images; writes engines/demo/decision.yaml (the suggested block).
@@ -40,7 +41,7 @@ TASKS=${TASKS:-recognizer segmenter}
 # Extra `inspector-train train` flags for the recognizer only, e.g. REC_ARGS="--aux-weight 0".
 REC_ARGS=${REC_ARGS:-}
 # INPUT: how frames become network input (see `inspector-train train --help`, --scale/--size).
-INPUT=${INPUT:---scale squash --size 224}
+INPUT=${INPUT:---scale 1.0 --size 320}
 VAL_FRACTION=0.15
 DATASET="synthetic parts (inspector.synth.write_dataset: $N_TRAIN images 320x320 mono8, seed 1, defect p 0.5, small 0.3)"
 TRAIN=(-m inspector.train.cli)
@@ -67,11 +68,12 @@ for task in $TASKS; do
     epochs=$EPOCHS_REC
     lr=$LR_REC
     extra=$REC_ARGS
-    [[ $task == segmenter ]] && epochs=$EPOCHS_SEG && lr=$LR_SEG && extra=""
+    batch=16
+    [[ $task == segmenter ]] && epochs=$EPOCHS_SEG && lr=$LR_SEG && extra="" && batch=8
     echo "== train $task (resnet-tiny, $INPUT, $epochs epochs)"
     rm -rf "${WORK:?}/$task"
     "$PYTHON" "${TRAIN[@]}" train --data "$WORK/data/train" --val-fraction $VAL_FRACTION --task $task \
-        --arch resnet-tiny $INPUT --epochs "$epochs" --batch 16 --lr "$lr" --seed 0 \
+        --arch resnet-tiny $INPUT --epochs "$epochs" --batch "$batch" --lr "$lr" --seed 0 \
         --threads "$THREADS" --device cpu --out "$WORK/$task" $extra
     echo "== evaluate $task on the test set (operating point from the validation split)"
     "$PYTHON" "${TRAIN[@]}" evaluate --model "$WORK/$task/best.pt" --data "$WORK/data/test" \

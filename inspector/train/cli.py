@@ -114,6 +114,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "--crop", type=int, default=d.crop, help="recognizer: training crop; segmenter: branch crop (0: 256 / 128)"
     )
     g.add_argument(
+        "--window", type=int, default=d.window, help="segmenter/deeplabv3plus: NxN training windows (0 = whole images)"
+    )
+    g.add_argument(
         "--defect-bias", type=float, default=d.defect_bias, help="P(a defective window holds a defect); -1: per task"
     )
     g.add_argument("--defective-fraction", type=float, default=d.defective_fraction, help="of each batch")
@@ -216,6 +219,7 @@ def config_from_args(args: argparse.Namespace):
         defective_fraction=args.defective_fraction,
         crop=args.crop,
         defect_bias=args.defect_bias,
+        window=args.window,
         block_min_pixels=args.block_min_pixels,
         aux_weight=args.aux_weight,
         aux_dilate=args.aux_dilate,

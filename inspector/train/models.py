@@ -147,10 +147,11 @@ class ImageStandardize(nn.Module):
         # The normalised value of a uint8 0: the border, per channel.
         zero = -torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)
         self.register_buffer("zero", zero.view(1, -1, 1, 1))
+        self.channels = float(len(mean))  # a constant, not x.shape[1]: no run-time shape arithmetic in the graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frame = ((x - self.zero).abs().amax(dim=1, keepdim=True) > 1e-4).to(x.dtype)  # (N, 1, H, W)
-        count = frame.sum(dim=(1, 2, 3), keepdim=True).clamp(min=1.0) * x.shape[1]
+        count = frame.sum(dim=(1, 2, 3), keepdim=True).clamp(min=1.0) * self.channels
         mean = (x * frame).sum(dim=(1, 2, 3), keepdim=True) / count
         var = (((x - mean) * frame) ** 2).sum(dim=(1, 2, 3), keepdim=True) / count
         return (x - mean) / torch.sqrt(var + 1e-4) * frame

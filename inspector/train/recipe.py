@@ -99,6 +99,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     defective_fraction: float = 0.5  # share of each batch drawn from defective images
     crop: int = -1  # recognizer: N = NxN windows (0 = whole images); segmenter: branch crop (-1: 320 / 128); /32
+    window: int = 256  # segmenter/deeplabv3plus: NxN training windows (0 = whole images); multiple of 32
     defect_bias: float = -1.0  # P(a defective image's window/crop holds one of its defect pixels) (-1: 0 / 0.7)
     block_min_pixels: int = 1  # defect pixels that make a block defective
     aux_weight: float = 1.0  # recognizer: weight of the dense (mixed supervision) loss; 0 = block labels only
@@ -135,11 +136,11 @@ class TrainConfig:
         if self.crop < 0:
             self.crop = DEFAULT_CROP.get(self.task, 0)
         if self.defect_bias < 0:
-            # Recognizer windows lie uniformly in the image (data.crop_center says why); the segmenter's branch
-            # crop is a local crop that must see its few-pixel defects.
-            self.defect_bias = 0.7 if self.task == "segmenter" else 0.0
-        if self.crop % BLOCK:
-            raise ValueError(f"crop {self.crop} must be a multiple of {BLOCK}")
+            # Recognizer windows lie uniformly in the image (data.crop_center says why); the segmentation tasks'
+            # windows and the segmenter's branch crop must see their few-pixel defects.
+            self.defect_bias = 0.7 if self.task in ("segmenter", "deeplabv3plus") else 0.0
+        if self.crop % BLOCK or self.window % BLOCK or self.window < 0:
+            raise ValueError(f"crop {self.crop} and window {self.window} must be multiples of {BLOCK}")
         if not 0 < self.defective_fraction < 1:
             raise ValueError("defective_fraction must lie strictly between 0 and 1")
         if self.select not in ("best", "last"):
@@ -282,8 +283,17 @@ class BatchMaker:
             size = self.cache.input_size
             images = [whole_image(it, size, rng, aug, cfg.pad)[0] for it, rng in zip(items, rngs, strict=True)]
             return Batch(image=np.stack(images), defective=defective)
-        height, width = self._canvas(items)
-        triples = [whole_image(it, (height, width), rng, aug, cfg.pad) for it, rng in zip(items, rngs, strict=True)]
+        if cfg.window > 0:
+            # Windows, like the recognizer's, but holding a defect pixel with probability defect_bias (a pixel
+            # loss needs defect pixels to learn from; the window lies anywhere around it, never centred on it).
+            height, width = min(cfg.window, self.cache.input_size[0]), min(cfg.window, self.cache.input_size[1])
+            triples = [
+                training_crop(it, (height, width), rng, aug, cfg.defect_bias, cfg.pad)
+                for it, rng in zip(items, rngs, strict=True)
+            ]
+        else:
+            height, width = self._canvas(items)
+            triples = [whole_image(it, (height, width), rng, aug, cfg.pad) for it, rng in zip(items, rngs, strict=True)]
         seg = np.stack([lab for _, lab, _ in triples])
         batch = Batch(image=np.stack([im for im, _, _ in triples]), defective=defective, seg=seg)
         if cfg.task == "segmenter":
@@ -314,19 +324,19 @@ def whole_image(
 
 
 def choose_crop(seg: np.ndarray, crop: int, rng: np.random.Generator, defect_bias: float) -> np.ndarray:
-    """(top, left, crop, crop), top/left multiples of 4 (the segmenter's alignment unit)."""
+    """(top, left, crop, crop), top/left multiples of 4 (the segmenter's alignment unit). With probability
+    `defect_bias` the crop holds one of the defect pixels, anywhere in it (not centred: see data.crop_center)."""
     height, width = seg.shape
     ys, xs = np.nonzero(seg)
+    max_top, max_left = (height - crop) // 4 * 4, (width - crop) // 4 * 4
     if len(ys) and rng.random() < defect_bias:
         i = int(rng.integers(len(ys)))
-        top = round((ys[i] - crop / 2) / 4) * 4
-        left = round((xs[i] - crop / 2) / 4) * 4
+        top = int(rng.integers(max(ys[i] - crop + 1, 0), min(ys[i], max_top) + 1)) // 4 * 4
+        left = int(rng.integers(max(xs[i] - crop + 1, 0), min(xs[i], max_left) + 1)) // 4 * 4
     else:
-        top = int(rng.integers((height - crop) // 4 + 1)) * 4
-        left = int(rng.integers((width - crop) // 4 + 1)) * 4
-    top = min(max(top, 0), (height - crop) // 4 * 4)
-    left = min(max(left, 0), (width - crop) // 4 * 4)
-    return np.array([top, left, crop, crop], np.int64)
+        top = int(rng.integers(max_top // 4 + 1)) * 4
+        left = int(rng.integers(max_left // 4 + 1)) * 4
+    return np.array([min(max(top, 0), max_top), min(max(left, 0), max_left), crop, crop], np.int64)
 
 
 class Prefetcher:
