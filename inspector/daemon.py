@@ -15,7 +15,8 @@ Signals (handled on the main thread, which does nothing on the hot path):
 - SIGTERM / SIGINT: STOPPING=1, stop acquiring, inspect the frames in flight (or, past the drain budget,
   reject them with reason shutdown), publish every verdict, close the publisher (it drains), exit 0.
 
-Events on the broadcast stream: start, stop, reload (result ok/invalid/failed), camera (connected or lost).
+Events on the broadcast stream: start, stop, reload (result ok/invalid/failed), camera (connected or lost),
+capacity (the source is configured faster than the pipeline can inspect: at start, or a reload changing models).
 
 The systemd watchdog is pinged only while verdicts are being made (service.Watchdog on the decided counter):
 a hung camera, model or pipeline stops the pings. On a hardware-triggered line WatchdogSec must therefore be
@@ -37,6 +38,7 @@ import cv2
 
 from inspector.archive.metrics import ArchiveMetrics
 from inspector.archive.writer import ArchiveWriter
+from inspector.capacity import configured_rate
 from inspector.config import Config, ConfigError, load_config, resolve_path
 from inspector.console import Console, LiveStats, MetricsTap
 from inspector.metrics import Metrics
@@ -220,6 +222,7 @@ class Daemon:
         pipeline = self.pipeline
         self.watchdog = Watchdog(self.notifier, lambda: pipeline.counters.decided)
         self.publisher.event("start", config_hash=self.runtime.config_hash, model_hashes=self.runtime.model_hashes)
+        self._report_capacity(self.runtime)
         # READY=1 before the first frame: models are loaded and warmed up, sockets bound, the source open.
         self.notifier.ready(f"inspecting {config.topic}, config {self.runtime.config_hash}")
         self.pipeline.start()
@@ -248,6 +251,40 @@ class Daemon:
                 architecture=m.manifest.architecture,
                 input=f"{m.manifest.input.height}x{m.manifest.input.width}x{m.manifest.input.channels}",
             )
+
+    def _report_capacity(self, rt: Runtime) -> None:
+        """Capacity gauge; when the source is set faster than the pipeline can inspect, a warning and an event."""
+        assert self.metrics is not None and self.publisher is not None
+        if rt.capacity is None:
+            return
+        fps, rate = rt.capacity.fps, configured_rate(rt.config)
+        self.metrics.capacity(fps, rate)
+        log.info(
+            "capacity: %.1f frames/s inspected (batch %d, %.1f ms a batch)",
+            fps,
+            rt.batch_size,
+            rt.capacity.batch_s * 1e3,
+        )
+        if rate is None or rate <= fps:
+            return
+        share = 1 - fps / rate
+        log.warning(
+            "the source is set to %.1f frames/s but this pipeline can inspect only about %.1f frames/s (measured at "
+            "warm-up): about %.0f%% of the frames will be rejected fail-safe with reason overload, without being "
+            "inspected. Lower the frame rate, or raise pipeline.batch_size, use segmenter_mode gated or a faster "
+            "backend (docs/RELIABILITY.md)",
+            rate,
+            fps,
+            100 * share,
+        )
+        self.publisher.event(
+            "capacity",
+            capacity_fps=round(fps, 2),
+            source_rate_fps=rate,
+            batch_size=rt.batch_size,
+            batch_ms=round(rt.capacity.batch_s * 1e3, 2),
+            expected_overload_fraction=round(share, 3),
+        )
 
     # -------------------------------------------------------------------------------------- main loop
 
@@ -330,6 +367,7 @@ class Daemon:
         except StartupError as exc:
             log.error("reload failed, the running config stays: %s", exc)
             return "failed", str(exc)
+        old_capacity = self.runtime.capacity
         old = self.pipeline.swap(runtime)
         self.runtime, self.config = runtime, new
         if self.archive is not None:
@@ -337,6 +375,8 @@ class Daemon:
         if old is not None and old is not runtime:
             retire(old, runtime)
         self._describe(runtime)
+        if runtime.capacity is not old_capacity:
+            self._report_capacity(runtime)
         log.info("reloaded %s: config %s", self.config_file, runtime.config_hash)
         return "ok", None
 

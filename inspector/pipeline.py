@@ -40,10 +40,11 @@ from typing import Protocol
 
 import numpy as np
 
+from inspector.capacity import ServiceTime, measure
 from inspector.decision import NO_DEFECTS, Geometry
 from inspector.frames import CHANNELS, FrameRing, Reason, Verdict
 from inspector.preprocess import Preprocessor
-from inspector.runtime import InputKey, Runtime, input_key
+from inspector.runtime import InputKey, Runtime, batch_work, input_key
 from inspector.sources import EndOfStream, Grab, Source, SourceError
 from inspector.wakeup import Wakeup
 
@@ -52,6 +53,13 @@ log = logging.getLogger(__name__)
 GRAB_TIMEOUT_S = 0.1  # a grab never blocks longer: the acquisition thread must notice stop() promptly
 IDLE_WAIT_S = 0.05  # inference thread's wait for work; also bounds how late a reload swap can be picked up
 ERROR_LOG_INTERVAL_S = 5.0  # an inference error repeating at frame rate is logged once per interval, then counted
+# When admission has let no frame through for this long, it lets one through whatever the estimate says: the only
+# way a service-time estimate inflated by a stall can come down again when no batch can run within the deadline.
+PROBE_AFTER_NS = 1_000_000_000
+# The share of the deadline that admission lets the backlog take (docs/RELIABILITY.md): the rest is the inspected
+# frames' margin for what no estimate foresees (a stall of the machine, a batch on which the segmenter fires on
+# every frame). Under sustained overload a frame is decided about this far into its deadline.
+BACKLOG_SHARE = 0.5
 NO_HASHES: dict[str, str] = {}
 
 
@@ -127,6 +135,8 @@ class PipelineCounters:
     not_inspected: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     batched_frames: int = 0
+    shed: int = 0  # rejected at admission (reason overload): predicted to miss the deadline, never inferred
+    inferred: int = 0  # frames handed to the networks (inspected, or decided too late: timeout, or error)
 
 
 class Pipeline:
@@ -185,6 +195,14 @@ class Pipeline:
         self._last_error_log = 0.0
         self._errors_unlogged = 0
         self._overload_detail = f"all {ring_slots} ring slots were busy"
+        # Admission control (_admit): a pessimistic running estimate of a batch's service time, seeded with the
+        # warm-up measurement; a frame predicted to miss its deadline is rejected before the networks run.
+        if runtime.capacity is None:
+            runtime.capacity = measure(batch_work(runtime), runtime.batch_size)
+        self.service = ServiceTime(runtime.capacity)
+        self.servable = ring_slots  # queued frames that can be decided in time (paced acquisition waits above it)
+        self._admitted_ns = 0  # when the batch being processed was admitted
+        self._last_admit_ns = time.monotonic_ns()
         # Reused per batch (no per-batch list allocation on the hot path).
         self._items: list[Ticket] = []
         self._todo: list[Ticket] = []
@@ -198,6 +216,7 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------ control
 
     def start(self) -> None:
+        self._last_admit_ns = time.monotonic_ns()
         self.source.start()
         self.metrics.ring_occupancy(0, self.ring.slots)
         for name, target in (("acquisition", self._acquire_loop), ("inference", self._infer_loop)):
@@ -271,6 +290,10 @@ class Pipeline:
                     break
                 # No clear() before acquire(): a wake-up left over only costs one more turn of the loop, and
                 # clearing is a system call per frame.
+                if self.paced_by_pipeline and len(queue) >= self.servable > 0:
+                    # A replay does not queue more than can be decided in time: admission would shed it.
+                    self._freed.wait(IDLE_WAIT_S)
+                    continue
                 slot = ring.acquire()
                 if slot is None and self.paced_by_pipeline:
                     self._freed.wait(IDLE_WAIT_S)  # backpressure: a replay waits for inference
@@ -376,19 +399,86 @@ class Pipeline:
                             break
                         self._cond.wait(IDLE_WAIT_S)
                         continue
-                    # Take what is waiting, up to batch_size inspectable frames; never wait to fill a batch.
-                    limit = self.runtime.batch_size
-                    n = 0
-                    while self._queue and n < limit:
-                        item = self._queue.popleft()
-                        items.append(item)
-                        if item.slot >= 0 and item.bad is None:
-                            n += 1
+                    self._admit(items)
                 self._process(items)
                 items.clear()
         finally:
             self._adopt_pending()
             self.finished.set()
+
+    def _admit(self, items: list[Ticket]) -> None:
+        """Under self._cond, queue not empty: take what is waiting, oldest first, into `items`: up to batch_size
+        frames that are predicted to be decided within their deadline, and every older frame that is not, marked
+        shed (reason OVERLOAD, detail set). Never waits to fill a batch. Policy and why: docs/RELIABILITY.md.
+
+        Two predictions, both with the pessimistic batch time P(n) (capacity.ServiceTime):
+        - the backlog: at most batch_size frames per P(batch_size) of BACKLOG_SHARE of the deadline (counted for
+          the newest frame) are kept waiting, and never fewer than the largest batch that makes the deadline;
+          frames beyond that are shed from the oldest end, so that newer ones do not wait behind frames that would
+          take their time, and the inspected ones keep the rest of the deadline as a margin;
+        - the head: a frame joining this batch is decided about P(n) from now; past its deadline, it is shed.
+        Allocation: at most two detail strings per call, shared by the frames shed in it."""
+        rt, queue, est = self.runtime, self._queue, self.service
+        if rt.capacity is not None and rt.capacity is not est.capacity:
+            est = self.service = ServiceTime(rt.capacity)  # a reload changed the models: their own measurement
+        now = time.monotonic_ns()
+        deadline, batch = rt.deadline_ns, rt.batch_size
+        full_ns = max(1, int(est.predict_s(batch) * 1e9))
+        newest_age = now - queue[-1].t_acquired_mono_ns
+        servable = batch * max(0, (int(deadline * BACKLOG_SHARE) - newest_age) // full_ns)
+        if servable < batch:  # a deadline shorter than two batches: the largest batch that still makes it
+            servable = self._fits(deadline - newest_age, batch)
+        self.servable = max(servable, batch)
+        excess = len(queue) - servable
+        limit = min(batch, servable)
+        probe = limit == 0 and now - self._last_admit_ns > PROBE_AFTER_NS
+        if probe:
+            limit = 1  # nothing fit for a while: one frame still in time goes through, so the estimate can learn
+        batch_ns = int(est.predict_s(max(1, min(limit, len(queue)))) * 1e9)
+        backlog_detail: str | None = None
+        late_detail: str | None = None
+        waiting = len(queue)
+        n = 0
+        while queue and n < max(limit, 1):  # limit 0: nothing fits, every frame waiting is shed
+            t = queue.popleft()
+            items.append(t)
+            excess -= 1
+            if t.slot < 0 or t.bad is not None:
+                continue
+            waited = now - t.t_acquired_mono_ns
+            if excess >= 0 and not probe:
+                if backlog_detail is None:
+                    backlog_detail = (
+                        f"shed at admission, oldest first: {waiting} frames were waiting and about "
+                        f"{servable} can be decided within the {deadline / 1e6:g} ms deadline "
+                        f"({batch} per {full_ns / 1e6:.0f} ms batch, predicted)"
+                    )
+                self._shed(t, backlog_detail)
+            elif waited + (0 if probe else batch_ns) > deadline:
+                if late_detail is None:
+                    late_detail = (
+                        f"shed at admission: predicted to be decided after its {deadline / 1e6:g} ms deadline "
+                        f"(waited up to {waited / 1e6:.0f} ms, and a batch takes up to {batch_ns / 1e6:.0f} ms, "
+                        "predicted)"
+                    )
+                self._shed(t, late_detail)
+            else:
+                n += 1
+        if n:
+            self._last_admit_ns = now
+        self._admitted_ns = now
+
+    def _fits(self, budget_ns: int, batch: int) -> int:
+        """The largest batch predicted to be decided within budget_ns (0: not even one frame)."""
+        for n in range(batch, 0, -1):
+            if self.service.predict_s(n) * 1e9 <= budget_ns:
+                return n
+        return 0
+
+    def _shed(self, t: Ticket, detail: str) -> None:
+        t.reason = Reason.OVERLOAD  # until _process makes the fail-safe verdict: reason ERROR otherwise
+        t.detail = detail
+        self.counters.shed += 1
 
     def _process(self, items: list[Ticket]) -> None:
         rt = self.runtime
@@ -402,6 +492,9 @@ class Pipeline:
             elif t.bad is not None:
                 self._held.append(t.slot)
                 self._failsafe(rt, t, Reason.BAD_FRAME, t.bad)
+            elif t.reason is Reason.OVERLOAD:  # shed at admission
+                self._held.append(t.slot)
+                self._failsafe(rt, t, Reason.OVERLOAD, t.detail or "shed at admission")
             elif shutting:
                 self._held.append(t.slot)
                 self._failsafe(rt, t, Reason.SHUTDOWN, "in flight at shutdown, not inspected within the stop timeout")
@@ -412,7 +505,13 @@ class Pipeline:
             else:
                 todo.append(t)
         if todo:
+            batches = self.counters.batches
+            self.counters.inferred += len(todo)
             self._inspect(rt, todo)  # it releases these frames' slots together with the batch's own
+            done = time.monotonic_ns()
+            self._last_admit_ns = done  # the probe waits from the end of the last batch, not only its start
+            if self.counters.batches != batches:  # decided (an error's time says nothing about the next batch)
+                self.service.observe(len(todo), (done - self._admitted_ns) / 1e9)
         else:
             self._release_held()
         self.metrics.ring_occupancy(self.ring.in_use(), self.ring.slots)

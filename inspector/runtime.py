@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ import numpy as np
 from inspector.archive import FrameArchive
 from inspector.archive.writer import ArchiveContext, ArchiveWriter
 from inspector.backends import Backend, BackendError, BackendSettings, backend_class
+from inspector.capacity import Capacity, measure
 from inspector.config import Config, ConfigError, ModelSpec, load_config, resolve_path
 from inspector.decision import Decider, load_ignore_mask
 from inspector.frames import CHANNELS, Result
@@ -112,6 +114,7 @@ class Runtime:
     deadline_ns: int
     batch_size: int
     archive: FrameArchive | None = None  # the archive's hand-over for this runtime; None when archiving is off
+    capacity: Capacity | None = None  # measured after warm-up (inspector/capacity.py); None from check-config
 
     def models(self) -> list[LoadedModel]:
         return [m for m in (self.recognizer, self.segmenter) if m is not None]
@@ -302,12 +305,36 @@ def warm_up(model: LoadedModel, runs: int, batch: int) -> None:
         model.backend.run(batch)
 
 
+def batch_work(rt: Runtime) -> Callable[[int], None]:
+    """The inference thread's work for n blank frames (capacity.measure times it): the recognizer's
+    preprocessing of every row, the recognizer, the batch screen, and the segmenter where it sees every frame."""
+    blank = _blank_frame(rt.config)
+    seg_every = rt.mode == "always"
+
+    def run(n: int) -> None:
+        for i in range(n):
+            rt.rec_pre.put(i, blank)
+        rt.decider.screen(rt.recognizer.backend.run(n)["block_scores"])
+        if seg_every and rt.seg_pre is not None and rt.segmenter is not None:
+            for i in range(n):
+                rt.seg_pre.put(i, blank)
+            rt.segmenter.backend.run(n)
+
+    return run
+
+
 def build(
-    config: Config, config_file: str | Path, previous: Runtime | None = None, archive: ArchiveWriter | None = None
+    config: Config,
+    config_file: str | Path,
+    previous: Runtime | None = None,
+    archive: ArchiveWriter | None = None,
+    measure_capacity: bool = True,
 ) -> Runtime:
     """The one validation (see the module docstring) and the runtime it yields. Raises StartupError listing
     every problem found; nothing it opened survives a failure. Models unchanged since `previous` are reused.
-    With `archive`, the runtime gets the archive's hand-over, its pool shaped for these models' outputs."""
+    With `archive`, the runtime gets the archive's hand-over, its pool shaped for these models' outputs.
+    With `measure_capacity`, the frames/s these models can inspect are measured after warm-up (on a reload that
+    reuses a model, `previous`'s measurement stands: see _unchanged_capacity)."""
     problems = _Problems()
     source_problems(config, config_file, problems)
     mode = config.models.segmenter_mode
@@ -356,7 +383,7 @@ def build(
             config, config.config_hash(), recognizer.manifest, segmenter.manifest if segmenter else None, ignore_mask
         )
         sink = archive.bind(context)
-    return Runtime(
+    runtime = Runtime(
         config=config,
         config_hash=config.config_hash(),
         recognizer=recognizer,
@@ -372,6 +399,20 @@ def build(
         batch_size=batch,
         archive=sink,
     )
+    if measure_capacity:
+        runtime.capacity = _unchanged_capacity(previous, runtime) or measure(batch_work(runtime), batch)
+    return runtime
+
+
+def _unchanged_capacity(previous: Runtime | None, runtime: Runtime) -> Capacity | None:
+    """On a reload that reuses a model, the previous measurement: a reused model is running batches of the live
+    pipeline on its own input buffer, so it must not be run here. The pipeline's running estimate of the batch
+    time corrects the figure from the first batches on (and a reload that changes every model measures anew)."""
+    if previous is None:
+        return None
+    if not {id(m) for m in previous.models()} & {id(m) for m in runtime.models()}:
+        return None
+    return previous.capacity
 
 
 def _ignore_mask(config: Config, config_file: str | Path, problems: _Problems) -> np.ndarray | None:
@@ -438,7 +479,7 @@ def check(config_file: str | Path) -> list[str]:
         return str(exc).splitlines()
     problems = []
     try:
-        runtime = build(config, config_file)
+        runtime = build(config, config_file, measure_capacity=False)
     except StartupError as exc:
         problems = [f"{config_file}: {line}" for line in exc.problems]
     else:

@@ -1,0 +1,122 @@
+"""How fast this pipeline can inspect: measured once at warm-up, then tracked batch by batch on the hot path.
+
+`measure()` runs, after the models' warm-up, a few timed batches of the inference thread's own work on a blank
+frame (`runtime.batch_work`: the recognizer's preprocessing of every row, the recognizer, the batch screen, and
+the segmenter when it sees every frame): the median time of a full batch gives `Capacity.fps`, the frames per
+second the pipeline can inspect with these models, this backend and this batch size. Gated segmentation is left
+out (a blank frame flags nothing, and how many frames a line flags is the line's business): its cost shows up in
+the running estimate instead. The preprocessing is counted on the inference thread although the daemon does it on
+the acquisition thread, in parallel: on a machine whose cores are all busy that is what it costs, elsewhere the
+figure is a little low, never high.
+
+`ServiceTime` is the running estimate admission control uses (inspector/pipeline.py, docs/RELIABILITY.md): the
+warm-up times per batch size, scaled by a load factor read off the last few decided batches (`predict_s` takes
+their second largest: pessimistic, but blind to one stall). Preallocated; nothing is allocated per batch.
+
+`configured_rate()` is the rate the source is set to deliver, where the config says: a simulator's or a replay's
+`rate_hz`, a camera's AcquisitionFrameRate (unless it is triggered). None where nobody knows.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from inspector.config import Config
+
+MEASURED_BATCHES = 5  # timed full batches after the warm-up; the median is the figure
+WINDOW = 16  # decided batches the running estimate looks back on
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The warm-up measurement: seconds per batch of one frame and of a full batch."""
+
+    batch_size: int
+    single_s: float
+    batch_s: float
+
+    @property
+    def fps(self) -> float:
+        """Frames per second the pipeline can inspect in full batches."""
+        return self.batch_size / self.batch_s
+
+    def batch_time_s(self, n: int) -> float:
+        """A batch of n frames, by linear interpolation between one frame and a full batch."""
+        if self.batch_size <= 1:
+            return self.batch_s * max(n, 1)
+        return self.single_s + (self.batch_s - self.single_s) * (n - 1) / (self.batch_size - 1)
+
+
+def measure(run_batch: Callable[[int], None], batch_size: int, runs: int = MEASURED_BATCHES) -> Capacity:
+    """Time `run_batch(n)` (the inference thread's work for n frames; runtime.batch_work) for one frame and for
+    a full batch: the median of `runs` each (after the models' warm-up)."""
+    single = _median_s(run_batch, 1, max(3, runs // 2))
+    full = single if batch_size == 1 else _median_s(run_batch, batch_size, runs)
+    return Capacity(batch_size=batch_size, single_s=single, batch_s=max(full, single))
+
+
+def _median_s(run_batch: Callable[[int], None], n: int, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run_batch(n)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def configured_rate(config: Config) -> float | None:
+    """Frames per second the source is configured to deliver, or None when not known from the config."""
+    src = config.source
+    if src.kind in ("synthetic", "folder"):
+        rate: float | None = getattr(src, "rate_hz", None)
+        return rate  # None: paced by the pipeline, so it cannot outrun it
+    features = {f.name: f.value for f in getattr(src, "features", [])}
+    if str(features.get("TriggerMode", "Off")).lower() in ("on", "true", "1"):
+        return None  # a hardware trigger sets the pace: the line's speed, not a config value
+    value = features.get("AcquisitionFrameRate")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+class ServiceTime:
+    """Running, pessimistic estimate of how long a batch of n frames takes to decide. Inference thread only.
+
+    A batch's time is its warm-up time for that size times a load factor; the factor is read off the last WINDOW
+    decided batches (observed / warm-up time): their median is the typical factor, their second largest the
+    pessimistic one. A single stall (one batch ten times slower) is thereby ignored instead of shutting admission
+    for a long while, as it would through a mean; two in WINDOW batches mean the machine is slower, and count."""
+
+    def __init__(self, capacity: Capacity):
+        self.capacity = capacity
+        self._base = [capacity.batch_time_s(n) for n in range(capacity.batch_size + 1)]
+        self._base[0] = self._base[1]
+        self._window = np.ones(WINDOW)  # factors of the last WINDOW batches; 1.0 = as at warm-up
+        self._sorted = np.ones(WINDOW)
+        self._next = 0
+        self.factor = 1.0  # median of the window
+        self.high = 1.0  # second largest of the window
+        self.batches = 0
+
+    def observe(self, n: int, seconds: float) -> None:
+        """A batch of n frames took `seconds` from admission to its last verdict."""
+        self._window[self._next] = seconds / self._base[min(n, len(self._base) - 1)]
+        self._next = (self._next + 1) % WINDOW
+        np.copyto(self._sorted, self._window)
+        self._sorted.sort()  # in place: nothing allocated
+        self.factor = float(self._sorted[WINDOW // 2])
+        self.high = float(self._sorted[WINDOW - 2])
+        self.batches += 1
+
+    def mean_s(self, n: int) -> float:
+        """A typical batch of n frames now."""
+        return self._base[min(n, len(self._base) - 1)] * self.factor
+
+    def predict_s(self, n: int) -> float:
+        """What a batch of n frames should not exceed (barring a stall no recent batch had)."""
+        return self._base[min(n, len(self._base) - 1)] * self.high
