@@ -28,7 +28,9 @@ import numpy as np
 
 from inspector.config import Config
 
-MEASURED_BATCHES = 5  # timed full batches after the warm-up; the median is the figure
+MEASURED_BATCHES = 5  # timed full batches after the warm-up, at least; the median is the figure
+MAX_MEASURED = 25  # ... and more, up to this many, while MEASURE_S lasts
+MEASURE_S = 0.5
 WINDOW = 16  # decided batches the running estimate looks back on
 
 
@@ -54,15 +56,17 @@ class Capacity:
 
 def measure(run_batch: Callable[[int], None], batch_size: int, runs: int = MEASURED_BATCHES) -> Capacity:
     """Time `run_batch(n)` (the inference thread's work for n frames; runtime.batch_work) for one frame and for
-    a full batch: the median of `runs` each (after the models' warm-up)."""
+    a full batch: the median of at least `runs` each, more while MEASURE_S lasts (after the models' warm-up)."""
     single = _median_s(run_batch, 1, max(3, runs // 2))
     full = single if batch_size == 1 else _median_s(run_batch, batch_size, runs)
     return Capacity(batch_size=batch_size, single_s=single, batch_s=max(full, single))
 
 
 def _median_s(run_batch: Callable[[int], None], n: int, runs: int) -> float:
-    times = []
-    for _ in range(runs):
+    # A median over more batches where they are quick: on a shared machine one batch can take twice as long.
+    times: list[float] = []
+    end = time.perf_counter() + MEASURE_S
+    while len(times) < runs or (len(times) < MAX_MEASURED and time.perf_counter() < end):
         t0 = time.perf_counter()
         run_batch(n)
         times.append(time.perf_counter() - t0)

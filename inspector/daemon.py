@@ -271,8 +271,8 @@ class Daemon:
         log.warning(
             "the source is set to %.1f frames/s but this pipeline can inspect only about %.1f frames/s (measured at "
             "warm-up): about %.0f%% of the frames will be rejected fail-safe with reason overload, without being "
-            "inspected. Lower the frame rate, or raise pipeline.batch_size, use segmenter_mode gated or a faster "
-            "backend (docs/RELIABILITY.md)",
+            "inspected. Lower the frame rate, or make inspection faster: a larger pipeline.batch_size, a lighter "
+            "segmenter_mode, a faster backend (docs/RELIABILITY.md)",
             rate,
             fps,
             100 * share,

@@ -137,6 +137,7 @@ class PipelineCounters:
     batched_frames: int = 0
     shed: int = 0  # rejected at admission (reason overload): predicted to miss the deadline, never inferred
     inferred: int = 0  # frames handed to the networks (inspected, or decided too late: timeout, or error)
+    busy_ns: int = 0  # time the inference thread spent on admitted batches, admission to last verdict
 
 
 class Pipeline:
@@ -509,6 +510,7 @@ class Pipeline:
             self.counters.inferred += len(todo)
             self._inspect(rt, todo)  # it releases these frames' slots together with the batch's own
             done = time.monotonic_ns()
+            self.counters.busy_ns += done - self._admitted_ns
             self._last_admit_ns = done  # the probe waits from the end of the last batch, not only its start
             if self.counters.batches != batches:  # decided (an error's time says nothing about the next batch)
                 self.service.observe(len(todo), (done - self._admitted_ns) / 1e9)

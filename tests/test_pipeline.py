@@ -99,7 +99,9 @@ def test_overload_still_one_verdict_per_frame(tmp_path):
     assert total(samples, "inspector_frames_dropped_total", cause="overload") == overloads
 
 
-def test_deadline_gives_timeout_verdicts(tmp_path):
+def test_a_deadline_no_batch_can_make_sheds_frames_at_admission(tmp_path):
+    """A 5 ms deadline and a ~20 ms model: no frame can be decided in time, so none is run through the networks
+    to be thrown away as late; each is rejected at admission (overload) with the prediction in its detail."""
     port = free_port()
     models = _models(tmp_path, work=3000)
     extra = "pipeline: {ring_slots: 16, batch_size: 4, deadline_ms: 5}\n"
@@ -108,9 +110,13 @@ def test_deadline_gives_timeout_verdicts(tmp_path):
     daemon, sub = _serve(config, max_frames=30)
     assert _finish(daemon, sub) == 0
     verdicts = _check_one_verdict_per_frame(daemon, sub, 30)
-    timeouts = [v for v in verdicts if v["reason"] == "timeout"]
-    assert len(timeouts) >= 25, [v["reason"] for v in verdicts]
-    assert all(v["result"] == "reject" and not v["inspected"] and "deadline" in v["detail"] for v in timeouts)
+    assert not any(v["inspected"] for v in verdicts)
+    shed = [v for v in verdicts if v["reason"] == "overload"]
+    # One frame a second may go through as a probe (so that a stalled estimate can learn) and time out.
+    assert len(shed) >= 25, [v["reason"] for v in verdicts]
+    assert all(v["result"] == "reject" and "deadline" in v["detail"] for v in shed)
+    assert all(v["detail"].startswith("shed at admission") for v in shed)
+    assert daemon.pipeline.counters.inferred == 30 - len(shed)
 
 
 def test_inference_error_gives_error_verdicts_and_the_daemon_goes_on(tmp_path):
