@@ -11,7 +11,7 @@ figure is a little low, never high.
 
 `ServiceTime` is the running estimate admission control uses (inspector/pipeline.py, docs/RELIABILITY.md): the
 warm-up times per batch size, scaled by a load factor read off the last few decided batches (`predict_s` takes
-their second largest: pessimistic, but blind to one stall). Preallocated; nothing is allocated per batch.
+their 75th percentile: pessimistic, but blind to a stall). Preallocated; nothing is allocated per batch.
 
 `configured_rate()` is the rate the source is set to deliver, where the config says: a simulator's or a replay's
 `rate_hz`, a camera's AcquisitionFrameRate (unless it is triggered). None where nobody knows.
@@ -32,6 +32,10 @@ MEASURED_BATCHES = 5  # timed full batches after the warm-up, at least; the medi
 MAX_MEASURED = 25  # ... and more, up to this many, while MEASURE_S lasts
 MEASURE_S = 0.5
 WINDOW = 16  # decided batches the running estimate looks back on
+# predict_s() takes this rank of the window's factors (0 = the smallest): the 75th percentile. Pessimistic enough
+# that the frames admitted close to their deadline make it, blind to a few stalls in WINDOW batches, and not so
+# pessimistic that on a machine whose batch times vary (a shared one) frames that would make it are shed.
+HIGH_RANK = 3 * WINDOW // 4 - 1
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,9 @@ class ServiceTime:
     """Running, pessimistic estimate of how long a batch of n frames takes to decide. Inference thread only.
 
     A batch's time is its warm-up time for that size times a load factor; the factor is read off the last WINDOW
-    decided batches (observed / warm-up time): their median is the typical factor, their second largest the
-    pessimistic one. A single stall (one batch ten times slower) is thereby ignored instead of shutting admission
-    for a long while, as it would through a mean; two in WINDOW batches mean the machine is slower, and count."""
+    decided batches (observed / warm-up time): their median is the typical factor, their 75th percentile the
+    pessimistic one. A stall (one batch ten times slower) is thereby ignored instead of shutting admission for a
+    long while, as it would through a mean; a quarter of the batches slower means the machine is, and counts."""
 
     def __init__(self, capacity: Capacity):
         self.capacity = capacity
@@ -104,7 +108,7 @@ class ServiceTime:
         self._sorted = np.ones(WINDOW)
         self._next = 0
         self.factor = 1.0  # median of the window
-        self.high = 1.0  # second largest of the window
+        self.high = 1.0  # 75th percentile of the window
         self.batches = 0
 
     def observe(self, n: int, seconds: float) -> None:
@@ -114,7 +118,7 @@ class ServiceTime:
         np.copyto(self._sorted, self._window)
         self._sorted.sort()  # in place: nothing allocated
         self.factor = float(self._sorted[WINDOW // 2])
-        self.high = float(self._sorted[WINDOW - 2])
+        self.high = float(self._sorted[HIGH_RANK])
         self.batches += 1
 
     def mean_s(self, n: int) -> float:

@@ -6,10 +6,13 @@ Threads and what they own
   the work queue. When every slot is busy the frame is still read, into one preallocated scratch slot, so the
   camera's buffer is consumed and the part is counted, and it is queued as an overload (its verdict is the
   fail-safe one). A source paced by the pipeline (`rate_hz: null` on synthetic/folder) is not a free-running
-  camera: there the acquisition thread waits for a free slot instead, so "as fast as possible" means as fast as
-  inference takes frames, not a flood of overloads.
-- inference: takes the frames already queued, up to `pipeline.batch_size` (never waits to fill a batch),
-  rejects those past their deadline or bad, copies the rest's input rows into the backend's own input buffer,
+  camera: there the acquisition thread waits for a free slot, and while more frames wait than admission would
+  keep, instead, so "as fast as possible" means as fast as inference takes frames, not a flood of overloads.
+- inference: admission (`_admit`): takes the frames already queued, up to `pipeline.batch_size` (never waits
+  to fill a batch), and rejects at once, reason overload, those predicted to miss their deadline and the oldest
+  of a backlog larger than can be decided in time (the prediction: `capacity.ServiceTime`, seeded at warm-up,
+  updated by every batch; the policy and why: docs/RELIABILITY.md). It rejects the bad ones, copies the rest's
+  input rows into the backend's own input buffer,
   runs the recognizer on all, screens the whole batch at once (`Decider.screen`: thresholds and top scores in
   a few NumPy calls), runs the segmenter per `segmenter_mode` and connected components only where something
   fired, and hands the verdicts to the publisher in sequence order. Anything that raises turns that batch into

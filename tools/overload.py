@@ -176,6 +176,7 @@ def run(config_file: Path, rate_hz: float, frames: int, mode: str | None) -> dic
         # busy: separates "the shared machine got slower than at warm-up" from "admission left it idle".
         "inference_busy": round(counters.busy_ns / 1e9 / span_s, 3),
         "fps_while_busy": round(counters.inferred / (counters.busy_ns / 1e9), 2) if counters.busy_ns else None,
+        "mean_batch": round(counters.batched_frames / counters.batches, 2) if counters.batches else None,
         "camera_drops": sum(v["camera_drops_before"] for v in verdicts),
         "latency_ms_inspected": {
             "p50": round(statistics.median(latencies), 1) if latencies else None,
