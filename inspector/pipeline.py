@@ -2,8 +2,9 @@
 
 Threads and what they own
 - acquisition: `source.grab()` into a free ring slot (the frame's only copy), a sequence number per acquired
-  frame (+1, never skipped), the recognizer's resize into that slot's input row, then the frame's ticket into
-  the work queue. When every slot is busy the frame is still read, into one preallocated scratch slot, so the
+  frame (+1, never skipped), the recognizer's resize into that slot's input row (when fewer than a batch of
+  frames wait; behind a backlog the inference thread resizes the frames it admits, so that shed frames cost no
+  resize), then the frame's ticket into the work queue. When every slot is busy the frame is still read, into one preallocated scratch slot, so the
   camera's buffer is consumed and the part is counted, and it is queued as an overload (its verdict is the
   fail-safe one). A source paced by the pipeline (`rate_hz: null` on synthetic/folder) is not a free-running
   camera: there the acquisition thread waits for a free slot, and while more frames wait than admission would
@@ -141,6 +142,7 @@ class PipelineCounters:
     shed: int = 0  # rejected at admission (reason overload): predicted to miss the deadline, never inferred
     inferred: int = 0  # frames handed to the networks (inspected, or decided too late: timeout, or error)
     busy_ns: int = 0  # time the inference thread spent on admitted batches, admission to last verdict
+    idle_ns: int = 0  # time it waited for frames with none queued
 
 
 class Pipeline:
@@ -313,7 +315,10 @@ class Pipeline:
                 metrics.stage("acquire", perf() - t0)
                 if grab.camera_drops_before:
                     metrics.camera_drops(grab.camera_drops_before)
-                if slot is not None and grab.bad_frame is None:
+                # Resized here only when it will be in the next batch. Behind a backlog, admission sheds most frames
+                # (docs/RELIABILITY.md) and a resize costs about a millisecond of CPU: the inference thread resizes
+                # those it admits instead, so overload costs no resize per frame that is never inspected.
+                if slot is not None and grab.bad_frame is None and len(queue) < self.runtime.batch_size:
                     t1 = perf()
                     prep.put(slot, self._pixels(t))
                     t.prepped = prep_key
@@ -401,7 +406,9 @@ class Pipeline:
                     if not self._queue:
                         if self._acquisition_done:
                             break
+                        t0 = time.monotonic_ns()
                         self._cond.wait(IDLE_WAIT_S)
+                        self.counters.idle_ns += time.monotonic_ns() - t0
                         continue
                     self._admit(items)
                 self._process(items)
