@@ -3,9 +3,10 @@
 `measure()` runs, after the models' warm-up, a few timed batches of the inference thread's own work on a blank
 frame (`runtime.batch_work`: the recognizer's preprocessing of every row, the recognizer, the batch screen, and
 the segmenter when it sees every frame): the median time of a full batch gives `Capacity.fps`, the frames per
-second the pipeline can inspect with these models, this backend and this batch size. Gated segmentation is left
-out (a blank frame flags nothing, and how many frames a line flags is the line's business): its cost shows up in
-the running estimate instead. The preprocessing is counted on the inference thread although the daemon does it on
+second the pipeline can inspect with these models, this backend and this batch size. A gated segmenter is left
+out of that figure (a blank frame flags nothing, and how many frames a line flags is the line's business) and
+timed beside it: `Capacity.fps_all_flagged` is the rate when it fires on every frame. What it costs on the line
+shows up in the running estimate. The preprocessing is counted on the inference thread although the daemon does it on
 the acquisition thread, in parallel: on a machine whose cores are all busy that is what it costs, elsewhere the
 figure is a little low, never high.
 
@@ -45,11 +46,17 @@ class Capacity:
     batch_size: int
     single_s: float
     batch_s: float
+    segmenter_s: float | None = None  # gated mode: a full batch of the segmenter, which runs on flagged frames
 
     @property
     def fps(self) -> float:
-        """Frames per second the pipeline can inspect in full batches."""
+        """Frames per second the pipeline can inspect in full batches (a gated segmenter firing on none)."""
         return self.batch_size / self.batch_s
+
+    @property
+    def fps_all_flagged(self) -> float | None:
+        """With a gated segmenter, frames per second when it fires on every frame; None in the other modes."""
+        return None if self.segmenter_s is None else self.batch_size / (self.batch_s + self.segmenter_s)
 
     def batch_time_s(self, n: int) -> float:
         """A batch of n frames, by linear interpolation between one frame and a full batch."""
@@ -58,12 +65,19 @@ class Capacity:
         return self.single_s + (self.batch_s - self.single_s) * (n - 1) / (self.batch_size - 1)
 
 
-def measure(run_batch: Callable[[int], None], batch_size: int, runs: int = MEASURED_BATCHES) -> Capacity:
+def measure(
+    run_batch: Callable[[int], None],
+    batch_size: int,
+    runs: int = MEASURED_BATCHES,
+    segment: Callable[[int], None] | None = None,
+) -> Capacity:
     """Time `run_batch(n)` (the inference thread's work for n frames; runtime.batch_work) for one frame and for
-    a full batch: the median of at least `runs` each, more while MEASURE_S lasts (after the models' warm-up)."""
+    a full batch: the median of at least `runs` each, more while MEASURE_S lasts (after the models' warm-up).
+    `segment(n)`, for a gated segmenter, is timed on a full batch too (3 times at least)."""
     single = _median_s(run_batch, 1, max(3, runs // 2))
     full = single if batch_size == 1 else _median_s(run_batch, batch_size, runs)
-    return Capacity(batch_size=batch_size, single_s=single, batch_s=max(full, single))
+    seg = None if segment is None else _median_s(segment, batch_size, 3)
+    return Capacity(batch_size=batch_size, single_s=single, batch_s=max(full, single), segmenter_s=seg)
 
 
 def _median_s(run_batch: Callable[[int], None], n: int, runs: int) -> float:

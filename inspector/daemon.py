@@ -253,38 +253,52 @@ class Daemon:
             )
 
     def _report_capacity(self, rt: Runtime) -> None:
-        """Capacity gauge; when the source is set faster than the pipeline can inspect, a warning and an event."""
+        """Capacity gauge; when the source is set faster than the pipeline can inspect, a warning and an event.
+        With a gated segmenter, also when it would be faster only if the segmenter fired on every frame."""
         assert self.metrics is not None and self.publisher is not None
         if rt.capacity is None:
             return
-        fps, rate = rt.capacity.fps, configured_rate(rt.config)
+        fps, flagged, rate = rt.capacity.fps, rt.capacity.fps_all_flagged, configured_rate(rt.config)
         self.metrics.capacity(fps, rate)
         log.info(
-            "capacity: %.1f frames/s inspected (batch %d, %.1f ms a batch)",
+            "capacity: %.1f frames/s inspected (batch %d, %.1f ms a batch)%s",
             fps,
             rt.batch_size,
             rt.capacity.batch_s * 1e3,
+            "" if flagged is None else f"; {flagged:.1f} frames/s if the gated segmenter fires on every frame",
         )
-        if rate is None or rate <= fps:
+        if rate is None or rate <= (fps if flagged is None else flagged):
             return
-        share = 1 - fps / rate
-        log.warning(
-            "the source is set to %.1f frames/s but this pipeline can inspect only about %.1f frames/s (measured at "
-            "warm-up): about %.0f%% of the frames will be rejected fail-safe with reason overload, without being "
-            "inspected. Lower the frame rate, or make inspection faster: a larger pipeline.batch_size, a lighter "
-            "segmenter_mode, a faster backend (docs/RELIABILITY.md)",
-            rate,
-            fps,
-            100 * share,
-        )
-        self.publisher.event(
-            "capacity",
-            capacity_fps=round(fps, 2),
-            source_rate_fps=rate,
-            batch_size=rt.batch_size,
-            batch_ms=round(rt.capacity.batch_s * 1e3, 2),
-            expected_overload_fraction=round(share, 3),
-        )
+        share = max(0.0, 1 - fps / rate)
+        if rate > fps:
+            log.warning(
+                "the source is set to %.1f frames/s but this pipeline can inspect only about %.1f frames/s (measured "
+                "at warm-up): about %.0f%% of the frames will be rejected fail-safe with reason overload, without "
+                "being inspected. Lower the frame rate, or make inspection faster: a larger pipeline.batch_size, a "
+                "lighter segmenter_mode, a faster backend (docs/RELIABILITY.md)",
+                rate,
+                fps,
+                100 * share,
+            )
+        else:
+            log.warning(
+                "the source is set to %.1f frames/s; this pipeline inspects %.1f frames/s while the gated segmenter "
+                "fires on no frame, but only %.1f if it fires on every frame: the more frames the recognizer flags, "
+                "the more are rejected fail-safe with reason overload, without being inspected (docs/RELIABILITY.md)",
+                rate,
+                fps,
+                flagged,
+            )
+        fields: dict[str, Any] = {
+            "capacity_fps": round(fps, 2),
+            "source_rate_fps": rate,
+            "batch_size": rt.batch_size,
+            "batch_ms": round(rt.capacity.batch_s * 1e3, 2),
+            "expected_overload_fraction": round(share, 3),
+        }
+        if flagged is not None:
+            fields["capacity_all_flagged_fps"] = round(flagged, 2)
+        self.publisher.event("capacity", **fields)
 
     # -------------------------------------------------------------------------------------- main loop
 

@@ -4,11 +4,12 @@ Threads and what they own
 - acquisition: `source.grab()` into a free ring slot (the frame's only copy), a sequence number per acquired
   frame (+1, never skipped), the recognizer's resize into that slot's input row (when fewer than a batch of
   frames wait; behind a backlog the inference thread resizes the frames it admits, so that shed frames cost no
-  resize), then the frame's ticket into the work queue. When every slot is busy the frame is still read, into one preallocated scratch slot, so the
-  camera's buffer is consumed and the part is counted, and it is queued as an overload (its verdict is the
-  fail-safe one). A source paced by the pipeline (`rate_hz: null` on synthetic/folder) is not a free-running
-  camera: there the acquisition thread waits for a free slot, and while more frames wait than admission would
-  keep, instead, so "as fast as possible" means as fast as inference takes frames, not a flood of overloads.
+  resize), then the frame's ticket into the work queue. When every slot is busy the frame is still read, into
+  one preallocated scratch slot, so the camera's buffer is consumed and the part is counted, and it is queued
+  as an overload (its verdict is the fail-safe one). A source paced by the pipeline (`rate_hz: null` on
+  synthetic/folder) is not a free-running camera: there the acquisition thread waits for a free slot, and
+  while more frames wait than admission would keep, instead, so "as fast as possible" means as fast as
+  inference takes frames, not a flood of overloads.
 - inference: admission (`_admit`): takes the frames already queued, up to `pipeline.batch_size` (never waits
   to fill a batch), and rejects at once, reason overload, those predicted to miss their deadline and the oldest
   of a backlog larger than can be decided in time (the prediction: `capacity.ServiceTime`, seeded at warm-up,
@@ -48,7 +49,7 @@ from inspector.capacity import ServiceTime, measure
 from inspector.decision import NO_DEFECTS, Geometry
 from inspector.frames import CHANNELS, FrameRing, Reason, Verdict
 from inspector.preprocess import Preprocessor
-from inspector.runtime import InputKey, Runtime, batch_work, input_key
+from inspector.runtime import InputKey, Runtime, batch_work, input_key, segment_work
 from inspector.sources import EndOfStream, Grab, Source, SourceError
 from inspector.wakeup import Wakeup
 
@@ -204,7 +205,7 @@ class Pipeline:
         # Admission control (_admit): a pessimistic running estimate of a batch's service time, seeded with the
         # warm-up measurement; a frame predicted to miss its deadline is rejected before the networks run.
         if runtime.capacity is None:
-            runtime.capacity = measure(batch_work(runtime), runtime.batch_size)
+            runtime.capacity = measure(batch_work(runtime), runtime.batch_size, segment=segment_work(runtime))
         self.service = ServiceTime(runtime.capacity)
         self.servable = ring_slots  # queued frames that can be decided in time (paced acquisition waits above it)
         self._admitted_ns = 0  # when the batch being processed was admitted

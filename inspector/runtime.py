@@ -323,6 +323,21 @@ def batch_work(rt: Runtime) -> Callable[[int], None]:
     return run
 
 
+def segment_work(rt: Runtime) -> Callable[[int], None] | None:
+    """A gated segmenter's work for n blank frames (None in the other modes): what a batch costs on top of
+    batch_work when every frame of it is flagged."""
+    if rt.mode != "gated" or rt.seg_pre is None or rt.segmenter is None:
+        return None
+    blank, seg_pre, segmenter = _blank_frame(rt.config), rt.seg_pre, rt.segmenter
+
+    def run(n: int) -> None:
+        for i in range(n):
+            seg_pre.put(i, blank)
+        segmenter.backend.run(n)
+
+    return run
+
+
 def build(
     config: Config,
     config_file: str | Path,
@@ -400,7 +415,9 @@ def build(
         archive=sink,
     )
     if measure_capacity:
-        runtime.capacity = _unchanged_capacity(previous, runtime) or measure(batch_work(runtime), batch)
+        runtime.capacity = _unchanged_capacity(previous, runtime) or measure(
+            batch_work(runtime), batch, segment=segment_work(runtime)
+        )
     return runtime
 
 

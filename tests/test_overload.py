@@ -30,7 +30,14 @@ class SlowRecognizer:
     `slow_s` instead, counting the inference thread's batches from 1). Counts the frames the inference thread
     ran through the recognizer: the networks' work, whatever verdict it led to."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, sleep_s: float, slow_batch: int = 0, slow_s: float = 0.0):
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        sleep_s: float,
+        slow_batch: int = 0,
+        slow_s: float = 0.0,
+        segmenter_s: float = 0.0,
+    ):
         self.frames = 0
         self.batches = 0
         self._lock = threading.Lock()
@@ -39,7 +46,8 @@ class SlowRecognizer:
         def run(backend: OnnxRuntimeBackend, n: int):
             out = original(backend, n)
             if "block_scores" not in out:
-                return out  # the segmenter: as it is
+                time.sleep(segmenter_s)  # the segmenter
+                return out
             pause = sleep_s
             if threading.current_thread().name == "inference":
                 with self._lock:
@@ -129,6 +137,18 @@ def test_below_capacity_the_gauges_are_there_and_no_capacity_event(tmp_path, mon
     assert total(samples, "inspector_source_rate_fps") == 20
     assert sub.events("capacity") == []
     assert all(v["inspected"] for v in verdicts)
+
+
+def test_a_gated_segmenter_that_would_not_keep_up_on_flagged_frames_is_said_at_start(tmp_path, monkeypatch):
+    # A fast recognizer and a slow segmenter (gated): the line is within capacity while few frames are flagged,
+    # and beyond it if most are. Said at start (log, event), before any part is lost.
+    SlowRecognizer(monkeypatch, 0.002, segmenter_s=0.1)  # all flagged: 2 frames per ~0.1 s, about 20 frames/s
+    config, port = _line(tmp_path, 60.0, "{batch_size: 2, deadline_ms: 2000}")
+    daemon, sub, samples = _run(config, port, 10)
+    _one_verdict_each(daemon, sub, 10)
+    (event,) = sub.events("capacity")
+    assert event["source_rate_fps"] == 60 and event["capacity_all_flagged_fps"] < 60
+    assert event["capacity_fps"] == pytest.approx(total(samples, "inspector_capacity_fps"), rel=0.01)
 
 
 def test_a_batch_slower_than_predicted_still_gives_timeout_verdicts(tmp_path, monkeypatch):
