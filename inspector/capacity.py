@@ -116,7 +116,10 @@ class ServiceTime:
 
     def __init__(self, capacity: Capacity):
         self.capacity = capacity
-        self._base = [capacity.batch_time_s(n) for n in range(capacity.batch_size + 1)]
+        # A gated segmenter's cost is per flagged frame: the base counts it for every frame (its warm-up time per
+        # frame), so that the factor is the share flagged times the machine's speed, alike for every batch size.
+        per_frame = (capacity.segmenter_s or 0.0) / capacity.batch_size
+        self._base = [capacity.batch_time_s(n) + n * per_frame for n in range(capacity.batch_size + 1)]
         self._base[0] = self._base[1]
         self._window = np.ones(WINDOW)  # factors of the last WINDOW batches; 1.0 = as at warm-up
         self._sorted = np.ones(WINDOW)
