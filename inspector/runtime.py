@@ -269,7 +269,7 @@ def check_outputs(model: LoadedModel, outputs: dict[str, np.ndarray], n: int) ->
     if bad.size:
         raise StartupError(
             EXIT_MODEL,
-            f"{where}: on a blank frame, {name} holds {describe_scores(out[bad[0]], guard.class_sums)}; scores must "
+            f"{where}: on a blank frame, {name}: {describe_scores(out[bad[0]], guard.class_sums)}; scores must "
             "be probabilities in [0, 1] (softmax folded into the exported graph): the model or its backend is broken",
         )
 
