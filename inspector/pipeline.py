@@ -622,7 +622,8 @@ class Pipeline:
             self._freed.set()
 
     def _failsafe(self, rt: Runtime, v: Verdict, reason: Reason, detail: str) -> None:
-        v.result = rt.failsafe
+        # An unhealthy engine passes nothing, not even what failsafe_result: pass would let through.
+        v.result = "reject" if self.health.unhealthy else rt.failsafe
         v.reason = reason
         v.detail = detail
         v.t_decided_ns = time.time_ns()

@@ -20,7 +20,10 @@ from poisoned_models import poison
 from tiny_models import write_tiny_models
 
 from inspector.cli import check_config
+from inspector.config import HealthConfig
 from inspector.daemon import Daemon
+from inspector.frames import Reason
+from inspector.health import Alarm, EngineHealth
 from inspector.outputs import OutputGuard
 from inspector.runtime import StartupError
 
@@ -126,6 +129,24 @@ def test_the_guard_finds_each_kind_of_bad_output_in_its_frame_only():
     blocks[2, 1, 1] = 1.5
     assert rec.check(blocks).tolist() == [False, False, True]
     assert "1 values above 1 (highest 1.5)" in rec.describe(blocks[2])
+
+
+def test_health_counts_faulty_frames_in_a_sliding_window_and_stays_unhealthy():
+    alarms: list[Alarm] = []
+    health = EngineHealth(alarms.append)
+    quick = HealthConfig(max_faulty_frames=3, window_s=0.2)
+    assert not health.fault(quick, Reason.BAD_OUTPUT, 2, "first two")
+    time.sleep(0.3)  # both leave the window
+    assert not health.fault(quick, Reason.ERROR, 1, "a third, alone in the window")
+    assert not health.unhealthy and not alarms
+    patient = HealthConfig(max_faulty_frames=4, window_s=60)  # a reload changed it: counted afresh
+    assert not health.fault(patient, Reason.BAD_OUTPUT, 2, "two")
+    assert health.fault(patient, Reason.ERROR, 2, "four within a minute")
+    (alarm,) = alarms
+    assert health.unhealthy and alarm.reason is Reason.ERROR and alarm.faulty_frames == 4
+    assert alarm.totals == {"bad_output": 4, "error": 3} and alarm.detail == "four within a minute"
+    assert not health.fault(patient, Reason.ERROR, 100, "more")  # sticky: no second alarm
+    assert health.unhealthy and len(alarms) == 1 and health.totals["error"] == 103
 
 
 # ------------------------------------------------------------------------------------- the real daemon
