@@ -213,3 +213,21 @@ def test_segmenter_branch_crop_holds_defects_in_the_last_rows_and_columns(shape:
         assert 0 <= top <= shape[0] - crop and 0 <= left <= shape[1] - crop
         # aligned down to 4 pixels, the crop still reaches within 3 pixels of the defect
         assert top + crop >= shape[0] - 3 and left + crop >= shape[1] - 3
+
+
+def test_command_line_defaults_resolve_per_task() -> None:
+    # The parsers once took their defaults from a recognizer's resolved TrainConfig: `train --task segmenter`
+    # got the recognizer's 320 px window as its branch crop and no defect bias; `cv` passed crop 0 (a whole
+    # image for the recognizer, an empty draw for the segmenter's branch crop).
+    from inspector.train.cli import build_parser, config_from_args
+
+    parser = build_parser()
+    seg = config_from_args(parser.parse_args(["train", "--data", "d", "--out", "o", "--task", "segmenter"]))
+    rec = config_from_args(parser.parse_args(["train", "--data", "d", "--out", "o", "--task", "recognizer"]))
+    assert (seg.crop, seg.defect_bias) == (128, 0.7)
+    assert (rec.crop, rec.defect_bias) == (320, 0.0)
+    cv = parser.parse_args(["cv", "--data", "d", "--out", "o"])
+    assert TrainConfig(task="segmenter", crop=cv.crop).crop == 128
+    assert TrainConfig(task="recognizer", crop=cv.crop).crop == 320
+    with pytest.raises(ValueError, match="branch crop"):
+        TrainConfig(task="segmenter", crop=0)

@@ -135,6 +135,8 @@ class TrainConfig:
             self.augment = AugmentConfig(**self.augment)
         if self.crop < 0:
             self.crop = DEFAULT_CROP.get(self.task, 0)
+        if self.task == "segmenter" and self.crop == 0:
+            raise ValueError("the segmenter's branch crop must be > 0 (-1: the default, 128)")
         if self.defect_bias < 0:
             # Recognizer windows lie uniformly in the image (data.crop_center says why); the segmentation tasks'
             # windows and the segmenter's branch crop must see their few-pixel defects.
