@@ -75,7 +75,12 @@ def test_one_verdict_per_frame_and_counters_reconcile(tmp_path):
     assert set(v["model_hashes"]) == {"recognizer", "segmenter"}
     assert v["inspected"] and v["result"] in ("pass", "reject")
     assert all(v["camera_frame_id"] == i for i, v in enumerate(verdicts))
-    assert [e["kind"] for e in sub.events() if e["kind"] != "test-probe"] == ["start", "camera", "stop"]
+    # Heartbeats come every second, so a loaded machine that takes longer than that adds some: not what is tested.
+    assert [e["kind"] for e in sub.events() if e["kind"] not in ("test-probe", "heartbeat")] == [
+        "start",
+        "camera",
+        "stop",
+    ]
 
 
 def test_overload_still_one_verdict_per_frame(tmp_path):
