@@ -7,9 +7,9 @@ Threads and what they own
   resize), then the frame's ticket into the work queue. When every slot is busy the frame is still read, into
   one preallocated scratch slot, so the camera's buffer is consumed and the part is counted, and it is queued
   as an overload (its verdict is the fail-safe one). A source paced by the pipeline (`rate_hz: null` on
-  synthetic/folder) is not a free-running camera: there the acquisition thread waits for a free slot, and
-  while more frames wait than admission would keep, instead, so "as fast as possible" means as fast as
-  inference takes frames, not a flood of overloads.
+  synthetic/folder) is not a free-running camera: there the acquisition thread waits instead, for a free slot
+  and while a batch of frames is already waiting, so "as fast as possible" means as fast as inference takes
+  frames, not a flood of overloads.
 - inference: admission (`_admit`): takes the frames already queued, up to `pipeline.batch_size` (never waits
   to fill a batch), and rejects at once, reason overload, those predicted to miss their deadline and the oldest
   of a backlog larger than can be decided in time (the prediction: `capacity.ServiceTime`, seeded at warm-up,
@@ -212,7 +212,6 @@ class Pipeline:
         if runtime.capacity is None:
             runtime.capacity = measure(batch_work(runtime), runtime.batch_size, segment=segment_work(runtime))
         self.service = ServiceTime(runtime.capacity)
-        self.servable = ring_slots  # queued frames that can be decided in time (paced acquisition waits above it)
         self._admitted_ns = 0  # when the batch being processed was admitted
         self._last_admit_ns = time.monotonic_ns()
         # Reused per batch (no per-batch list allocation on the hot path).
@@ -302,8 +301,9 @@ class Pipeline:
                     break
                 # No clear() before acquire(): a wake-up left over only costs one more turn of the loop, and
                 # clearing is a system call per frame.
-                if self.paced_by_pipeline and len(queue) >= self.servable > 0:
-                    # A replay does not queue more than can be decided in time: admission would shed it.
+                if self.paced_by_pipeline and len(queue) >= self.runtime.batch_size:
+                    # A replay keeps the next batch waiting, no more: a longer queue only adds latency, until
+                    # admission sheds from it what a free-running camera would have made late.
                     self._freed.wait(IDLE_WAIT_S)
                     continue
                 slot = ring.acquire()
@@ -445,7 +445,6 @@ class Pipeline:
         servable = batch * max(0, (int(deadline * BACKLOG_SHARE) - newest_age) // full_ns)
         if servable < batch:  # a deadline shorter than two batches: the largest batch that still makes it
             servable = self._fits(deadline - newest_age, batch)
-        self.servable = max(servable, batch)
         excess = len(queue) - servable
         limit = min(batch, servable)
         probe = limit == 0 and now - self._last_admit_ns > PROBE_AFTER_NS
