@@ -113,6 +113,12 @@ class FolderSourceConfig(_SourceBase):
         description="Attach ground truth from a mask beside each image (NAME.png for NAME.jpg, or "
         "masks/NAME.png), when present, for live accuracy; an image without mask or class is defect-free.",
     )
+    preload: bool = Field(
+        False,
+        description="Decode every image at start-up (after its header is checked) instead of in its turn, so "
+        "that the first pass, too, measures the pipeline and not the disk (benchmarks); start-up then takes as "
+        "long as decoding the folder. Decoded images are kept in memory up to 4 GiB either way.",
+    )
 
     @model_validator(mode="before")
     @classmethod

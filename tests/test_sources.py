@@ -275,6 +275,32 @@ def test_folder_open_reads_headers_only(odd_folder, monkeypatch):
     assert [Path(p).name for p in decoded] == ["a_ok.png"]
 
 
+def test_folder_preload_decodes_at_open_and_finds_decoder_failures_there(tmp_path, monkeypatch):
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((64, 96), 9, np.uint8))
+    (tmp_path / "b.png").write_bytes(_png_with_garbage_pixels())
+    decoded = []
+    real_imread = cv2.imread
+    monkeypatch.setattr(cv2, "imread", lambda *a, **k: decoded.append(Path(a[0]).name) or real_imread(*a, **k))
+    src = _folder(tmp_path, preload=True, masks=False)
+    assert decoded == ["a.png", "b.png"]
+    assert src.entries[0].bad is None and "decoder" in src.entries[1].bad
+    grabs = _drain(src, (64, 96, 1))
+    assert decoded == ["a.png", "b.png"]  # nothing decoded again
+    assert grabs[0].bad_frame is None and grabs[1].bad_frame.startswith("b.png: ")
+
+
+def _png_with_garbage_pixels() -> bytes:
+    """A PNG with a sound header and IEND whose pixel data is not a deflate stream: only decoding finds out."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 96, 64, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"garbage" * 20) + chunk(b"IEND", b"")
+
+
 def test_folder_resize_option_is_gone_with_a_reason():
     with pytest.raises(ValueError, match="native size"):
         FolderSourceConfig(kind="folder", path="x", resize=True)
