@@ -16,6 +16,7 @@ from daemon_helpers import Collector, free_port, write_config
 from tiny_models import write_tiny_models
 
 from inspector.daemon import Daemon
+from inspector.preprocess import describe_fit
 from inspector.sources.image_header import HeaderError, image_size
 
 pytestmark = pytest.mark.timeout(120)
@@ -91,3 +92,16 @@ def test_each_unreplayable_file_gets_one_bad_frame_verdict_and_the_rest_are_insp
     assert (by_name["a_good.png"]["result"], by_name["a_good.png"]["reason"]) == ("pass", "ok")
     assert (by_name["f_spot.png"]["result"], by_name["f_spot.png"]["reason"]) == ("reject", "defect")
     assert (by_name["g_small.png"]["result"], by_name["g_small.png"]["reason"]) == ("pass", "ok")
+
+
+def test_aspect_ratio_changes_and_extra_shrinks_are_named():
+    """What the daemon logs per model at start-up (a warning when the frame's shape is not kept as trained)."""
+    text, changed = describe_fit((404, 640), "squash", None, (224, 224))
+    assert changed and "640x404" in text and "aspect ratio stretched by 0.631" in text
+    assert describe_fit((320, 320), "squash", None, (224, 224))[1] is False
+    text, changed = describe_fit((404, 640), "place", 1.0, (320, 320))
+    assert changed and "shrunk to 320x202 (scale 0.5, aspect ratio kept)" in text
+    assert describe_fit((96, 64), "place", 1.0, (128, 128)) == (
+        "placed: a 64x96 frame becomes 64x96 at the input's top-left (scale 1)",
+        False,
+    )
