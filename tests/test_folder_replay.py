@@ -105,3 +105,32 @@ def test_aspect_ratio_changes_and_extra_shrinks_are_named():
         "placed: a 64x96 frame becomes 64x96 at the input's top-left (scale 1)",
         False,
     )
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg", "jpeg", "bmp", "tif", "tiff"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_header_sizes_equal_what_opencv_decodes(tmp_path, ext, channels):
+    rng = np.random.default_rng(channels)
+    image = rng.integers(0, 255, (37, 53, channels), dtype=np.uint8)
+    path = tmp_path / f"x.{ext}"
+    assert cv2.imwrite(str(path), image if channels == 3 else image[:, :, 0])
+    assert image_size(path) == (53, 37)
+    decoded = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert decoded.shape[:2] == (37, 53)
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"", "empty file"),
+        (b"GIF89a" + bytes(40), "unrecognised header"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", "truncated"),
+        (b"\xff\xd8\xff\xe0\x00\x04ab\x00\x00", "broken segment"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(30), "IHDR"),
+    ],
+)
+def test_broken_headers_say_why(tmp_path, content, why):
+    path = tmp_path / "x.img"
+    path.write_bytes(content)
+    with pytest.raises(HeaderError, match=why):
+        image_size(path)

@@ -75,7 +75,11 @@ def _jpeg(f: BinaryIO) -> tuple[int, int]:
     f.seek(2)
     for _ in range(JPEG_SEGMENT_LIMIT):
         byte = f.read(1)
-        while byte == b"\xff":  # fill bytes before a marker
+        if not byte:
+            break
+        if byte != b"\xff":
+            raise HeaderError("JPEG with a broken segment (no marker where one must be)")
+        while byte == b"\xff":  # the marker's 0xFF and any fill bytes before its code
             byte = f.read(1)
         if not byte:
             break
