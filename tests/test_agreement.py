@@ -42,14 +42,14 @@ SLOT = (max(h for h, _ in SIZES), max(w for _, w in SIZES))
 WIRE_DECIMALS = 4  # verdict_message rounds recognizer_score
 
 
-def _test_set(root: Path, per_size: int, seed: int) -> None:
-    """The generic layout (images/, masks/, classes.csv) with parts of every size in SIZES."""
+def _test_set(root: Path, per_size: int, seed: int, sizes: list[tuple[int, int]] = SIZES) -> None:
+    """The generic layout (images/, masks/, classes.csv) with parts of every size in `sizes`."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     rows = []
-    for i in range(per_size * len(SIZES)):
-        h, w = SIZES[i % len(SIZES)]
+    for i in range(per_size * len(sizes)):
+        h, w = sizes[i % len(sizes)]
         image, label, truth = random_part(rng, h, w, defect_probability=0.5, small_fraction=0.3)
         name = f"t{i:02d}.png"
         cv2.imwrite(str(root / "images" / name), image[:, :, 0])
@@ -83,10 +83,12 @@ def line(tmp_path_factory):
     return tmp, rec, seg
 
 
-def _replay(tmp: Path, models: tuple[Path, Path], decision: dict, mode: str) -> dict[str, dict]:
+def _replay(
+    tmp: Path, models: tuple[Path, Path], decision: dict, mode: str, slot: tuple[int, int] = SLOT
+) -> dict[str, dict]:
     """The daemon on a folder replay of the test set -> its verdicts by file name."""
     port = free_port()
-    source = f"  kind: folder\n  path: {tmp / 'test'}\n  height: {SLOT[0]}\n  width: {SLOT[1]}\n  loop: false"
+    source = f"  kind: folder\n  path: {tmp / 'test'}\n  height: {slot[0]}\n  width: {slot[1]}\n  loop: false"
     config = write_config(
         tmp / f"line-{mode}.yaml", models, source=source, port=port, extra=yaml.safe_dump({"decision": decision})
     )
@@ -138,3 +140,27 @@ def test_segmenter_verdicts_equal_evaluate_at_the_exported_operating_point(line)
         assert v["segmenter_ran"] and v["result"] == ("reject" if name in rejects else "pass"), (name, r, v)
         if name in rejects:  # the largest blob is the first defect, in frame pixels
             assert v["defects"][0]["area_px"] == r["score"], name
+
+
+DEMO = ROOT / "engines" / "demo"
+DEMO_SIZES = [(320, 320), (288, 352), (352, 256), (240, 320)]
+
+
+def test_demo_recognizer_verdicts_equal_evaluate(tmp_path):
+    """The same with the committed demo recognizer, a trained network (numerics a max-pool cannot show), on
+    synthetic parts of the kind it was trained on, at sizes around its own."""
+    rec, seg = DEMO / "recognizer.onnx", DEMO / "segmenter.onnx"
+    write_dataset(tmp_path / "val", 24, seed=21, size=(320, 320), defect_probability=0.5)
+    _test_set(tmp_path / "test", per_size=3, seed=22, sizes=DEMO_SIZES)
+    report, decision = _evaluate(rec, tmp_path / "test", tmp_path / "val", tmp_path / "rec")
+    assert report["thresholds"] == decision
+    records = {r["name"]: r for r in report["records"]}
+    rejects = {name for name, r in records.items() if r["score"] >= decision["block_threshold"]}
+    assert 0 < len(rejects) < len(records)
+    slot = (max(h for h, _ in DEMO_SIZES), max(w for _, w in DEMO_SIZES))
+    verdicts = _replay(tmp_path, (rec, seg), decision, "never", slot)
+    assert set(verdicts) == set(records)
+    for name, r in records.items():
+        v = verdicts[name]
+        assert v["result"] == ("reject" if name in rejects else "pass"), (name, r["score"], v)
+        assert v["recognizer_score"] == pytest.approx(r["score"], abs=0.5 * 10**-WIRE_DECIMALS + 1e-6), name
