@@ -30,8 +30,8 @@ import numpy as np
 from inspector.config import Config
 
 MEASURED_BATCHES = 5  # timed full batches after the warm-up, at least; the median is the figure
-MAX_MEASURED = 25  # ... and more, up to this many, while MEASURE_S lasts
-MEASURE_S = 0.5
+MAX_MEASURED = 15  # ... and more, up to this many, while MEASURE_S lasts (start-up waits for it)
+MEASURE_S = 0.25
 WINDOW = 16  # decided batches the running estimate looks back on
 # predict_s() takes this rank of the window's factors (0 = the smallest): the 75th percentile. Pessimistic enough
 # that the frames admitted close to their deadline make it, blind to a few stalls in WINDOW batches, and not so
