@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,17 @@ SCHEMA_VERSION = 1
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: every float in a config is finite (YAML's .inf/.nan, and 1e400, are refused).
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+
+# Integer ranges shared by several sections. Every number in a config has a range (a test checks it), so that a
+# value the daemon cannot use (a negative seed, a rate of 1e-300 Hz) is refused with its line, never met at start.
+MAX_AREA_PX = 16384 * 16384  # the largest frame's area
+MAX_COORDINATE = 100_000.0  # polygon coordinates: a little outside the largest frame is harmless, far out is a typo
+MAX_MB = 1 << 30  # 1 PiB in MiB
+MAX_SEED = 2**63 - 1
+MIN_RATE_HZ = 0.01  # one frame per 100 s; slower than that is a stopped line, not a rate
 
 
 # --------------------------------------------------------------------------------------------- line
@@ -71,7 +83,7 @@ DEFECT_KINDS: tuple[DefectKind, ...] = ("scratch", "crack", "pit", "stain")
 class SyntheticSourceConfig(_SourceBase):
     kind: Literal["synthetic"] = Field(description="Line simulator that renders parts with ground truth.")
     rate_hz: float | None = Field(
-        20.0, gt=0, le=10000, description="Frames per second; null = as fast as the pipeline takes them."
+        20.0, ge=MIN_RATE_HZ, le=10000, description="Frames per second; null = as fast as the pipeline takes them."
     )
     defect_probability: float = Field(0.3, ge=0, le=1, description="Probability that a part is defective.")
     small_defect_fraction: float = Field(
@@ -82,7 +94,9 @@ class SyntheticSourceConfig(_SourceBase):
         min_length=1,
         description="Defect kinds the simulator draws from.",
     )
-    seed: int = Field(0, description="Random seed: the same seed renders the same sequence of parts.")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Random seed: the same seed renders the same sequence of parts."
+    )
     pool_size: int = Field(
         64,
         ge=1,
@@ -96,7 +110,7 @@ class FolderSourceConfig(_SourceBase):
     path: str = Field(description="Directory of images (searched recursively for png/jpg/bmp/tif).")
     pattern: str = Field("**/*", description="Glob pattern below `path` for files to replay.")
     rate_hz: float | None = Field(
-        None, gt=0, le=100000, description="Frames per second; null = as fast as the pipeline takes them."
+        None, ge=MIN_RATE_HZ, le=100000, description="Frames per second; null = as fast as the pipeline takes them."
     )
     loop: bool = Field(True, description="Start again from the first image after the last one.")
     resize: bool = Field(
@@ -113,7 +127,9 @@ class FolderSourceConfig(_SourceBase):
 
 class GenicamFeature(_Model):
     name: str = Field(description="GenICam feature name (node), e.g. ExposureTime.")
-    value: bool | int | float | str = Field(description="Value to set before acquisition starts.")
+    value: bool | int | float | str = Field(
+        description="Value to set before acquisition starts (an integer within 64 bits, a finite float)."
+    )
 
 
 class GenicamSourceConfig(_SourceBase):
@@ -144,9 +160,10 @@ class GenicamSourceConfig(_SourceBase):
         le=600000,
         description="No complete frame for this long means the camera is lost: it is reported and reconnected.",
     )
-    reconnect_backoff_ms: list[int] = Field(
+    reconnect_backoff_ms: list[Annotated[int, Field(ge=10, le=600000)]] = Field(
         default_factory=lambda: [200, 500, 1000, 2000, 5000],
         min_length=1,
+        max_length=100,
         description="Waits between reconnect attempts; the last one repeats.",
     )
 
@@ -194,7 +211,7 @@ class TensorRTSettings(_Model):
         description="Precision the engines must have (refused otherwise) and that auto_rebuild builds; "
         "None accepts the engine's own and auto-builds fp16.",
     )
-    device: int = Field(0, ge=0, description="CUDA device ordinal.")
+    device: int = Field(0, ge=0, le=255, description="CUDA device ordinal.")
 
 
 class ModelSpec(_Model):
@@ -203,7 +220,7 @@ class ModelSpec(_Model):
         None,
         description="If set, the model's manifest must list exactly these classes (segmenter) or the model is refused.",
     )
-    expect_input: tuple[int, int] | None = Field(
+    expect_input: tuple[Annotated[int, Field(ge=16, le=16384)], Annotated[int, Field(ge=16, le=16384)]] | None = Field(
         None, description="If set, [height, width] the model's input must have, or the model is refused."
     )
 
@@ -246,7 +263,7 @@ class PipelineConfig(_Model):
     )
     deadline_ms: float = Field(
         1000.0,
-        gt=0,
+        ge=1,
         le=600000,
         description="A frame not decided this long after acquisition gets a timeout verdict.",
     )
@@ -268,7 +285,8 @@ class PipelineConfig(_Model):
 
 # ----------------------------------------------------------------------------------------- decision
 
-Point = tuple[float, float]
+Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
+Point = tuple[Coordinate, Coordinate]
 
 
 class IgnoreRegions(_Model):
@@ -295,9 +313,12 @@ class DecisionConfig(_Model):
         0.5, ge=0, le=1, description="A segmenter pixel whose defect probability is at or above this is defective."
     )
     min_area_px: int = Field(
-        10, ge=0, description="Smallest blob area (frame pixels) that rejects a part, for classes not listed below."
+        10,
+        ge=0,
+        le=MAX_AREA_PX,
+        description="Smallest blob area (frame pixels) that rejects a part, for classes not listed below.",
     )
-    min_area_px_per_class: dict[str, int] = Field(
+    min_area_px_per_class: dict[str, Annotated[int, Field(le=MAX_AREA_PX)]] = Field(
         default_factory=dict, description="Smallest rejecting blob area per defect class, overriding min_area_px."
     )
     max_defects_reported: int = Field(
@@ -331,6 +352,10 @@ class SocketConfig(_Model):
     def _endpoint(cls, bind: str) -> str:
         if not bind.startswith(("tcp://", "ipc://", "inproc://")):
             raise ValueError("endpoint must start with tcp://, ipc:// or inproc://")
+        if bind.startswith("tcp://"):
+            host, colon, port = bind[len("tcp://") :].rpartition(":")
+            if not colon or not host or not (port == "*" or (port.isdigit() and int(port) <= 65535)):
+                raise ValueError("a tcp endpoint is tcp://HOST:PORT with a port 0-65535 (or * for any free port)")
         return bind
 
 
@@ -409,7 +434,7 @@ class MetricsConfig(_Model):
 
 class ConsoleConfig(_Model):
     status_interval_s: float = Field(
-        1.0, gt=0, le=3600, description="How often the status line is refreshed (in a terminal) or logged."
+        1.0, ge=0.1, le=3600, description="How often the status line is refreshed (in a terminal) or logged."
     )
 
 
@@ -441,11 +466,15 @@ class ArchiveConfig(_Model):
         "and review also see what passes.",
     )
     quota_mb: int = Field(
-        10240, ge=1, description="Largest size of the archive's records (MiB); the oldest are deleted to stay below."
+        10240,
+        ge=1,
+        le=MAX_MB,
+        description="Largest size of the archive's records (MiB); the oldest are deleted to stay below.",
     )
     keep_free_mb: int = Field(
         1024,
         ge=0,
+        le=MAX_MB,
         description="Free space (MiB) to leave on the archive's file system: the oldest records are deleted to keep "
         "it, and a record is dropped (counted, alarmed) when it cannot be kept.",
     )
@@ -540,6 +569,16 @@ class Config(_Model):
 
 C = TypeVar("C", bound=Config)
 
+# Bounds on what a config file may hold, so that parsing one is bounded in time and memory whatever it holds (a
+# config is untrusted input: a reload must never wedge or kill the running line). A real line config is a few KB
+# and a few hundred nodes, nested at most 6 deep (decision.ignore_regions.polygons[i][j][k]); the reference with
+# every comment is under 30 KB.
+MAX_CONFIG_BYTES = 1 << 20  # 1 MiB
+MAX_DEPTH = 32  # nested mappings and sequences
+MAX_NODES = 20_000  # scalars, mappings and sequences together (a polygon point is 3: ~6000 points fit)
+MAX_INT_CHARS = 40  # an integer scalar's characters: a 64-bit value in any YAML notation fits
+INT64 = (-(2**63), 2**63 - 1)  # integers outside are refused where they are read (seeds, sizes, counts fit)
+
 
 @dataclass(frozen=True)
 class ConfigIssue:
@@ -551,8 +590,15 @@ class ConfigIssue:
 
     def format(self, file: str) -> str:
         where = f"{file}:{self.line}" if self.line else file
-        got = f" (got {self.value!r})" if self.has_value else ""
-        return f"{where}: {self.path or '<top level>'}: {self.message}{got}"
+        got = f" (got {_short(self.value)})" if self.has_value else ""
+        field = f"{self.path}: " if self.path else ""
+        return f"{where}: {field}{' '.join(self.message.split())}{got}"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value as shown in an error: a whole 1 MB list or string would bury the message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 YamlPath = tuple[str | int, ...]  # keys and list indices from the document's root, as pydantic's error locations
@@ -565,6 +611,143 @@ class ConfigError(Exception):
         self.file = file
         self.issues = list(issues)
         super().__init__("\n".join(issue.format(file) for issue in self.issues))
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Valid YAML this loader will not read (an alias, too deep, too many nodes, an integer too large)."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None, path: YamlPath = ()):
+        super().__init__(problem=problem, problem_mark=mark)
+        self.path = path
+
+
+try:  # libyaml's scanner and parser when present (several times faster); our own composer either way
+    from yaml.cyaml import CParser as _Parser
+
+    _PARSER_BASES: tuple[type, ...] = (_Parser,)
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    from yaml.parser import Parser
+    from yaml.reader import Reader
+    from yaml.scanner import Scanner
+
+    _PARSER_BASES = (Reader, Scanner, Parser)
+
+
+class _BoundedComposer(yaml.composer.Composer):
+    """PyYAML's composer with the bounds above: no anchors or aliases, limited depth and node count; it records
+    each node's field path for the errors found later.
+
+    Aliases are refused rather than expansion-limited: a few hundred bytes of nested aliases expand to gigabytes
+    (the "billion laughs"), and a line config has no need for them: each section is written out once."""
+
+    def init_bounds(self) -> None:
+        self.depth = 0
+        self.nodes = 0
+        self.path: list[str | int] = []
+        self.node_paths: dict[int, YamlPath] = {}  # id(node) -> its field path
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        # A mapping's value comes with its key node, a sequence item with its position; a key comes with None.
+        part = index.value if isinstance(index, yaml.ScalarNode) else index if isinstance(index, int) else None
+        path = (*self.path, part) if part is not None else tuple(self.path)
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            kind = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
+            raise _Refused(
+                f"{kind}{anchor} refused: anchors and aliases are not allowed in a line config, write the value out",
+                event.start_mark,
+                path,
+            )
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _Refused(f"more than {MAX_NODES} values in one file refused", event.start_mark, path)
+        nested = isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent)
+        if nested and self.depth >= MAX_DEPTH:
+            raise _Refused(f"nesting deeper than {MAX_DEPTH} levels refused", event.start_mark, path)
+        self.depth += nested
+        if part is not None:
+            self.path.append(part)
+        try:
+            node: yaml.Node = super().compose_node(parent, index)
+        finally:
+            self.depth -= nested
+            if part is not None:
+                self.path.pop()
+        self.node_paths[id(node)] = path
+        return node
+
+
+class _Constructor(yaml.constructor.SafeConstructor):
+    """The safe constructor (no Python tags), with integers bounded and every failure tied to its line."""
+
+    node_paths: dict[int, YamlPath]
+
+    def construct_bounded_int(self, node: yaml.ScalarNode) -> int:
+        if len(str(node.value)) > MAX_INT_CHARS:
+            raise _Refused(f"integer of {len(node.value)} characters refused", node.start_mark)
+        value: int = super().construct_yaml_int(node)
+        if not INT64[0] <= value <= INT64[1]:
+            raise _Refused("integer beyond 64 bits refused", node.start_mark)
+        return value
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except _Refused as exc:
+            if not exc.path:
+                exc.path = self.node_paths.get(id(node), ())
+            raise
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, OverflowError) as exc:  # e.g. a timestamp 2024-02-30
+            raise _Refused(
+                f"cannot read this value: {exc}", node.start_mark, self.node_paths.get(id(node), ())
+            ) from None
+
+
+_Constructor.add_constructor("tag:yaml.org,2002:int", _Constructor.construct_bounded_int)
+
+
+class _Loader(_BoundedComposer, *_PARSER_BASES, _Constructor, yaml.resolver.Resolver):  # type: ignore[misc]
+    def __init__(self, stream: str):
+        _PARSER_BASES[0].__init__(self, stream)  # the reader (pure Python) or libyaml's parser takes the text
+        for base in _PARSER_BASES[1:]:
+            base.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        self.init_bounds()
+        _Constructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+
+
+def read_yaml(text: str, file: str = "<config>") -> tuple[Any, yaml.Node | None]:
+    """YAML text -> (data, its node tree), within the bounds above; raises ConfigError for anything else.
+
+    The one YAML reader for line configs: every way a document can fail (syntax, refused constructs, values
+    Python cannot hold, exhausted memory or recursion) ends here as a ConfigError with a line where there is one.
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(file, [ConfigIssue("", None, f"file is larger than {MAX_CONFIG_BYTES // 1024} KiB")])
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except _Refused as exc:
+        where = ".".join(map(str, exc.path))
+        raise ConfigError(file, [ConfigIssue(where, _mark_line(exc), str(exc.problem))]) from None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(file, [ConfigIssue("", _mark_line(exc), f"not valid YAML: {problem}")]) from None
+    except (RecursionError, MemoryError, ValueError, TypeError, OverflowError) as exc:
+        raise ConfigError(file, [ConfigIssue("", None, f"cannot be read: {type(exc).__name__}: {exc}")]) from None
+    finally:
+        loader.dispose()
+    return data, node
+
+
+def _mark_line(exc: yaml.YAMLError) -> int | None:
+    mark = getattr(exc, "problem_mark", None)
+    return mark.line + 1 if mark is not None else None
 
 
 def _line_index(node: yaml.Node, path: YamlPath, lines: dict[YamlPath, int], issues: list[ConfigIssue]) -> None:
@@ -624,14 +807,7 @@ def parse_config(text: str, file: str = "<config>", model: type[Config] = Config
 
     `model` is the root model: Config for the daemon, a subclass of it for tools that validate a section the
     daemon keeps opaque (the PLC gateway's `gateway:`), with the same file:line errors."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(file, [ConfigIssue("", line, f"not valid YAML: {problem}")]) from None
+    data, node = read_yaml(text, file)
     if node is None or data is None:
         raise ConfigError(file, [ConfigIssue("", None, "file is empty")])
     if not isinstance(data, dict):
@@ -644,35 +820,43 @@ def parse_config(text: str, file: str = "<config>", model: type[Config] = Config
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        for err in exc.errors(include_url=False):
-            loc = tuple(err["loc"])
-            message = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own validators
-            value = err.get("input")
-            kind = err["type"]
-            if kind == "extra_forbidden":
-                message = "unknown field" + _allowed_fields_hint(loc, model)
-            elif kind == "missing":
-                message = "required field is missing"
-            elif kind in ("union_tag_invalid", "union_tag_not_found"):
-                # Point at the discriminator (source.kind) and its value, not at the whole section.
-                loc = (*loc, err["ctx"]["discriminator"].strip("'"))
-                if kind == "union_tag_invalid":
-                    message, value = f"unknown kind; allowed: {err['ctx']['expected_tags']}", err["ctx"]["tag"]
-                else:
-                    message = "required field is missing (it selects the kind of section)"
-            issues.append(
-                ConfigIssue(
-                    _yaml_path(lines, loc),
-                    _nearest_line(lines, loc),
-                    message,
-                    value,
-                    # A whole section as the "value" says nothing the message does not.
-                    has_value=kind not in ("missing", "union_tag_not_found")
-                    and "input" in err
-                    and not isinstance(value, dict),
-                )
+        raise ConfigError(file, _validation_issues(exc, lines, model)) from None
+    except (RecursionError, MemoryError, ValueError, TypeError, OverflowError) as exc:
+        # A validator meeting a value it did not foresee: still this file's problem, said in one line.
+        raise ConfigError(file, [ConfigIssue("", None, f"cannot be validated: {type(exc).__name__}: {exc}")]) from None
+
+
+def _validation_issues(exc: ValidationError, lines: dict[YamlPath, int], model: type[Config]) -> list[ConfigIssue]:
+    issues = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        message = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own validators
+        value = err.get("input")
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            message = "unknown field" + _allowed_fields_hint(loc, model)
+        elif kind == "missing":
+            message = "required field is missing"
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):
+            # Point at the discriminator (source.kind) and its value, not at the whole section.
+            loc = (*loc, err["ctx"]["discriminator"].strip("'"))
+            if kind == "union_tag_invalid":
+                message, value = f"unknown kind; allowed: {err['ctx']['expected_tags']}", err["ctx"]["tag"]
+            else:
+                message = "required field is missing (it selects the kind of section)"
+        issues.append(
+            ConfigIssue(
+                _yaml_path(lines, loc),
+                _nearest_line(lines, loc),
+                message,
+                value,
+                # A whole section as the "value" says nothing the message does not.
+                has_value=kind not in ("missing", "union_tag_not_found")
+                and "input" in err
+                and not isinstance(value, dict),
             )
-        raise ConfigError(file, issues) from None
+        )
+    return issues
 
 
 def _allowed_fields_hint(loc: YamlPath, root: type[BaseModel] = Config) -> str:
@@ -705,15 +889,28 @@ def load_config(path: str | Path) -> Config: ...
 @overload
 def load_config(path: str | Path, model: type[C]) -> C: ...
 def load_config(path: str | Path, model: type[Config] = Config) -> Config:
-    """Read and validate a config file. Raises ConfigError with file/line/field for every problem."""
+    """Read and validate a config file. Raises ConfigError with file/line/field for every problem, and only
+    ConfigError: a file larger than MAX_CONFIG_BYTES, not a regular file, unreadable or not UTF-8 included."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_config_text(path)
     except OSError as exc:
-        raise ConfigError(str(path), [ConfigIssue("", None, f"cannot read file: {exc.strerror}")]) from None
+        raise ConfigError(str(path), [ConfigIssue("", None, f"cannot read file: {exc.strerror or exc}")]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), [ConfigIssue("", None, f"not UTF-8 text: {exc.reason}")]) from None
     return parse_config(text, str(path), model)
+
+
+def read_config_text(path: Path) -> str:
+    """The file's text, refused before it is read whole when it is larger than MAX_CONFIG_BYTES or not a regular
+    file (a FIFO would block the reader, /dev/zero would never end)."""
+    with open(path, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(0, "not a regular file")
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise OSError(0, f"larger than {MAX_CONFIG_BYTES // 1024} KiB; a line config is a few KB")
+    return data.decode("utf-8")
 
 
 def resolve_path(config_file: str | Path, value: str) -> Path:

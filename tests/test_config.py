@@ -157,7 +157,7 @@ def test_wrong_type_names_field_line_and_value():
 
 def test_out_of_range_value_names_field_line_value_and_limit():
     err = _error(MINIMAL + "pipeline:\n  batch_size: 4\n  deadline_ms: -5\n")
-    assert str(err) == "line1.yaml:9: pipeline.deadline_ms: Input should be greater than 0 (got -5)"
+    assert str(err) == "line1.yaml:9: pipeline.deadline_ms: Input should be greater than or equal to 1 (got -5)"
 
 
 def test_unknown_key_names_the_allowed_ones():
