@@ -318,7 +318,7 @@ class DecisionConfig(_Model):
         le=MAX_AREA_PX,
         description="Smallest blob area (frame pixels) that rejects a part, for classes not listed below.",
     )
-    min_area_px_per_class: dict[str, Annotated[int, Field(le=MAX_AREA_PX)]] = Field(
+    min_area_px_per_class: dict[str, Annotated[int, Field(ge=0, le=MAX_AREA_PX)]] = Field(
         default_factory=dict, description="Smallest rejecting blob area per defect class, overriding min_area_px."
     )
     max_defects_reported: int = Field(
@@ -327,14 +327,6 @@ class DecisionConfig(_Model):
     ignore_regions: IgnoreRegions = Field(
         default_factory=IgnoreRegions, description="Regions of the frame where defects are ignored."
     )
-
-    @field_validator("min_area_px_per_class")
-    @classmethod
-    def _areas_non_negative(cls, areas: dict[str, int]) -> dict[str, int]:
-        bad = {k: v for k, v in areas.items() if v < 0}
-        if bad:
-            raise ValueError(f"areas must be >= 0, got {bad}")
-        return areas
 
 
 # ---------------------------------------------------------------------------------- publish/metrics
@@ -904,8 +896,9 @@ def load_config(path: str | Path, model: type[Config] = Config) -> Config:
 def read_config_text(path: Path) -> str:
     """The file's text, refused before it is read whole when it is larger than MAX_CONFIG_BYTES or not a regular
     file (a FIFO would block the reader, /dev/zero would never end)."""
-    with open(path, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # non-blocking: opening a FIFO would wait for a writer
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(0, "not a regular file")
         data = f.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:
