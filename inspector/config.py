@@ -363,7 +363,10 @@ def _host_port(host: str, port: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
-def endpoint_address(endpoint: str) -> tuple[str, str, int | None]:
+Address = tuple[str, str, int | None]  # (transport, host or path, port): see endpoint_address
+
+
+def endpoint_address(endpoint: str) -> Address:
     """A ZeroMQ endpoint as (transport, host or path, port): tcp://*:5555 -> ("tcp", "*", 5555)."""
     transport, _, rest = endpoint.partition("://")
     if transport != "tcp":
@@ -373,7 +376,7 @@ def endpoint_address(endpoint: str) -> tuple[str, str, int | None]:
     return ("tcp", hp[0], hp[1]) if hp else ("tcp", host, None)
 
 
-def addresses_clash(a: tuple[str, str, int | None], b: tuple[str, str, int | None]) -> bool:
+def addresses_clash(a: Address, b: Address) -> bool:
     """Whether two listening addresses would collide: same transport and, for TCP, the same port on hosts
     that overlap (equal, or either a wildcard). System-chosen ports (0, *) never clash."""
     if a[0] != b[0]:
@@ -383,6 +386,15 @@ def addresses_clash(a: tuple[str, str, int | None], b: tuple[str, str, int | Non
     if a[2] is None or b[2] is None or a[2] != b[2]:
         return False
     return a[1] == b[1] or "*" in (a[1], b[1])
+
+
+def first_clash(addresses: list[tuple[str, str, Address]]) -> str | None:
+    """The first two (field, as written, address) that would collide, in words naming both fields; else None."""
+    for i, (name_a, text_a, addr_a) in enumerate(addresses):
+        for name_b, text_b, addr_b in addresses[i + 1 :]:
+            if addresses_clash(addr_a, addr_b):
+                return f"{name_a} {text_a} and {name_b} {text_b} are the same address; each needs its own"
+    return None
 
 
 class PublishConfig(_Model):
@@ -540,10 +552,22 @@ class Config(_Model):
         for name, sock in (("broadcast", publish.broadcast), ("actuator", publish.actuator)):
             if sock is not None and addresses_clash(("tcp", *hp), endpoint_address(sock.bind)):
                 raise ValueError(
-                    f"the exporter's {metrics.bind}:{metrics.port} is also publish.{name}.bind ({sock.bind}); "
-                    "give the metrics exporter a port of its own"
+                    f"metrics.bind/port {metrics.bind}:{metrics.port} and publish.{name}.bind {sock.bind} are the "
+                    "same address; give the metrics exporter a port of its own"
                 )
         return metrics
+
+    def listening_addresses(self) -> list[tuple[str, str, Address]]:
+        """(field, as written, address) of every socket the daemon listens on, for clash checks."""
+        out = [("publish.broadcast.bind", self.publish.broadcast.bind, endpoint_address(self.publish.broadcast.bind))]
+        if self.publish.actuator is not None:
+            bind = self.publish.actuator.bind
+            out.append(("publish.actuator.bind", bind, endpoint_address(bind)))
+        if self.metrics.enabled:
+            hp = _host_port(self.metrics.bind, str(self.metrics.port))
+            address: Address = ("tcp", *hp) if hp else ("tcp", self.metrics.bind, None)
+            out.append(("metrics.bind/port", f"{self.metrics.bind}:{self.metrics.port}", address))
+        return out
 
     def config_hash(self) -> str:
         """Stable hash of the validated config (defaults included), carried in every verdict.
