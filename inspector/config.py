@@ -17,7 +17,7 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, overload
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, overload
 
 import yaml
 from pydantic import (
@@ -934,3 +934,61 @@ def resolve_path(config_file: str | Path, value: str) -> Path:
     """Paths in a config are relative to the config file's directory (so a line config can move as a unit)."""
     p = Path(value).expanduser()
     return p if p.is_absolute() else (Path(config_file).resolve().parent / p)
+
+
+# --------------------------------------------------------------------------------------- documentation
+
+
+def ranges_markdown(root: type[BaseModel] = Config, prefix: str = "") -> str:
+    """The table of every number's range in docs/CONFIG.md (a test keeps the two equal), from the models."""
+    rows: dict[str, tuple[list[str], str]] = {}  # option -> (types, range); int | float fields are one row
+    for path, kind, bounds in _number_ranges(root, prefix, ""):
+        kinds, _ = rows.setdefault(path, ([], bounds))
+        kinds.append(kind)
+    lines = ["| Option | Type | Range |", "|---|---|---|"]
+    lines += [f"| {path} | {' or '.join(kinds)} | {bounds} |" for path, (kinds, bounds) in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _number_ranges(model: type[BaseModel], prefix: str, note: str) -> Iterable[tuple[str, str, str]]:
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        annotation = field.annotation
+        if model is Config and name == "source":  # one row set per kind of source
+            for kind, cls in SOURCE_CONFIGS.items():
+                yield from _number_ranges(cls, "source.", f" ({kind})")
+            continue
+        sub = _model_of(annotation)
+        if sub is not None:
+            many = get_origin(annotation) is list
+            yield from _number_ranges(sub, f"{path}{'[]' if many else ''}.", note)
+            continue
+        for leaf, kind, bounds in _leaf_ranges(path, annotation, list(field.metadata)):
+            yield f"`{leaf}`{note}", kind, bounds
+
+
+def _leaf_ranges(path: str, annotation: Any, metadata: list[Any]) -> Iterable[tuple[str, str, str]]:
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        inner, *meta = get_args(annotation)
+        yield from _leaf_ranges(path, inner, metadata + [c for m in meta for c in getattr(m, "metadata", [m])])
+    elif annotation in (int, float):
+        lo = [f">= {_num(c.ge)}" for c in metadata if _has(c, "ge")]
+        lo += [f"> {_num(c.gt)}" for c in metadata if _has(c, "gt")]
+        hi = [f"<= {_num(c.le)}" for c in metadata if _has(c, "le")]
+        bounds = ", ".join(lo[:1] + hi[:1]) or "what the device accepts (within 64 bits, finite)"
+        yield path, "integer" if annotation is int else "number", bounds
+    elif origin in (list, tuple, dict):
+        args = get_args(annotation)
+        yield from _leaf_ranges(f"{path}[]", args[-1] if origin is dict else args[0], [])
+    else:
+        for arg in get_args(annotation):
+            yield from _leaf_ranges(path, arg, metadata)
+
+
+def _has(constraint: Any, name: str) -> bool:
+    return getattr(constraint, name, None) is not None
+
+
+def _num(value: float) -> str:
+    return "2^63 - 1" if value == MAX_SEED else str(value) if isinstance(value, int) else f"{value:g}"

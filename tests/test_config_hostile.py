@@ -365,3 +365,13 @@ def test_any_bytes_load_or_are_one_config_error(tmp_path_factory, data):
         load_config(path)
     except ConfigError as exc:
         assert str(exc).startswith(str(path))
+
+
+def test_config_md_lists_every_range_as_the_models_have_it():
+    from inspector.config import ranges_markdown
+    from inspector.gateway.config import GatewayConfig
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md").read_text()
+    table = text.split("<!-- ranges: begin -->\n", 1)[1].split("<!-- ranges: end -->", 1)[0]
+    expected = ranges_markdown() + ranges_markdown(GatewayConfig, "gateway.").split("\n", 2)[2]
+    assert table == expected, "docs/CONFIG.md's range table is out of date: paste ranges_markdown() there"
