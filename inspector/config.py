@@ -14,10 +14,10 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, overload
+from typing import Annotated, Any, Literal, TypeVar, cast, get_args, get_origin, overload
 
 import yaml
 from pydantic import (
@@ -632,13 +632,13 @@ class ConfigError(Exception):
 class _Refused(yaml.MarkedYAMLError):
     """Valid YAML this loader will not read (an alias, too deep, too many nodes, an integer too large)."""
 
-    def __init__(self, problem: str, mark: yaml.Mark | None, path: YamlPath = ()):
+    def __init__(self, problem: str, mark: Any, path: YamlPath = ()):  # a yaml.Mark (libyaml has its own type)
         super().__init__(problem=problem, problem_mark=mark)
         self.path = path
 
 
 try:  # libyaml's scanner and parser when present (several times faster); our own composer either way
-    from yaml.cyaml import CParser as _Parser
+    from yaml.cyaml import CParser as _Parser  # type: ignore[attr-defined]
 
     _PARSER_BASES: tuple[type, ...] = (_Parser,)
 except ImportError:  # pragma: no cover - PyYAML built without libyaml
@@ -656,13 +656,15 @@ class _BoundedComposer(yaml.composer.Composer):
     Aliases are refused rather than expansion-limited: a few hundred bytes of nested aliases expand to gigabytes
     (the "billion laughs"), and a line config has no need for them: each section is written out once."""
 
+    peek_event: Callable[[], yaml.Event]  # the parser's, mixed in by _Loader
+
     def init_bounds(self) -> None:
         self.depth = 0
         self.nodes = 0
         self.path: list[str | int] = []
         self.node_paths: dict[int, YamlPath] = {}  # id(node) -> its field path
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         event = self.peek_event()
         # A mapping's value comes with its key node, a sequence item with its position; a key comes with None.
         part = index.value if isinstance(index, yaml.ScalarNode) else index if isinstance(index, int) else None
@@ -685,7 +687,7 @@ class _BoundedComposer(yaml.composer.Composer):
         if part is not None:
             self.path.append(part)
         try:
-            node: yaml.Node = super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
         finally:
             self.depth -= nested
             if part is not None:
@@ -722,14 +724,15 @@ class _Constructor(yaml.constructor.SafeConstructor):
             ) from None
 
 
-_Constructor.add_constructor("tag:yaml.org,2002:int", _Constructor.construct_bounded_int)
+_Constructor.add_constructor("tag:yaml.org,2002:int", _Constructor.construct_bounded_int)  # type: ignore[type-var]
 
 
 class _Loader(_BoundedComposer, *_PARSER_BASES, _Constructor, yaml.resolver.Resolver):  # type: ignore[misc]
     def __init__(self, stream: str):
-        _PARSER_BASES[0].__init__(self, stream)  # the reader (pure Python) or libyaml's parser takes the text
+        parser: Any = _PARSER_BASES[0]  # the reader (pure Python) or libyaml's parser takes the text
+        parser.__init__(self, stream)
         for base in _PARSER_BASES[1:]:
-            base.__init__(self)
+            cast(Any, base).__init__(self)
         yaml.composer.Composer.__init__(self)
         self.init_bounds()
         _Constructor.__init__(self)
