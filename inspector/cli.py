@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the inspection daemon on a line config",
         description="Run the inspection daemon on a line config (what systemd runs). Exit 0 after a clean stop; "
-        "2 bad config, 3 model/backend, 4 source/socket/port, 1 source failed while running.",
+        "2 bad config, 3 model/backend, 4 source/socket/port, 1 source failed while running (or a start-up "
+        "failure none of those foresaw). One line per problem, never a traceback.",
     )
     run.add_argument("--config", required=True, help="line config (YAML)")
     run.add_argument(

@@ -44,6 +44,7 @@ MAX_AREA_PX = 16384 * 16384  # the largest frame's area
 MAX_COORDINATE = 100_000.0  # polygon coordinates: a little outside the largest frame is harmless, far out is a typo
 MAX_MB = 1 << 30  # 1 PiB in MiB
 MAX_SEED = 2**63 - 1
+MAX_BUFFER_BYTES = 16 << 30  # one preallocated frame buffer (the ring, the simulator's pool): 16 GiB
 MIN_RATE_HZ = 0.01  # one frame per 100 s; slower than that is a stopped line, not a rate
 
 
@@ -532,6 +533,24 @@ class Config(_Model):
     )
 
     @model_validator(mode="after")
+    def _buffers_fit_in_memory(self) -> Config:
+        # Each bound alone is sane, their product need not be: 4096 ring slots of 16384 x 16384 RGB frames are
+        # 3 TB, allocated at start (and, overcommitted, killed later). Refused here with the figures instead.
+        src = self.source
+        frame = src.width * src.height * (1 if src.pixel_format == "mono8" else 3)
+        buffers = [("pipeline.ring_slots", self.pipeline.ring_slots)]
+        if isinstance(src, SyntheticSourceConfig):
+            buffers.append(("source.pool_size", src.pool_size))
+        for name, count in buffers:
+            if count * frame > MAX_BUFFER_BYTES:
+                raise ValueError(
+                    f"{name} {count} x {src.width}x{src.height} {src.pixel_format} frames is "
+                    f"{count * frame / 2**30:.1f} GiB, more than the {MAX_BUFFER_BYTES // 2**30} GiB allowed for "
+                    "one preallocated buffer; use fewer slots or smaller frames"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _archive_pool_holds_a_batch(self) -> Config:
         if self.archive.enabled and self.archive.pool_slots < self.pipeline.batch_size:
             raise ValueError(
@@ -723,8 +742,14 @@ class _Constructor(yaml.constructor.SafeConstructor):
                 f"cannot read this value: {exc}", node.start_mark, self.node_paths.get(id(node), ())
             ) from None
 
+    def construct_refused(self, node: yaml.Node) -> Any:
+        raise _Refused(f"{node.tag.rsplit(':', 1)[-1]} values are not allowed in a line config", node.start_mark)
+
 
 _Constructor.add_constructor("tag:yaml.org,2002:int", _Constructor.construct_bounded_int)  # type: ignore[type-var]
+# Explicit YAML types no option takes; bytes and sets would not even survive the config's JSON form (its hash).
+for _tag in ("binary", "set", "omap", "pairs"):
+    _Constructor.add_constructor(f"tag:yaml.org,2002:{_tag}", _Constructor.construct_refused)  # type: ignore[type-var]
 
 
 class _Loader(_BoundedComposer, *_PARSER_BASES, _Constructor, yaml.resolver.Resolver):  # type: ignore[misc]

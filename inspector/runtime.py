@@ -394,11 +394,16 @@ def build(
 def _ignore_mask(config: Config, config_file: str | Path, problems: _Problems) -> np.ndarray | None:
     if not config.decision.ignore_regions.mask:
         return None
+    where = "decision.ignore_regions.mask"
     try:
         mask_path = resolve_path(config_file, config.decision.ignore_regions.mask)
+        if not mask_path.is_file():  # said here: OpenCV would also print its own warning on stderr
+            problems.add(EXIT_CONFIG, f"{where}: {mask_path} does not exist")
+            return None
         return load_ignore_mask(mask_path, (config.source.height, config.source.width))
     except Exception as exc:  # unreadable, not an image (OpenCV's own error types too), the wrong size
-        problems.add(EXIT_CONFIG, f"decision.ignore_regions.mask ({config.decision.ignore_regions.mask}): {exc}")
+        message = str(exc)
+        problems.add(EXIT_CONFIG, message if message.startswith(where) else f"{where}: {message}")
         return None
 
 

@@ -94,11 +94,18 @@ HOSTILE = {
     ),
     "python tag": (MINIMAL + "x: !!python/object/apply:os.system ['true']\n", "line1.yaml:7: not valid YAML"),
     "unknown local tag": (MINIMAL + "x: !boom 1\n", "line1.yaml:7: not valid YAML"),
+    "binary value": (MINIMAL + "gateway: {x: !!binary /w==}\n", "line1.yaml:7: gateway.x: binary values are not"),
+    "set value": (MINIMAL + "gateway: {x: !!set {a: null}}\n", "gateway.x: set values are not allowed"),
     "impossible date": (MINIMAL + "x: 2024-02-30\n", "line1.yaml:7: x: cannot read this value"),
     "mapping as a key": (MINIMAL + "? [a, b]\n: 1\n", "line1.yaml:"),
     "tcp port beyond 65535": (
         MINIMAL + 'publish: {broadcast: {bind: "tcp://127.0.0.1:70000"}}\n',
         "line1.yaml:7: publish.broadcast.bind: a tcp endpoint is tcp://HOST:PORT",
+    ),
+    "a ring of terabytes": (
+        MINIMAL.replace("kind: synthetic", "kind: synthetic\n  width: 16384\n  height: 16384\n  pixel_format: rgb8")
+        + "pipeline: {ring_slots: 4096}\n",
+        "pipeline.ring_slots 4096 x 16384x16384 rgb8 frames is 3072.0 GiB, more than the 16 GiB",
     ),
     "too many values": (MINIMAL + "x: [" + ", ".join(["1"] * (MAX_NODES + 10)) + "]\n", f"more than {MAX_NODES}"),
     "control character": (MINIMAL + "x: \x07\n", "line1.yaml"),
@@ -306,7 +313,7 @@ _scalars = (
 )
 _values = st.recursive(
     _scalars,
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=12), inner, max_size=5)),
     max_leaves=60,
 )
 _sections = st.fixed_dictionaries(
@@ -339,6 +346,7 @@ def _loads_or_refuses(text: str) -> None:
     else:
         assert isinstance(config, Config)
         config.config_hash()  # what every verdict carries: a config that loads can be hashed
+        config.model_dump(mode="json")  # and compared whole, as a reload does (gateway section included)
 
 
 HYPOTHESIS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
