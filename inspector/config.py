@@ -6,6 +6,11 @@ step. Config objects do no I/O: paths are checked by the daemon when it loads wh
 Errors name the field, the YAML line, the bad value and what is allowed, e.g.::
 
     configs/line1.yaml:14: decision.block_threshold: Input should be less than or equal to 1 (got 1.5)
+
+A config file is untrusted input (docs/CONFIG.md, "What a file may hold"): `load_config` and `parse_config` return
+a Config or raise ConfigError, nothing else, in bounded time and memory. The YAML reader refuses files over
+MAX_CONFIG_BYTES, anchors and aliases (the alias bomb), nesting deeper than MAX_DEPTH, more than MAX_NODES values
+and integers beyond 64 bits; the models give every number a range and refuse non-finite floats.
 """
 
 from __future__ import annotations
@@ -626,7 +631,8 @@ class ConfigIssue:
     def format(self, file: str) -> str:
         where = f"{file}:{self.line}" if self.line else file
         got = f" (got {_short(self.value)})" if self.has_value else ""
-        field = f"{self.path}: " if self.path else ""
+        path = self.path.encode("unicode_escape").decode("ascii") if not self.path.isprintable() else self.path
+        field = f"{path}: " if path else ""  # a key holding a newline must not start a line of its own
         return f"{where}: {field}{' '.join(self.message.split())}{got}"
 
 

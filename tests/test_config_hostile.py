@@ -98,6 +98,7 @@ HOSTILE = {
     "set value": (MINIMAL + "gateway: {x: !!set {a: null}}\n", "gateway.x: set values are not allowed"),
     "impossible date": (MINIMAL + "x: 2024-02-30\n", "line1.yaml:7: x: cannot read this value"),
     "mapping as a key": (MINIMAL + "? [a, b]\n: 1\n", "line1.yaml:"),
+    "newline in a key": (MINIMAL + '"x\\ny": 1\n', "line1.yaml:7: x\\ny: unknown field"),
     "tcp port beyond 65535": (
         MINIMAL + 'publish: {broadcast: {bind: "tcp://127.0.0.1:70000"}}\n',
         "line1.yaml:7: publish.broadcast.bind: a tcp endpoint is tcp://HOST:PORT",
@@ -127,6 +128,7 @@ def test_a_hostile_file_is_one_config_error_with_its_line(name):
     err = _error(text)
     assert words in str(err), str(err)
     assert str(err).startswith("line1.yaml"), str(err)
+    assert all(line.startswith("line1.yaml") for line in str(err).splitlines()), str(err)
     assert all(len(line) < 400 for line in str(err).splitlines()), str(err)  # a value is shown short
 
 
