@@ -315,8 +315,10 @@ class Daemon:
         try:
             result, error = self._reload_once()
         except Exception as exc:  # a bug or exhausted memory: the running config stays all the same
-            error = f"{self.config_file}: reload failed, the running config stays: {type(exc).__name__}: {exc}"
-            log.exception("%s", error)
+            why = " ".join(str(exc).split())
+            error = f"{self.config_file}: reload failed, the running config stays: {type(exc).__name__}: {why}"
+            log.debug("reload failed", exc_info=True)  # the traceback for a bug report, with -v
+            log.error("%s", error)
             result = "failed"
         finally:
             self.notifier.ready(f"inspecting {self.config.topic}, config {self.runtime.config_hash}")

@@ -141,3 +141,35 @@ def test_reload_requests_during_a_reload_are_coalesced(tmp_path):
     finally:
         running.stop()
         sub.close()
+
+
+def test_an_unforeseen_exception_in_a_reload_keeps_the_running_config(tmp_path, monkeypatch):
+    """Fault injection: the build of the new runtime runs out of memory (nothing in a file should get there, but
+    a reload must survive anything)."""
+    import inspector.daemon as daemon_module
+
+    models = write_tiny_models(tmp_path / "models")
+    port = free_port()
+    config = write_config(tmp_path / "line.yaml", models, source=synthetic(), port=port)
+    sub = Collector(port)
+    running = _Running(config, sub)
+    try:
+        daemon = running.daemon
+        running_hash = daemon.runtime.config_hash
+
+        def out_of_memory(*args, **kwargs):
+            raise MemoryError("injected")
+
+        monkeypatch.setattr(daemon_module, "build", out_of_memory)
+        config.write_text(config.read_text() + "decision: {block_threshold: 0.7}\n")
+        daemon.request_reload()
+        sub.wait_for(lambda: sub.events("reload"), timeout_s=120)
+        event = sub.events("reload")[-1]
+        assert event["result"] == "failed" and "MemoryError: injected" in event["error"], event
+        assert event["config_hash"] == running_hash == daemon.runtime.config_hash
+        seen = len(sub.verdicts())
+        sub.wait_for(lambda: len(sub.verdicts()) > seen + 3, timeout_s=60)
+        assert {v["config_hash"] for v in sub.verdicts()[seen:]} == {running_hash}
+    finally:
+        assert running.stop() == 0
+        sub.close()
