@@ -60,11 +60,13 @@ class LineConfig(_Model):
     name: str = Field(
         "line1",
         pattern=r"^[A-Za-z0-9_.-]+$",
+        max_length=64,  # in the topic of every message and in every metric's labels
         description="Production line name; first part of the ZeroMQ topic and a metrics label.",
     )
     camera: str = Field(
         "cam1",
         pattern=r"^[A-Za-z0-9_.-]+$",
+        max_length=64,  # in the topic of every message and in every metric's labels
         description="Camera/station name on that line; second part of the ZeroMQ topic and a metrics label.",
     )
 
