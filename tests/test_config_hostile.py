@@ -385,3 +385,12 @@ def test_config_md_lists_every_range_as_the_models_have_it():
     table = text.split("<!-- ranges: begin -->\n", 1)[1].split("<!-- ranges: end -->", 1)[0]
     expected = ranges_markdown() + ranges_markdown(GatewayConfig, "gateway.").split("\n", 2)[2]
     assert table == expected, "docs/CONFIG.md's range table is out of date: paste ranges_markdown() there"
+
+
+def test_tune_reads_the_config_with_the_same_bounded_loader(tmp_path):
+    from inspector.archive.tune import TuneError, apply_sets
+
+    bomb = tmp_path / "line.yaml"
+    bomb.write_text(alias_bomb(levels=10, width=10))
+    with pytest.raises(TuneError, match="anchors and aliases are not allowed"):
+        apply_sets(bomb, {"decision.block_threshold": 0.7})
