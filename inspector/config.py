@@ -329,7 +329,7 @@ class HealthConfig(_Model):
     )
     window_s: float = Field(
         60.0,
-        gt=0,
+        ge=0.1,
         le=86400,
         description="Sliding window (seconds) over which faulty frames are counted against max_faulty_frames.",
     )
