@@ -476,6 +476,8 @@ class Harness:
         self.rss: list[tuple[int, int, float]] = []  # (acquired, kB, monotonic)
         self.notes: list[str] = []
         self.died: str | None = None
+        self._cycle: list[str] = []
+        self._next_event = opt.event_every
 
     # ---------------------------------------------------------------------------------------- setup
 
@@ -579,16 +581,18 @@ class Harness:
 
     # ------------------------------------------------------------------------------------------ events
 
-    def _event(self, name: str) -> None:
+    def _event(self, name: str) -> bool:
+        """Do one harness event; False when its consumer is still stalled or away from the last one."""
         d = self.rng.uniform(0.2, self.opt.stall_max_s)
         consumer = self.sub if name.startswith("sub") else self.pull
         if name in CONSUMER_EVENTS:
             if consumer.busy:
-                return
+                return False
             (consumer.stall if name.endswith("stall") else consumer.vanish)(d)
         else:
             self._reload(name)
         self.events_done[name] += 1
+        return True
 
     def _write_reload(self, name: str, valid_text: str) -> None:
         """The config file a reload of this kind reads (valid ones also become the running config)."""
@@ -644,13 +648,9 @@ class Harness:
         opt = self.opt
         self.start()
         assert self.proc is not None
-        events = [e for e in opt.events]
-        cycle: list[str] = []
-        next_event = opt.event_every
         warmup = opt.warmup if opt.warmup is not None else min(100_000, opt.frames // 5)
         last_progress = (0, time.monotonic())
-        last_print = 0.0
-        last_rss = 0.0
+        last_print = last_rss = 0.0
         try:
             while True:
                 self._alive("the run")
@@ -659,9 +659,7 @@ class Harness:
                 decided = int(total(m, "inspector_verdicts_total") + total(m, "inspector_verdicts_dropped_total"))
                 now = time.monotonic()
                 if now - last_rss >= opt.rss_every_s:
-                    kb = rss_kb(self.proc.pid)
-                    if kb is not None:
-                        self.rss.append((acquired, kb, now))
+                    self._sample_rss(acquired)
                     last_rss = now
                 if acquired > last_progress[0]:
                     last_progress = (acquired, now)
@@ -669,23 +667,16 @@ class Harness:
                     raise RuntimeError(f"no frame acquired for {opt.stall_timeout_s:.0f} s at {acquired}")
                 if not opt.quiet and now - last_print >= 5:
                     last_print = now
-                    self._progress(acquired, warmup)
+                    self._progress(acquired)
                 if acquired >= opt.frames and decided >= opt.frames:
                     break
-                if events and acquired >= next_event and acquired < opt.frames - opt.event_every // 2:
-                    if not cycle:
-                        cycle = events[:]
-                        self.rng.shuffle(cycle)
-                    self._event(cycle.pop())
-                    next_event = acquired + opt.event_every
+                self._schedule(acquired)
                 time.sleep(0.2)
             self.elapsed = time.monotonic() - self.t0
             self.cpu = (cpu_s(self.proc.pid) or 0.0) - self.cpu0
-            kb = rss_kb(self.proc.pid)
-            if kb is not None:
-                self.rss.append((opt.frames, kb, time.monotonic()))
+            self._sample_rss(opt.frames)
             if not opt.quiet:
-                self._progress(opt.frames, warmup)
+                self._progress(opt.frames)
             self._settle()
             final = self._scrape("the end")
             rc = self._stop()
@@ -693,7 +684,26 @@ class Harness:
             self._cleanup()
         return self._report(final, rc, warmup)
 
-    def _progress(self, acquired: int, warmup: int) -> None:
+    def _sample_rss(self, acquired: int) -> None:
+        assert self.proc is not None
+        kb = rss_kb(self.proc.pid)
+        if kb is not None:
+            self.rss.append((acquired, kb, time.monotonic()))
+
+    def _schedule(self, acquired: int) -> None:
+        """One harness event every --event-every frames, from a shuffled cycle of all of them (none near the end)."""
+        opt = self.opt
+        if not opt.events or acquired < self._next_event or acquired >= opt.frames - opt.event_every // 2:
+            return
+        if not self._cycle:
+            self._cycle = list(opt.events)
+            self.rng.shuffle(self._cycle)
+        name = self._cycle.pop()
+        if not self._event(name):
+            self._cycle.append(name)  # its consumer is still busy: retried at the next event
+        self._next_event = acquired + opt.event_every
+
+    def _progress(self, acquired: int) -> None:
         el = time.monotonic() - self.t0
         rate = acquired / el if el > 0 else 0.0
         eta = (self.opt.frames - acquired) / rate if rate > 0 else float("inf")
