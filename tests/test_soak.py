@@ -125,7 +125,7 @@ def _verdict(plan: Plan, seq: int, result: str, reason: str, config_hash: str = 
 
 def test_the_checker_flags_a_pass_for_a_frame_that_cannot_pass():
     plan = _plan(nan=1.0)
-    checker = Checker(plan, paced=True)
+    checker = Checker(plan)
     checker.valid_hashes.add("h")
     poisoned = int(np.flatnonzero(plan.kind == NAN)[0])
     clean = int(np.flatnonzero((plan.kind == 0) & ~plan.defect)[0])
@@ -140,7 +140,7 @@ def test_the_checker_flags_a_pass_for_a_frame_that_cannot_pass():
 
 def test_a_subscriber_gap_the_harness_did_not_cause_is_a_violation():
     plan = _plan()
-    checker = Checker(plan, paced=True)
+    checker = Checker(plan)
     checker.valid_hashes.add("h")
     sub = Consumer(zmq.SUB, "tcp://127.0.0.1:1", checker, 10, tally=True)
     try:

@@ -169,6 +169,8 @@ class SoakSource:
                 time.sleep(min(timeout_s, self._silent_until - now))
                 return None
             self._silent_until = 0.0
+        # At a free-running rate the box cannot keep, a late frame is delivered late, never skipped: the camera
+        # frame ids stay the plan's, so the harness can check them exactly (the pacer's own drops are ignored).
         if self._pacer.wait(timeout_s) is None:
             return None
         np.copyto(out, self._spot if plan.defect[i] else self._clean)
