@@ -252,8 +252,9 @@ class PipelineConfig(_Model):
     )
     failsafe_result: Literal["reject", "pass"] = Field(
         "reject",
-        description="Verdict for frames that could not be inspected (overload, timeout, error, bad_frame). "
-        "pass is an explicit opt-in: it lets uninspected parts through.",
+        description="Verdict for frames that could not be inspected (overload, timeout, error, bad_frame, shutdown). "
+        "pass is an explicit opt-in: it lets uninspected parts through. Never applies to bad_output (a broken "
+        "model's frame) or to any frame while the engine is unhealthy (health): those are always rejects.",
     )
     warmup_runs: int = Field(2, ge=1, le=100, description="Warm-up inferences before READY=1 is sent.")
     preprocess_threads: int = Field(
@@ -263,6 +264,27 @@ class PipelineConfig(_Model):
         description="OpenCV threads per resize. 1 keeps each frame's resize on the acquisition thread's core, "
         "where it overlaps with inference instead of competing with it; raise it only for frames so large "
         "that acquisition cannot keep up (the process-wide cv2.setNumThreads). (restart)",
+    )
+
+
+# ------------------------------------------------------------------------------------------- health
+
+
+class HealthConfig(_Model):
+    max_faulty_frames: int = Field(
+        20,
+        ge=1,
+        le=100000,
+        description="Frames with a bad network output (reason bad_output: NaN, Inf, scores outside [0, 1]) or failed "
+        "inference (reason error) within window_s that make the engine unhealthy: from then on every frame is "
+        "rejected without inspection, an alarm event is published, inspector_engine_healthy drops to 0 and the "
+        "systemd watchdog is no longer pinged, so systemd restarts the service. Sticky until that restart.",
+    )
+    window_s: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="Sliding window (seconds) over which faulty frames are counted against max_faulty_frames.",
     )
 
 
@@ -483,6 +505,10 @@ class Config(_Model):
     source: SourceConfig = Field(description="Where frames come from.")
     models: ModelsConfig = Field(description="The networks and the backend that runs them.")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Buffering, batching, deadlines.")
+    health: HealthConfig = Field(
+        default_factory=HealthConfig,
+        description="When repeated bad network outputs or failed inferences make the engine unhealthy.",
+    )
     decision: DecisionConfig = Field(
         default_factory=DecisionConfig, description="Thresholds that turn scores into a verdict."
     )

@@ -15,11 +15,13 @@ Signals (handled on the main thread, which does nothing on the hot path):
 - SIGTERM / SIGINT: STOPPING=1, stop acquiring, inspect the frames in flight (or, past the drain budget,
   reject them with reason shutdown), publish every verdict, close the publisher (it drains), exit 0.
 
-Events on the broadcast stream: start, stop, reload (result ok/invalid/failed), camera (connected or lost).
+Events on the broadcast stream: start, stop, reload (result ok/invalid/failed), camera (connected or lost), alarm
+(engine_unhealthy: too many frames with bad network outputs or failed inference, inspector.health).
 
 The systemd watchdog is pinged only while verdicts are being made (service.Watchdog on the decided counter):
-a hung camera, model or pipeline stops the pings. On a hardware-triggered line WatchdogSec must therefore be
-longer than the longest legitimate gap between two parts, or systemd restarts an idle but healthy daemon.
+a hung camera, model or pipeline stops the pings, and so does an unhealthy engine (inspector.health), for good.
+On a hardware-triggered line WatchdogSec must therefore be longer than the longest legitimate gap between two
+parts, or systemd restarts an idle but healthy daemon.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from inspector.archive.metrics import ArchiveMetrics
 from inspector.archive.writer import ArchiveWriter
 from inspector.config import Config, ConfigError, load_config, resolve_path
 from inspector.console import Console, LiveStats, MetricsTap
+from inspector.health import Alarm
 from inspector.metrics import Metrics
 from inspector.pipeline import Pipeline
 from inspector.publish import Publisher, PublisherError
@@ -208,6 +211,7 @@ class Daemon:
             max_frames=self.max_frames,
         )
         self.publisher.recycle = self.pipeline.recycle  # verdict records go back to the pipeline once sent
+        self.pipeline.health.listener = self._on_unhealthy
         if self.install_signals and threading.current_thread() is threading.main_thread():
             for sig, handler in (
                 (signal.SIGHUP, self._on_hup),
@@ -218,7 +222,8 @@ class Daemon:
         if self.before_start is not None:
             self.before_start(self)
         pipeline = self.pipeline
-        self.watchdog = Watchdog(self.notifier, lambda: pipeline.counters.decided)
+        health = pipeline.health
+        self.watchdog = Watchdog(self.notifier, lambda: pipeline.counters.decided, healthy=lambda: not health.unhealthy)
         self.publisher.event("start", config_hash=self.runtime.config_hash, model_hashes=self.runtime.model_hashes)
         # READY=1 before the first frame: models are loaded and warmed up, sockets bound, the source open.
         self.notifier.ready(f"inspecting {config.topic}, config {self.runtime.config_hash}")
@@ -235,6 +240,31 @@ class Daemon:
             self.runtime.config_hash,
             os.getpid(),
         )
+
+    def _on_unhealthy(self, alarm: Alarm) -> None:
+        """The engine became unhealthy (inspector.health). On the inference thread: nothing here blocks."""
+        watchdog = self.watchdog is not None and self.watchdog.interval_s is not None and self.notifier.enabled
+        log.critical(
+            "%s; every frame is rejected from now on; %s",
+            alarm.text(),
+            "the systemd watchdog is no longer pinged, so systemd restarts the service"
+            if watchdog
+            else "no systemd watchdog: restart the service by hand",
+        )
+        if self.metrics is not None:
+            self.metrics.engine_healthy(False)
+        self.notifier.status(alarm.text())
+        if self.publisher is not None:
+            self.publisher.event(
+                "alarm",
+                alarm="engine_unhealthy",
+                reason=alarm.reason.value,
+                faulty_frames=alarm.faulty_frames,
+                window_s=alarm.window_s,
+                totals=alarm.totals,
+                detail=alarm.detail,
+                watchdog=watchdog,
+            )
 
     def _describe(self, rt: Runtime) -> None:
         assert self.metrics is not None

@@ -28,7 +28,6 @@ batch size are unchanged (they were checked when they were loaded) and checks th
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from inspector.config import Config, ConfigError, ModelSpec, load_config, resolv
 from inspector.decision import Decider, load_ignore_mask
 from inspector.frames import CHANNELS, Result
 from inspector.manifest import ManifestError, ModelManifest, check_expectations, read_manifest
+from inspector.outputs import OutputGuard, describe_scores
 from inspector.preprocess import Preprocessor
 from inspector.sources import SourceError, source_class
 
@@ -58,9 +58,6 @@ RESTART_ONLY = (
     "archive.path",
     "archive.pool_slots",
 )
-
-# Scores are probabilities (softmax folded into the graph); FP16 engines may round a little past the ends.
-SCORE_TOLERANCE = 1e-3
 
 EXIT_CONFIG, EXIT_MODEL, EXIT_SOURCE = 2, 3, 4
 
@@ -266,12 +263,14 @@ def check_outputs(model: LoadedModel, outputs: dict[str, np.ndarray], n: int) ->
         )
     if out.dtype.kind != "f":
         raise StartupError(EXIT_MODEL, f"{where}: {name} is {out.dtype}, scores must be floating point")
-    lo, hi = float(np.min(out)), float(np.max(out))
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -SCORE_TOLERANCE or hi > 1 + SCORE_TOLERANCE:
+    # The hot path's own check (inspector.outputs): NaN, Inf, out of [0, 1], segmenter classes not summing to 1.
+    guard = OutputGuard(m.task, name, per_frame, class_sums=m.task == "segmenter")
+    bad = np.flatnonzero(guard.check(out))
+    if bad.size:
         raise StartupError(
             EXIT_MODEL,
-            f"{where}: on a blank frame {name} ranges over [{lo:g}, {hi:g}]; scores must be probabilities in "
-            "[0, 1] (softmax folded into the exported graph)",
+            f"{where}: on a blank frame, {name}: {describe_scores(out[bad[0]], guard.class_sums)}; scores must "
+            "be probabilities in [0, 1] (softmax folded into the exported graph): the model or its backend is broken",
         )
 
 
