@@ -56,13 +56,13 @@ def test_soak_with_faults_keeps_every_invariant(tmp_path):
     weights, events = _supported()
     weights = dict.fromkeys(weights, 1.0)  # every kind several times in a short run
     opt = Options(
-        frames=3000,
+        frames=2000,
         seed=7,
         fault_rate=0.03,
         weights=weights,
         events=events,
-        event_every=100,
-        stall_max_s=1.0,
+        event_every=120,
+        stall_max_s=0.5,
         hang_s=0.4,
         deadline_ms=250,
         sub_rcvhwm=200,

@@ -472,7 +472,7 @@ class Harness:
             weights=opt.weights,
             hang_s=opt.hang_s,
             silence_s=opt.silence_s,
-            go_file=str(self.work / "go"),
+            gate_file=str(self.work / "gate"),
         )
         self.plan = Plan.build(self.spec)
         self.checker = Checker(self.plan)
@@ -571,7 +571,7 @@ class Harness:
             time.sleep(0.1)
         self.t0 = time.monotonic()
         self.cpu0 = cpu_s(self.proc.pid) or 0.0
-        Path(self.spec.go_file or "").touch()
+        self._open_gate(self._next_event if self.opt.events else self.opt.frames)
 
     def _scrape(self, when: str) -> Samples:
         """A scrape of the daemon's exporter; a daemon that died meanwhile is reported as such."""
@@ -584,6 +584,13 @@ class Harness:
                 self._alive(when)
                 if time.monotonic() > end:
                     raise RuntimeError(f"the daemon's metrics endpoint did not answer for 30 s ({exc})") from None
+
+    def _open_gate(self, frames: int) -> None:
+        """Let the source deliver frames up to this count (written whole: the source never reads half a number)."""
+        assert self.spec.gate_file is not None
+        tmp = Path(self.spec.gate_file + ".tmp")
+        tmp.write_text(str(min(frames, self.opt.frames)))
+        os.replace(tmp, self.spec.gate_file)
 
     def _alive(self, when: str) -> None:
         assert self.proc is not None
@@ -710,17 +717,22 @@ class Harness:
             self.rss.append((acquired, kb, time.monotonic()))
 
     def _schedule(self, acquired: int) -> None:
-        """One harness event every --event-every frames, from a shuffled cycle of all of them (none near the end)."""
+        """One harness event every --event-every frames, from a shuffled cycle of all of them, none in the last
+        half interval. The source waits at each event's frame count until the harness has started it."""
         opt = self.opt
-        if not opt.events or acquired < self._next_event or acquired >= opt.frames - opt.event_every // 2:
+        if not opt.events or acquired < self._next_event:
+            return
+        if self._next_event >= opt.frames - opt.event_every // 2:
+            self._open_gate(opt.frames)
             return
         if not self._cycle:
             self._cycle = list(opt.events)
             self.rng.shuffle(self._cycle)
+        self._next_event += opt.event_every
+        self._open_gate(self._next_event)  # frames flow while this event runs
         name = self._cycle.pop()
         if not self._event(name):
             self._cycle.append(name)  # its consumer is still busy: retried at the next event
-        self._next_event = acquired + opt.event_every
 
     def _progress(self, acquired: int) -> None:
         el = time.monotonic() - self.t0

@@ -64,7 +64,10 @@ class PlanSpec:
     weights: dict[str, float]
     hang_s: float
     silence_s: float
-    go_file: str | None = None  # the source delivers nothing until this file exists (consumers connected)
+    # The harness's gate: the source delivers frames only while their index is below the number in this file
+    # (none before it exists: the consumers connect first). The harness moves it on as it starts each event, so
+    # events happen at exact frame counts however slow the box, and frames flow while an event runs.
+    gate_file: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -116,6 +119,15 @@ def _spec_from_env() -> PlanSpec:
 # ------------------------------------------------------------------------------------------------ source
 
 
+def _read_gate(path: str | None) -> int:
+    if path is None:
+        return 0
+    try:
+        return int(Path(path).read_text() or 0)
+    except (OSError, ValueError):  # not there yet, or caught mid-write
+        return 0
+
+
 class SoakSource:
     """A synthetic line of `spec.frames` 64x64 mono8 parts with the plan's faults; idle (no frames) after them."""
 
@@ -128,7 +140,7 @@ class SoakSource:
         self._pacer = Pacer(cfg.rate_hz)
         self._i = 0
         self._silent_until = 0.0
-        self._go = False
+        self._limit = 0  # frames the gate lets through so far
         self._clean = np.full((FRAME, FRAME, 1), BACKGROUND, np.uint8)
         self._spot = self._clean.copy()
         self._spot[28:36, 28:36] = SPOT
@@ -139,7 +151,8 @@ class SoakSource:
         if (self.cfg.width, self.cfg.height, self.cfg.pixel_format) != (FRAME, FRAME, "mono8"):
             raise SourceError(f"soak source: the line must be {FRAME}x{FRAME} mono8")
         self.plan = Plan.build(_spec_from_env())
-        self._go = self.plan.spec.go_file is None
+        if self.plan.spec.gate_file is None:
+            self._limit = self.plan.spec.frames
 
     def start(self) -> None:
         self._pacer.start(0)
@@ -151,11 +164,10 @@ class SoakSource:
         plan = self.plan
         assert plan is not None
         i = self._i
-        if not self._go:
-            assert plan.spec.go_file is not None
-            self._go = os.path.exists(plan.spec.go_file)
-            if not self._go:
-                time.sleep(min(timeout_s, 0.02))
+        if i >= self._limit:  # the file is read only here, not per frame
+            self._limit = _read_gate(plan.spec.gate_file)
+            if i >= self._limit:
+                time.sleep(min(timeout_s, 0.01))
                 return None
         if i >= plan.spec.frames:
             time.sleep(timeout_s)  # the run is over: an idle line, until the harness stops the daemon
