@@ -11,7 +11,10 @@ Signals (handled on the main thread, which does nothing on the hot path):
   unchanged, new ones loaded and warmed up beside the running ones) swapped in between two batches. An invalid
   file, or one that changes a restart-only setting (runtime.RESTART_ONLY: line, source, publish, metrics, ring), is
   refused as a whole, logged with file/line or the settings named, counted as reload result "invalid", and the
-  running config stays. A valid file whose models cannot be loaded is counted "failed". RELOADING=1 ... READY=1.
+  running config stays. A valid file whose models cannot be loaded, or any other failure (an exception of any
+  type), is counted "failed" and the running config stays too. Each reload is logged once and published as a
+  `reload` event with its result and, when refused, why. SIGHUPs during a reload are coalesced into one more
+  reload after it. RELOADING=1 ... READY=1.
 - SIGTERM / SIGINT: STOPPING=1, stop acquiring, inspect the frames in flight (or, past the drain budget,
   reject them with reason shutdown), publish every verdict, close the publisher (it drains), exit 0.
 
@@ -44,6 +47,7 @@ from inspector.console import Console, LiveStats, MetricsTap
 from inspector.health import Alarm
 from inspector.metrics import Metrics
 from inspector.pipeline import Pipeline
+from inspector.preprocess import describe_fit
 from inspector.publish import Publisher, PublisherError
 from inspector.runtime import Runtime, StartupError, build, restart_only_changes, retire
 from inspector.service import Notifier, Watchdog
@@ -51,6 +55,7 @@ from inspector.sources import Source, SourceError, source_class
 
 log = logging.getLogger("inspector.daemon")
 
+EXIT_UNEXPECTED = 1  # start-up failed in a way none of the codes 2-4 foresaw (logged in one line; -v: traceback)
 DRAIN_EXTRA_S = 2.0  # beyond deadline_ms, how long SIGTERM waits for frames in flight to be inspected
 PUBLISHER_CLOSE_S = 5.0
 ARCHIVE_CLOSE_S = 5.0  # at stop, how long the archive writer may take for what is queued (the rest is counted)
@@ -268,6 +273,7 @@ class Daemon:
 
     def _describe(self, rt: Runtime) -> None:
         assert self.metrics is not None
+        _log_fit(rt)
         self.metrics.config_info(rt.config_hash, file=str(self.config_file))
         for m in rt.models():
             self.metrics.engine_info(
@@ -300,8 +306,13 @@ class Daemon:
         try:
             self.start()
         except StartupError as exc:
-            log.error("cannot start: %s", exc)
+            for line in exc.problems:  # one line per problem, as check-config prints them
+                log.error("cannot start: %s", line)
             return exc.code
+        except Exception as exc:  # not foreseen by start(): still one line and a documented status, no traceback
+            log.debug("start-up failed", exc_info=True)
+            log.error("cannot start: %s: %s", type(exc).__name__, " ".join(str(exc).split()))
+            return EXIT_UNEXPECTED
         return self.wait()
 
     def wait(self) -> int:
@@ -324,12 +335,23 @@ class Daemon:
     # ----------------------------------------------------------------------------------------- reload
 
     def reload(self) -> str:
-        """Re-read the config file and apply it atomically, or refuse it. Returns ok / invalid / failed."""
+        """Re-read the config file and apply it atomically, or refuse it. Returns ok / invalid / failed.
+
+        Whatever goes wrong (a file that does not validate, an unreadable one, a model that cannot be opened, an
+        exception of any type) leaves the running config in force: it is logged once and published as a `reload`
+        event with its result and why. Requests arriving during a reload are coalesced into one more reload after
+        it (the main loop's event is set again; however many there were, the file is read once more)."""
         assert self.runtime is not None and self.pipeline is not None and self.publisher is not None
         assert self.metrics is not None and self.config is not None
         self.notifier.reloading()
         try:
             result, error = self._reload_once()
+        except Exception as exc:  # a bug or exhausted memory: the running config stays all the same
+            why = " ".join(str(exc).split())
+            error = f"{self.config_file}: reload failed, the running config stays: {type(exc).__name__}: {why}"
+            log.debug("reload failed", exc_info=True)  # the traceback for a bug report, with -v
+            log.error("%s", error)
+            result = "failed"
         finally:
             self.notifier.ready(f"inspecting {self.config.topic}, config {self.runtime.config_hash}")
         self.reloads[result] += 1
@@ -360,6 +382,7 @@ class Daemon:
         except StartupError as exc:
             log.error("reload failed, the running config stays: %s", exc)
             return "failed", str(exc)
+        # Nothing above touched the running runtime; from here on the new one is in force.
         old = self.pipeline.swap(runtime)
         self.runtime, self.config = runtime, new
         if self.archive is not None:
@@ -437,3 +460,15 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.close()
         self.notifier.close()
+
+
+def _log_fit(rt: Runtime) -> None:
+    """How frames become each model's input: an aspect-ratio change or a shrink past the model's scale is a
+    warning at start-up (and reload), never silent."""
+    src = rt.config.source
+    for m in rt.models():
+        pre, size = m.manifest.preprocessing, (m.manifest.input.height, m.manifest.input.width)
+        text, changed = describe_fit((src.height, src.width), pre.fit, pre.scale, size)
+        if src.kind == "folder":
+            text += " (the ring slot's size; each replayed image is resized from its own, once)"
+        (log.warning if changed else log.info)("%s: %s", m.role, text)

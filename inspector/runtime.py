@@ -161,6 +161,19 @@ class _Problems:
 
 def source_problems(config: Config, config_file: str | Path, problems: _Problems) -> None:
     """What can be checked about the source without opening it (a camera may be in use by the running daemon)."""
+    try:
+        _source_files(config, config_file, problems)
+    except Exception as exc:  # e.g. a path naming a user that does not exist (~nobody/x)
+        problems.add(EXIT_SOURCE, f"source: {_why(exc)}")
+
+
+def _why(exc: BaseException) -> str:
+    """An exception nobody foresaw, in one line that names its type (the message alone can be empty)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _source_files(config: Config, config_file: str | Path, problems: _Problems) -> None:
     src = config.source
     try:
         source_class(src.kind)  # its library is installed (the camera extra for genicam)
@@ -199,6 +212,8 @@ def _open_model(
         )
     except (ManifestError, BackendError) as exc:
         raise StartupError(EXIT_MODEL, f"{where}: {exc}" if where not in str(exc) else str(exc)) from None
+    except Exception as exc:  # e.g. an engine file a TensorRT library cannot even read the header of
+        raise StartupError(EXIT_MODEL, f"{where}: cannot read the model's manifest: {_why(exc)}") from None
     key = _model_key(config, path, manifest.sha256)
     if previous is not None:
         for old in previous.models():
@@ -338,6 +353,8 @@ def build(
             except StartupError as exc:
                 for line in exc.problems:
                     problems.add(exc.code, line)
+            except Exception as exc:  # not foreseen above: still this model's problem, in one line
+                problems.add(EXIT_MODEL, f"models.{role} ({spec.path}): {_why(exc)}")
         ignore_mask = _ignore_mask(config, config_file, problems)
         decider = _decider(config, models, firsts, ignore_mask, problems)
         problems.raise_if_any()
@@ -376,11 +393,16 @@ def build(
 def _ignore_mask(config: Config, config_file: str | Path, problems: _Problems) -> np.ndarray | None:
     if not config.decision.ignore_regions.mask:
         return None
-    mask_path = resolve_path(config_file, config.decision.ignore_regions.mask)
+    where = "decision.ignore_regions.mask"
     try:
+        mask_path = resolve_path(config_file, config.decision.ignore_regions.mask)
+        if not mask_path.is_file():  # said here: OpenCV would also print its own warning on stderr
+            problems.add(EXIT_CONFIG, f"{where}: {mask_path} does not exist")
+            return None
         return load_ignore_mask(mask_path, (config.source.height, config.source.width))
-    except (OSError, ValueError) as exc:
-        problems.add(EXIT_CONFIG, f"decision.ignore_regions.mask ({mask_path}): {exc}")
+    except Exception as exc:  # unreadable, not an image (OpenCV's own error types too), the wrong size
+        message = str(exc)
+        problems.add(EXIT_CONFIG, message if message.startswith(where) else f"{where}: {message}")
         return None
 
 
@@ -440,6 +462,8 @@ def check(config_file: str | Path) -> list[str]:
         runtime = build(config, config_file)
     except StartupError as exc:
         problems = [f"{config_file}: {line}" for line in exc.problems]
+    except Exception as exc:  # build() reports every foreseen problem; anything else is still one line
+        problems = [f"{config_file}: {_why(exc)}"]
     else:
         retire(runtime, None)
     if config.archive.enabled and config.archive.path:
