@@ -5,9 +5,9 @@ this branch is expected to survive, and asserts that no invariant was violated: 
 seq in order at a real SUB and a real PULL (gaps only where the harness stalled or dropped them), no pass for a
 frame that cannot be inspected, counters reconciled from the real exporter, reloads counted. No timing asserts.
 
-Two fault kinds need daemon features that land on other branches of issue 10, and are only included where the
-daemon has them: poisoned outputs (NaN / out of range) need the `bad_output` reason (today they pass), deep
-nesting in a reloaded config needs the config hardening (today the RecursionError stops the daemon).
+Two fault kinds need daemon features of issue 10 and are only included where the daemon has them (both on main
+now): poisoned outputs (NaN / out of range) need the `bad_output` reason (before it they passed), deep nesting
+in a reloaded config needs the config hardening (before it the RecursionError stopped the daemon).
 """
 
 from __future__ import annotations
