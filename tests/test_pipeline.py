@@ -75,7 +75,9 @@ def test_one_verdict_per_frame_and_counters_reconcile(tmp_path):
     assert set(v["model_hashes"]) == {"recognizer", "segmenter"}
     assert v["inspected"] and v["result"] in ("pass", "reject")
     assert all(v["camera_frame_id"] == i for i, v in enumerate(verdicts))
-    assert [e["kind"] for e in sub.events() if e["kind"] != "test-probe"] == ["start", "camera", "stop"]
+    # Heartbeats come every publish.heartbeat_ms whatever the frames do: how many fall in the run is timing.
+    kinds = [e["kind"] for e in sub.events() if e["kind"] not in ("test-probe", "heartbeat")]
+    assert kinds == ["start", "camera", "stop"]
 
 
 def test_overload_still_one_verdict_per_frame(tmp_path):
