@@ -93,22 +93,44 @@ class SyntheticSourceConfig(_SourceBase):
 
 class FolderSourceConfig(_SourceBase):
     kind: Literal["folder"] = Field(description="Replay images from a directory.")
+    # The ring slot bounds the images, which are replayed at their native size: it says so where it is set.
+    width: int = Field(
+        320,
+        ge=16,
+        le=16384,
+        description="Ring slot width: the widest image replayed (images keep their native size; a narrower one is "
+        "inspected as itself, a wider one is a bad frame, refused from its header before it is decoded).",
+    )
+    height: int = Field(320, ge=16, le=16384, description="Ring slot height: the tallest image replayed (likewise).")
     path: str = Field(description="Directory of images (searched recursively for png/jpg/bmp/tif).")
     pattern: str = Field("**/*", description="Glob pattern below `path` for files to replay.")
     rate_hz: float | None = Field(
         None, gt=0, le=100000, description="Frames per second; null = as fast as the pipeline takes them."
     )
     loop: bool = Field(True, description="Start again from the first image after the last one.")
-    resize: bool = Field(
-        True,
-        description="Resize images to width x height at load time. If false, an image of another size is a "
-        "bad frame (rejected with reason bad_frame, never silently dropped).",
-    )
     masks: bool = Field(
         True,
         description="Attach ground truth from a mask beside each image (NAME.png for NAME.jpg, or "
-        "masks/NAME.png), when present, for live accuracy.",
+        "masks/NAME.png), when present, for live accuracy; an image without mask or class is defect-free.",
     )
+    preload: bool = Field(
+        False,
+        description="Decode every image at start-up (after its header is checked) instead of in its turn, so "
+        "that the first pass, too, measures the pipeline and not the disk (benchmarks); start-up then takes as "
+        "long as decoding the folder. Decoded images are kept in memory up to 4 GiB either way.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resize_removed(cls, data: Any) -> Any:
+        # A replay once resized every image to width x height, and the model's preprocessing resized it again.
+        if isinstance(data, dict) and "resize" in data:
+            raise ValueError(
+                "source.resize was removed: a folder replay delivers each image at its native size and the "
+                "model's preprocessing resizes it once, as in training; delete the line, and make source.width "
+                "and source.height at least the largest image's (a larger image is a bad frame)"
+            )
+        return data
 
 
 class GenicamFeature(_Model):

@@ -44,6 +44,7 @@ from inspector.console import Console, LiveStats, MetricsTap
 from inspector.health import Alarm
 from inspector.metrics import Metrics
 from inspector.pipeline import Pipeline
+from inspector.preprocess import describe_fit
 from inspector.publish import Publisher, PublisherError
 from inspector.runtime import Runtime, StartupError, build, restart_only_changes, retire
 from inspector.service import Notifier, Watchdog
@@ -268,6 +269,7 @@ class Daemon:
 
     def _describe(self, rt: Runtime) -> None:
         assert self.metrics is not None
+        _log_fit(rt)
         self.metrics.config_info(rt.config_hash, file=str(self.config_file))
         for m in rt.models():
             self.metrics.engine_info(
@@ -437,3 +439,15 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.close()
         self.notifier.close()
+
+
+def _log_fit(rt: Runtime) -> None:
+    """How frames become each model's input: an aspect-ratio change or a shrink past the model's scale is a
+    warning at start-up (and reload), never silent."""
+    src = rt.config.source
+    for m in rt.models():
+        pre, size = m.manifest.preprocessing, (m.manifest.input.height, m.manifest.input.width)
+        text, changed = describe_fit((src.height, src.width), pre.fit, pre.scale, size)
+        if src.kind == "folder":
+            text += " (the ring slot's size; each replayed image is resized from its own, once)"
+        (log.warning if changed else log.info)("%s: %s", m.role, text)

@@ -86,6 +86,7 @@ class Verdict:
     config_hash: str = ""
     model_hashes: dict[str, str] = field(default_factory=dict)
     truth: GroundTruth | None = None
+    source_name: str | None = None  # the replayed file (folder source); None for cameras
     t_acquired_mono_ns: int = 0  # not on the wire: for latency metrics
 
 

@@ -349,6 +349,7 @@ class Pipeline:
         t.config_hash = ""
         t.model_hashes = NO_HASHES
         t.truth = grab.truth
+        t.source_name = grab.source_name  # the source's own string: nothing allocated per frame
         t.slot = -1 if slot is None else slot
         t.height = min(grab.height, self._slot_h)
         t.width = min(grab.width, self._slot_w)
