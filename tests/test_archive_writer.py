@@ -25,7 +25,9 @@ from inspector.archive.redecide import Redecider, outcome_matches
 from inspector.archive.store import ArchiveStore
 from inspector.archive.writer import ArchiveWriter
 
-pytestmark = pytest.mark.timeout(120)
+# A guard against a hang, not a speed limit: each record is deflated and fsynced, about a second apiece on a
+# loaded box, and a test waits for dozens; every wait is bounded by _wait on the writer making progress.
+pytestmark = pytest.mark.timeout(900)
 
 
 def _writer(root: Path, events: Events | None = None, store: ArchiveStore | None = None, **archive):
