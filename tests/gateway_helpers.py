@@ -113,7 +113,7 @@ class Proc:
     def log(self) -> str:
         return "".join(self.lines)
 
-    def wait_log(self, text: str, timeout_s: float = 60) -> None:
+    def wait_log(self, text: str, timeout_s: float = 240) -> None:
         wait_until(
             lambda: any(text in line for line in self.lines) or self.proc.poll() is not None,
             timeout_s,
