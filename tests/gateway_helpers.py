@@ -118,6 +118,7 @@ class Proc:
             lambda: any(text in line for line in self.lines) or self.proc.poll() is not None,
             timeout_s,
             f"{text!r} from inspector {self.args[0]}",
+            detail=self.log,  # what it said so far: still importing, or stuck somewhere
         )
         assert any(text in line for line in self.lines), f"inspector {self.args[0]} exited:\n{self.log()}"
 
