@@ -11,12 +11,16 @@ Signals (handled on the main thread, which does nothing on the hot path):
   unchanged, new ones loaded and warmed up beside the running ones) swapped in between two batches. An invalid
   file, or one that changes a restart-only setting (runtime.RESTART_ONLY: line, source, publish, metrics, ring), is
   refused as a whole, logged with file/line or the settings named, counted as reload result "invalid", and the
-  running config stays. A valid file whose models cannot be loaded is counted "failed". RELOADING=1 ... READY=1.
+  running config stays. A valid file whose models cannot be loaded, or any other failure (an exception of any
+  type), is counted "failed" and the running config stays too. Each reload is logged once and published as a
+  `reload` event with its result and, when refused, why. SIGHUPs during a reload are coalesced into one more
+  reload after it. RELOADING=1 ... READY=1.
 - SIGTERM / SIGINT: STOPPING=1, stop acquiring, inspect the frames in flight (or, past the drain budget,
   reject them with reason shutdown), publish every verdict, close the publisher (it drains), exit 0.
 
 Events on the broadcast stream: start, stop, reload (result ok/invalid/failed), camera (connected or lost), alarm
-(engine_unhealthy: too many frames with bad network outputs or failed inference, inspector.health).
+(engine_unhealthy: too many frames with bad network outputs or failed inference, inspector.health), capacity (the
+source is configured faster than the pipeline can inspect: at start, or a reload changing models).
 
 The systemd watchdog is pinged only while verdicts are being made (service.Watchdog on the decided counter):
 a hung camera, model or pipeline stops the pings, and so does an unhealthy engine (inspector.health), for good.
@@ -39,6 +43,7 @@ import cv2
 
 from inspector.archive.metrics import ArchiveMetrics
 from inspector.archive.writer import ArchiveWriter
+from inspector.capacity import configured_rate
 from inspector.config import Config, ConfigError, load_config, resolve_path
 from inspector.console import Console, LiveStats, MetricsTap
 from inspector.health import Alarm
@@ -52,6 +57,7 @@ from inspector.sources import Source, SourceError, source_class
 
 log = logging.getLogger("inspector.daemon")
 
+EXIT_UNEXPECTED = 1  # start-up failed in a way none of the codes 2-4 foresaw (logged in one line; -v: traceback)
 DRAIN_EXTRA_S = 2.0  # beyond deadline_ms, how long SIGTERM waits for frames in flight to be inspected
 PUBLISHER_CLOSE_S = 5.0
 ARCHIVE_CLOSE_S = 5.0  # at stop, how long the archive writer may take for what is queued (the rest is counted)
@@ -226,6 +232,7 @@ class Daemon:
         health = pipeline.health
         self.watchdog = Watchdog(self.notifier, lambda: pipeline.counters.decided, healthy=lambda: not health.unhealthy)
         self.publisher.event("start", config_hash=self.runtime.config_hash, model_hashes=self.runtime.model_hashes)
+        self._report_capacity(self.runtime)
         # READY=1 before the first frame: models are loaded and warmed up, sockets bound, the source open.
         self.notifier.ready(f"inspecting {config.topic}, config {self.runtime.config_hash}")
         self.pipeline.start()
@@ -281,6 +288,54 @@ class Daemon:
                 input=f"{m.manifest.input.height}x{m.manifest.input.width}x{m.manifest.input.channels}",
             )
 
+    def _report_capacity(self, rt: Runtime) -> None:
+        """Capacity gauge; when the source is set faster than the pipeline can inspect, a warning and an event.
+        With a gated segmenter, also when it would be faster only if the segmenter fired on every frame."""
+        assert self.metrics is not None and self.publisher is not None
+        if rt.capacity is None:
+            return
+        fps, flagged, rate = rt.capacity.fps, rt.capacity.fps_all_flagged, configured_rate(rt.config)
+        self.metrics.capacity(fps, rate)
+        log.info(
+            "capacity: %.1f frames/s inspected (batch %d, %.1f ms a batch)%s",
+            fps,
+            rt.batch_size,
+            rt.capacity.batch_s * 1e3,
+            "" if flagged is None else f"; {flagged:.1f} frames/s if the gated segmenter fires on every frame",
+        )
+        if rate is None or rate <= (fps if flagged is None else flagged):
+            return
+        share = max(0.0, 1 - fps / rate)
+        if rate > fps:
+            log.warning(
+                "the source is set to %.1f frames/s but this pipeline can inspect only about %.1f frames/s (measured "
+                "at warm-up): about %.0f%% of the frames will be rejected fail-safe with reason overload, without "
+                "being inspected. Lower the frame rate, or make inspection faster: a larger pipeline.batch_size, a "
+                "lighter segmenter_mode, a faster backend (docs/RELIABILITY.md)",
+                rate,
+                fps,
+                100 * share,
+            )
+        else:
+            log.warning(
+                "the source is set to %.1f frames/s; this pipeline inspects %.1f frames/s while the gated segmenter "
+                "fires on no frame, but only %.1f if it fires on every frame: the more frames the recognizer flags, "
+                "the more are rejected fail-safe with reason overload, without being inspected (docs/RELIABILITY.md)",
+                rate,
+                fps,
+                flagged,
+            )
+        fields: dict[str, Any] = {
+            "capacity_fps": round(fps, 2),
+            "source_rate_fps": rate,
+            "batch_size": rt.batch_size,
+            "batch_ms": round(rt.capacity.batch_s * 1e3, 2),
+            "expected_overload_fraction": round(share, 3),
+        }
+        if flagged is not None:
+            fields["capacity_all_flagged_fps"] = round(flagged, 2)
+        self.publisher.event("capacity", **fields)
+
     # -------------------------------------------------------------------------------------- main loop
 
     def _on_hup(self, signum: int, frame: Any) -> None:
@@ -302,8 +357,13 @@ class Daemon:
         try:
             self.start()
         except StartupError as exc:
-            log.error("cannot start: %s", exc)
+            for line in exc.problems:  # one line per problem, as check-config prints them
+                log.error("cannot start: %s", line)
             return exc.code
+        except Exception as exc:  # not foreseen by start(): still one line and a documented status, no traceback
+            log.debug("start-up failed", exc_info=True)
+            log.error("cannot start: %s: %s", type(exc).__name__, " ".join(str(exc).split()))
+            return EXIT_UNEXPECTED
         return self.wait()
 
     def wait(self) -> int:
@@ -326,12 +386,23 @@ class Daemon:
     # ----------------------------------------------------------------------------------------- reload
 
     def reload(self) -> str:
-        """Re-read the config file and apply it atomically, or refuse it. Returns ok / invalid / failed."""
+        """Re-read the config file and apply it atomically, or refuse it. Returns ok / invalid / failed.
+
+        Whatever goes wrong (a file that does not validate, an unreadable one, a model that cannot be opened, an
+        exception of any type) leaves the running config in force: it is logged once and published as a `reload`
+        event with its result and why. Requests arriving during a reload are coalesced into one more reload after
+        it (the main loop's event is set again; however many there were, the file is read once more)."""
         assert self.runtime is not None and self.pipeline is not None and self.publisher is not None
         assert self.metrics is not None and self.config is not None
         self.notifier.reloading()
         try:
             result, error = self._reload_once()
+        except Exception as exc:  # a bug or exhausted memory: the running config stays all the same
+            why = " ".join(str(exc).split())
+            error = f"{self.config_file}: reload failed, the running config stays: {type(exc).__name__}: {why}"
+            log.debug("reload failed", exc_info=True)  # the traceback for a bug report, with -v
+            log.error("%s", error)
+            result = "failed"
         finally:
             self.notifier.ready(f"inspecting {self.config.topic}, config {self.runtime.config_hash}")
         self.reloads[result] += 1
@@ -362,6 +433,8 @@ class Daemon:
         except StartupError as exc:
             log.error("reload failed, the running config stays: %s", exc)
             return "failed", str(exc)
+        # Nothing above touched the running runtime; from here on the new one is in force.
+        old_capacity = self.runtime.capacity
         old = self.pipeline.swap(runtime)
         self.runtime, self.config = runtime, new
         if self.archive is not None:
@@ -369,6 +442,8 @@ class Daemon:
         if old is not None and old is not runtime:
             retire(old, runtime)
         self._describe(runtime)
+        if runtime.capacity is not old_capacity:
+            self._report_capacity(runtime)
         log.info("reloaded %s: config %s", self.config_file, runtime.config_hash)
         return "ok", None
 

@@ -28,6 +28,7 @@ batch size are unchanged (they were checked when they were loaded) and checks th
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import numpy as np
 from inspector.archive import FrameArchive
 from inspector.archive.writer import ArchiveContext, ArchiveWriter
 from inspector.backends import Backend, BackendError, BackendSettings, backend_class
+from inspector.capacity import Capacity, measure
 from inspector.config import Config, ConfigError, ModelSpec, load_config, resolve_path
 from inspector.decision import Decider, load_ignore_mask
 from inspector.frames import CHANNELS, Result
@@ -109,6 +111,7 @@ class Runtime:
     deadline_ns: int
     batch_size: int
     archive: FrameArchive | None = None  # the archive's hand-over for this runtime; None when archiving is off
+    capacity: Capacity | None = None  # measured after warm-up (inspector/capacity.py); None from check-config
 
     def models(self) -> list[LoadedModel]:
         return [m for m in (self.recognizer, self.segmenter) if m is not None]
@@ -161,6 +164,19 @@ class _Problems:
 
 def source_problems(config: Config, config_file: str | Path, problems: _Problems) -> None:
     """What can be checked about the source without opening it (a camera may be in use by the running daemon)."""
+    try:
+        _source_files(config, config_file, problems)
+    except Exception as exc:  # e.g. a path naming a user that does not exist (~nobody/x)
+        problems.add(EXIT_SOURCE, f"source: {_why(exc)}")
+
+
+def _why(exc: BaseException) -> str:
+    """An exception nobody foresaw, in one line that names its type (the message alone can be empty)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _source_files(config: Config, config_file: str | Path, problems: _Problems) -> None:
     src = config.source
     try:
         source_class(src.kind)  # its library is installed (the camera extra for genicam)
@@ -199,6 +215,8 @@ def _open_model(
         )
     except (ManifestError, BackendError) as exc:
         raise StartupError(EXIT_MODEL, f"{where}: {exc}" if where not in str(exc) else str(exc)) from None
+    except Exception as exc:  # e.g. an engine file a TensorRT library cannot even read the header of
+        raise StartupError(EXIT_MODEL, f"{where}: cannot read the model's manifest: {_why(exc)}") from None
     key = _model_key(config, path, manifest.sha256)
     if previous is not None:
         for old in previous.models():
@@ -301,12 +319,51 @@ def warm_up(model: LoadedModel, runs: int, batch: int) -> None:
         model.backend.run(batch)
 
 
+def batch_work(rt: Runtime) -> Callable[[int], None]:
+    """The inference thread's work for n blank frames (capacity.measure times it): the recognizer's
+    preprocessing of every row, the recognizer, the batch screen, and the segmenter where it sees every frame."""
+    blank = _blank_frame(rt.config)
+    seg_every = rt.mode == "always"
+
+    def run(n: int) -> None:
+        for i in range(n):
+            rt.rec_pre.put(i, blank)
+        rt.decider.screen(rt.recognizer.backend.run(n)["block_scores"])
+        if seg_every and rt.seg_pre is not None and rt.segmenter is not None:
+            for i in range(n):
+                rt.seg_pre.put(i, blank)
+            rt.segmenter.backend.run(n)
+
+    return run
+
+
+def segment_work(rt: Runtime) -> Callable[[int], None] | None:
+    """A gated segmenter's work for n blank frames (None in the other modes): what a batch costs on top of
+    batch_work when every frame of it is flagged."""
+    if rt.mode != "gated" or rt.seg_pre is None or rt.segmenter is None:
+        return None
+    blank, seg_pre, segmenter = _blank_frame(rt.config), rt.seg_pre, rt.segmenter
+
+    def run(n: int) -> None:
+        for i in range(n):
+            seg_pre.put(i, blank)
+        segmenter.backend.run(n)
+
+    return run
+
+
 def build(
-    config: Config, config_file: str | Path, previous: Runtime | None = None, archive: ArchiveWriter | None = None
+    config: Config,
+    config_file: str | Path,
+    previous: Runtime | None = None,
+    archive: ArchiveWriter | None = None,
+    measure_capacity: bool = True,
 ) -> Runtime:
     """The one validation (see the module docstring) and the runtime it yields. Raises StartupError listing
     every problem found; nothing it opened survives a failure. Models unchanged since `previous` are reused.
-    With `archive`, the runtime gets the archive's hand-over, its pool shaped for these models' outputs."""
+    With `archive`, the runtime gets the archive's hand-over, its pool shaped for these models' outputs.
+    With `measure_capacity`, the frames/s these models can inspect are measured after warm-up (on a reload that
+    reuses a model, `previous`'s measurement stands: see _unchanged_capacity)."""
     problems = _Problems()
     source_problems(config, config_file, problems)
     mode = config.models.segmenter_mode
@@ -338,6 +395,8 @@ def build(
             except StartupError as exc:
                 for line in exc.problems:
                     problems.add(exc.code, line)
+            except Exception as exc:  # not foreseen above: still this model's problem, in one line
+                problems.add(EXIT_MODEL, f"models.{role} ({spec.path}): {_why(exc)}")
         ignore_mask = _ignore_mask(config, config_file, problems)
         decider = _decider(config, models, firsts, ignore_mask, problems)
         problems.raise_if_any()
@@ -355,7 +414,7 @@ def build(
             config, config.config_hash(), recognizer.manifest, segmenter.manifest if segmenter else None, ignore_mask
         )
         sink = archive.bind(context)
-    return Runtime(
+    runtime = Runtime(
         config=config,
         config_hash=config.config_hash(),
         recognizer=recognizer,
@@ -371,16 +430,42 @@ def build(
         batch_size=batch,
         archive=sink,
     )
+    runtime.capacity = _capacity(previous, runtime) if measure_capacity else None
+    return runtime
+
+
+def _capacity(previous: Runtime | None, runtime: Runtime) -> Capacity:
+    """The frames/s these models can inspect: measured now, or the previous runtime's (_unchanged_capacity)."""
+    unchanged = _unchanged_capacity(previous, runtime)
+    if unchanged is not None:
+        return unchanged
+    return measure(batch_work(runtime), runtime.batch_size, segment=segment_work(runtime))
+
+
+def _unchanged_capacity(previous: Runtime | None, runtime: Runtime) -> Capacity | None:
+    """On a reload that reuses a model, the previous measurement: a reused model is running batches of the live
+    pipeline on its own input buffer, so it must not be run here. The pipeline's running estimate of the batch
+    time corrects the figure from the first batches on (and a reload that changes every model measures anew)."""
+    if previous is None:
+        return None
+    if not {id(m) for m in previous.models()} & {id(m) for m in runtime.models()}:
+        return None
+    return previous.capacity
 
 
 def _ignore_mask(config: Config, config_file: str | Path, problems: _Problems) -> np.ndarray | None:
     if not config.decision.ignore_regions.mask:
         return None
-    mask_path = resolve_path(config_file, config.decision.ignore_regions.mask)
+    where = "decision.ignore_regions.mask"
     try:
+        mask_path = resolve_path(config_file, config.decision.ignore_regions.mask)
+        if not mask_path.is_file():  # said here: OpenCV would also print its own warning on stderr
+            problems.add(EXIT_CONFIG, f"{where}: {mask_path} does not exist")
+            return None
         return load_ignore_mask(mask_path, (config.source.height, config.source.width))
-    except (OSError, ValueError) as exc:
-        problems.add(EXIT_CONFIG, f"decision.ignore_regions.mask ({mask_path}): {exc}")
+    except Exception as exc:  # unreadable, not an image (OpenCV's own error types too), the wrong size
+        message = str(exc)
+        problems.add(EXIT_CONFIG, message if message.startswith(where) else f"{where}: {message}")
         return None
 
 
@@ -437,9 +522,11 @@ def check(config_file: str | Path) -> list[str]:
         return str(exc).splitlines()
     problems = []
     try:
-        runtime = build(config, config_file)
+        runtime = build(config, config_file, measure_capacity=False)
     except StartupError as exc:
         problems = [f"{config_file}: {line}" for line in exc.problems]
+    except Exception as exc:  # build() reports every foreseen problem; anything else is still one line
+        problems = [f"{config_file}: {_why(exc)}"]
     else:
         retire(runtime, None)
     if config.archive.enabled and config.archive.path:
