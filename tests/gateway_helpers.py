@@ -145,7 +145,11 @@ class Proc:
 
 def start_gateway(config: Path) -> Proc:
     gw = Proc("gateway", "--config", str(config))
-    gw.wait_log("ready (")
+    try:
+        gw.wait_log("ready (")
+    except BaseException:
+        gw.kill()  # one that never got ready must not outlive the test: it kept its ports and a core busy
+        raise
     return gw
 
 
