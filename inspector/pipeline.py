@@ -190,6 +190,11 @@ class Pipeline:
         self.end_of_stream = False
 
         self._queue: collections.deque[Ticket] = collections.deque()
+        # Of the queued tickets, those still to be inspected (a ring slot, not a bad frame), and the newest one's
+        # acquisition time: the backlog admission weighs. A ring-full overload or a bad frame is decided already and
+        # takes no inference time; counted, a burst of them would get the frames in the ring shed as backlog.
+        self._to_inspect = 0
+        self._newest_to_inspect_ns = 0
         self._cond = threading.Condition(threading.Lock())
         self._freed = Wakeup()  # a slot was released: a paced replay may read its next frame
         self._stop_acquiring = threading.Event()
@@ -331,7 +336,7 @@ class Pipeline:
                     metrics.stage("preprocess", perf() - t1)
                 with cond:
                     counters.acquired = seq
-                    queue.append(t)
+                    self._enqueue(t)
                     cond.notify()
         except EndOfStream:
             self.end_of_stream = True
@@ -362,6 +367,13 @@ class Pipeline:
         if grab is None and slot is not None:
             self._release(slot)
         return grab
+
+    def _enqueue(self, t: Ticket) -> None:
+        # Under self._cond.
+        self._queue.append(t)
+        if t.slot >= 0 and t.bad is None:
+            self._to_inspect += 1
+            self._newest_to_inspect_ns = t.t_acquired_mono_ns
 
     def _ticket(self, t: Ticket, seq: int, grab: Grab, slot: int | None) -> Ticket:
         """A pooled ticket for the frame just grabbed. Every field is set: nothing carries over from its last use."""
@@ -442,26 +454,27 @@ class Pipeline:
         now = time.monotonic_ns()
         deadline, batch = rt.deadline_ns, rt.batch_size
         full_ns = max(1, int(est.predict_s(batch) * 1e9))
-        newest_age = now - queue[-1].t_acquired_mono_ns
+        newest_age = now - self._newest_to_inspect_ns if self._to_inspect else 0
         servable = batch * max(0, (int(deadline * BACKLOG_SHARE) - newest_age) // full_ns)
         if servable < batch:  # a deadline shorter than two batches: the largest batch that still makes it
             servable = self._fits(deadline - newest_age, batch)
-        excess = len(queue) - servable
+        excess = self._to_inspect - servable
         limit = min(batch, servable)
         probe = limit == 0 and now - self._last_admit_ns > PROBE_AFTER_NS
         if probe:
             limit = 1  # nothing fit for a while: one frame still in time goes through, so the estimate can learn
-        batch_ns = int(est.predict_s(max(1, min(limit, len(queue)))) * 1e9)
+        batch_ns = int(est.predict_s(max(1, min(limit, self._to_inspect))) * 1e9)
         backlog_detail: str | None = None
         late_detail: str | None = None
-        waiting = len(queue)
+        waiting = self._to_inspect
         n = 0
         while queue and n < max(limit, 1):  # limit 0: nothing fits, every frame waiting is shed
             t = queue.popleft()
             items.append(t)
-            excess -= 1
             if t.slot < 0 or t.bad is not None:
-                continue
+                continue  # decided already (fail-safe): not part of the backlog
+            self._to_inspect -= 1
+            excess -= 1
             waited = now - t.t_acquired_mono_ns
             if excess >= 0 and not probe:
                 if backlog_detail is None:

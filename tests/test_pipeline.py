@@ -3,14 +3,19 @@ and real HTTP scrapes of the exporter. Each test checks that every acquired fram
 
 from __future__ import annotations
 
+import collections
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from daemon_helpers import Collector, free_port, scrape, synthetic, total, write_config, write_images
 from tiny_models import write_tiny_models
 
+from inspector.capacity import Capacity, ServiceTime
 from inspector.daemon import Daemon
+from inspector.frames import Reason
+from inspector.pipeline import Pipeline, PipelineCounters, TicketPool
 from inspector.runtime import StartupError
 
 # A guard against a hang, not a speed limit: on a loaded 2-core machine one of these tests can take minutes.
@@ -103,6 +108,39 @@ def test_overload_still_one_verdict_per_frame(tmp_path):
     assert total(samples, "inspector_verdicts_total") + total(samples, "inspector_verdicts_dropped_total") == 80
     assert total(samples, "inspector_verdicts_total", reason="overload") == overloads
     assert total(samples, "inspector_frames_dropped_total", cause="overload") == overloads
+
+
+def test_ring_full_overloads_are_no_backlog_at_admission():
+    """The inference thread not run for a while (a loaded machine) while a 500 fps line fills a 2-slot ring: the
+    queue holds the ring's 2 frames, then 78 ring-full overloads. Those are decided already (fail-safe) and cost
+    no inference, so they must not count as a backlog: the ring's frames make a 10 s deadline at 1.4 s a frame,
+    and are admitted. (Counted, they got both shed, oldest first, and no frame of the run was inspected.)"""
+    cap = Capacity(batch_size=1, single_s=1.4, batch_s=1.4)
+    now = time.monotonic_ns()
+    pipe = SimpleNamespace(
+        runtime=SimpleNamespace(capacity=cap, deadline_ns=10_000_000_000, batch_size=1),
+        service=ServiceTime(cap),
+        counters=PipelineCounters(),
+        _queue=collections.deque(),
+        _to_inspect=0,
+        _newest_to_inspect_ns=0,
+        _last_admit_ns=now,
+        _admitted_ns=0,
+    )
+    pipe._fits = lambda budget_ns, batch: Pipeline._fits(pipe, budget_ns, batch)
+    pipe._shed = lambda t, detail: Pipeline._shed(pipe, t, detail)
+    pool = TicketPool(0)
+    for seq in range(80):
+        t = pool.take()
+        t.seq, t.slot, t.bad, t.t_acquired_mono_ns = seq, seq if seq < 2 else -1, None, now - 200_000_000 + seq
+        Pipeline._enqueue(pipe, t)
+    admitted = []
+    while pipe._queue:
+        items = []
+        Pipeline._admit(pipe, items)
+        admitted += [t.seq for t in items if t.slot >= 0 and t.reason is not Reason.OVERLOAD]
+    assert admitted == [0, 1]
+    assert pipe.counters.shed == 0 and pipe._to_inspect == 0
 
 
 def test_a_deadline_no_batch_can_make_sheds_frames_at_admission(tmp_path):
