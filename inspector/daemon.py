@@ -145,7 +145,7 @@ class Daemon:
         tap = MetricsTap(self.metrics, self.stats)
 
         # Sockets first: monitors and the PLC gateway connect while the models load, and see the first verdict.
-        self.publisher = Publisher(config.publish, config.topic, tap)
+        self.publisher = Publisher(config.publish, config.topic, tap, failsafe_result=config.pipeline.failsafe_result)
         try:
             self.publisher.start()
         except PublisherError as exc:
@@ -304,6 +304,7 @@ class Daemon:
             self.notifier.ready(f"inspecting {self.config.topic}, config {self.runtime.config_hash}")
         self.reloads[result] += 1
         self.metrics.reload(result)
+        self.publisher.failsafe_result = self.config.pipeline.failsafe_result  # for its minimal verdicts
         fields: dict[str, Any] = {"result": result, "config_hash": self.runtime.config_hash}
         if error:
             fields["error"] = error

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -31,6 +32,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Any, Protocol, TextIO
 
 import orjson
@@ -38,7 +40,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from inspector.config import PublishConfig, SocketConfig
-from inspector.frames import Verdict
+from inspector.frames import Reason, Verdict
 from inspector.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,14 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
+def _wire_score(x: float | None) -> float | None:
+    """A score as the wire carries it: 4 decimals, null when absent or not finite (NaN/Inf from a model)."""
+    if x is None:
+        return None
+    f = float(x)
+    return round(f, 4) if math.isfinite(f) else None
+
+
 def verdict_message(verdict: Verdict, line: str = "", camera: str = "", run_id: str = "") -> dict[str, Any]:
     """The wire form of one verdict (schema inspector.verdict/1, docs/PROTOCOL.md)."""
     reason = verdict.reason.value
@@ -103,7 +113,7 @@ def verdict_message(verdict: Verdict, line: str = "", camera: str = "", run_id: 
         "timestamp_source": verdict.timestamp_source,
         "device_timestamp_ns": verdict.t_device_ns,
         "defects": [d.to_wire() for d in verdict.defects],
-        "recognizer_score": None if verdict.recognizer_score is None else round(float(verdict.recognizer_score), 4),
+        "recognizer_score": _wire_score(verdict.recognizer_score),
         "segmenter_ran": verdict.segmenter_ran,
         "camera_drops_before": verdict.camera_drops_before,
         "config_hash": verdict.config_hash,
@@ -132,10 +142,103 @@ def event_message(
     return msg
 
 
+def _wire_default(obj: Any) -> Any:
+    """What orjson cannot encode by itself: numpy scalars (a model's float32 score) as Python numbers, enums as
+    their value. Anything else is a bug upstream: TypeError, and the caller sends the minimal verdict instead."""
+    item = getattr(obj, "item", None)
+    if callable(item):
+        return item()
+    if isinstance(obj, Enum):
+        return obj.value
+    raise TypeError(f"{type(obj).__name__} is not a wire type")
+
+
+_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
 def _encode(msg: dict[str, Any]) -> bytes:
     # orjson: compact UTF-8 JSON in one C call, ~10x the standard library's speed on a verdict (README,
-    # "Dependencies"). Non-finite floats become null, which the schema allows for every float field.
-    return orjson.dumps(msg)
+    # "Dependencies"). Non-finite floats (Python or numpy) become null, which the schema allows for every float
+    # field: a NaN score from a broken model never makes a verdict unsendable.
+    return orjson.dumps(msg, default=_wire_default, option=_ORJSON_OPTIONS)
+
+
+def _int_field(obj: Any, name: str) -> int | None:
+    """obj.name as a 64-bit int, or None whatever goes wrong (for the minimal verdict)."""
+    try:
+        i = int(getattr(obj, name))
+    except Exception:
+        return None
+    return i if -(2**63) <= i < 2**63 else None
+
+
+def _safe_iso(ns: int | None) -> str | None:
+    try:
+        return None if ns is None else iso_utc(ns)
+    except Exception:  # a timestamp outside datetime's range
+        return None
+
+
+def minimal_verdict(verdict: Any, line: str, camera: str, run_id: str, result: str, why: str) -> tuple[Verdict, bytes]:
+    """The fail-safe verdict for a frame whose full verdict could not be encoded (docs/PROTOCOL.md, "Minimal
+    verdict"): envelope, seq, camera_frame_id, the fail-safe result, reason error, not inspected, and why.
+
+    Built from as little of the original as possible, each piece converted defensively, so that it cannot fail
+    for the reasons the full message did. Returns the record (for metrics) and its encoded form."""
+    now = time.time_ns()
+    seq = _int_field(verdict, "seq")
+    frame_id = _int_field(verdict, "camera_frame_id")
+    acquired = _int_field(verdict, "t_acquired_ns")
+    mono = _int_field(verdict, "t_acquired_mono_ns") or 0
+    result = "pass" if result == "pass" else "reject"
+    detail = f"verdict could not be encoded: {why}"[:500]
+    record = Verdict(
+        seq=-1 if seq is None else seq,
+        camera_frame_id=-1 if frame_id is None else frame_id,
+        result=result,  # type: ignore[arg-type]  # checked just above
+        reason=Reason.ERROR,
+        t_acquired_ns=now if acquired is None else acquired,
+        t_decided_ns=now,
+        detail=detail,
+        t_acquired_mono_ns=mono,
+    )
+    msg = {
+        "schema": VERDICT_SCHEMA,
+        "line": str(line),
+        "camera": str(camera),
+        "run_id": str(run_id),
+        "seq": seq,
+        "camera_frame_id": frame_id,
+        "result": result,
+        "reason": Reason.ERROR.value,
+        "inspected": False,
+        "detail": detail,
+        "acquired": _safe_iso(acquired),
+        "acquired_ns": acquired,
+        "decided": iso_utc(now),
+        "decided_ns": now,
+    }
+    return record, json.dumps(msg, ensure_ascii=True, allow_nan=False).encode()
+
+
+class _RateLimitedLog:
+    """At most one log line per `every_s` for one kind of trouble, saying how many happened since the last."""
+
+    def __init__(self, every_s: float = 10.0):
+        self.every_s = every_s
+        self._last = -math.inf
+        self._suppressed = 0
+
+    def __call__(self, level: int, fmt: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            self._suppressed += 1
+            return
+        more = (
+            f" (and {self._suppressed} more like it in the last {now - self._last:.0f} s)" if self._suppressed else ""
+        )
+        self._last, self._suppressed = now, 0
+        log.log(level, fmt + "%s", *args, more)
 
 
 Socket = zmq.Socket[bytes]  # every socket here sends and receives bytes frames
@@ -149,7 +252,9 @@ class PublisherMetrics(Protocol):
     def verdict_dropped(self, cause: str) -> None: ...
     def stage(self, name: str, seconds: float) -> None: ...
     def actuator_connected(self, connected: bool | int) -> None: ...
-    def actuator_undelivered(self) -> None: ...
+    def actuator_undelivered(self, cause: str) -> None: ...
+    def actuator_refused(self, cause: str) -> None: ...
+    def verdict_encode_failed(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -176,8 +281,13 @@ class Publisher:
         topic: str,
         metrics: PublisherMetrics | None = None,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        failsafe_result: str = "reject",
     ):
         self.cfg = cfg
+        # The result of the minimal verdict sent for a frame whose verdict could not be encoded (pipeline's
+        # failsafe_result; the daemon updates it on reload: a plain attribute, read once per such verdict).
+        self.failsafe_result = failsafe_result
+        self._max_age_ns = None if cfg.actuator_max_age_ms is None else int(cfg.actuator_max_age_ms * 1e6)
         self.topic = topic
         self.line, self.camera = split_topic(topic)
         # One per publisher, i.e. per daemon process (a reload keeps its publisher): see docs/PROTOCOL.md.
@@ -204,6 +314,10 @@ class Publisher:
         self.events_published = 0
         self.actuator_sent = 0  # verdicts handed to a connected actuator receiver
         self.actuator_undelivered = 0  # verdicts no actuator receiver could take
+        self.actuator_stale = 0  # verdicts too old for the actuator (publish.actuator_max_age_ms): not sent
+        self.encode_failed = 0  # verdicts sent as the minimal fail-safe verdict: the full one could not be encoded
+        self._encode_log = _RateLimitedLog()
+        self._stale_log = _RateLimitedLog()
         self.actuator_peers = 0  # receivers connected right now
         self._last_seq: int | None = None  # publisher thread: seq of the last verdict published (in every event)
         # Publisher thread only: actuator connections accepted but still in handshake, and those past it.
@@ -415,31 +529,71 @@ class Publisher:
         t0 = time.perf_counter()
         try:
             payload = _encode(verdict_message(verdict, self.line, self.camera, self.run_id))
-        except (TypeError, ValueError) as exc:
-            log.error("verdict seq=%s cannot be encoded: %s", verdict.seq, exc)
-            self._count_drop("encode_error")
-            return
+        except Exception as exc:  # whatever it is, the frame still gets a verdict: the minimal fail-safe one
+            verdict, payload = self._minimal(verdict, exc)
         # PUB never blocks: a subscriber at its HWM loses the message, which it sees as a gap in seq.
         # Two plain sends with int flags: pyzmq's send_multipart computes its flags with enum.Flag operators,
         # which cost three times the send itself. A multipart message is still atomic (all parts or none).
         pub.send(self._verdict_topic, _SNDMORE)
         pub.send(payload)
+        now_mono = time.monotonic_ns()
         if act is not None:
-            try:
-                act.send(self._verdict_topic, _NOBLOCK_SNDMORE)
-                act.send(payload, _NOBLOCK)
-                self.actuator_sent += 1
-            except zmq.Again:
-                self.actuator_undelivered += 1
-                if self.metrics is not None:
-                    self.metrics.actuator_undelivered()
+            self._send_actuator(act, verdict, payload, now_mono)
         self._last_seq = verdict.seq
         with self._stats_lock:
             self.published += 1
         if self.metrics is not None:
             self.metrics.stage("publish", time.perf_counter() - t0)
-            latency_s = (time.monotonic_ns() - verdict.t_acquired_mono_ns) / 1e9 if verdict.t_acquired_mono_ns else 0.0
+            latency_s = (now_mono - verdict.t_acquired_mono_ns) / 1e9 if verdict.t_acquired_mono_ns else 0.0
             self.metrics.verdict_published(verdict, latency_s)
+
+    def _send_actuator(self, act: Socket, verdict: Verdict, payload: bytes, now_mono: int) -> None:
+        # A verdict older than actuator_max_age_ms is for a part already past the ejector: not sent (a burst of
+        # those after a stall would be acted on as if current), counted, still on the broadcast stream.
+        if self._max_age_ns is not None:
+            if verdict.t_acquired_mono_ns:
+                age_ns = now_mono - verdict.t_acquired_mono_ns
+            else:  # no monotonic stamp (a source without one): the wall clocks, as the gateway compares them
+                age_ns = time.time_ns() - verdict.t_acquired_ns
+            if age_ns > self._max_age_ns:
+                self.actuator_stale += 1
+                if self.metrics is not None:
+                    self.metrics.actuator_undelivered("stale")
+                self._stale_log(
+                    logging.WARNING,
+                    "verdict seq=%s not sent to the actuator: %.0f ms old, publish.actuator_max_age_ms is %g",
+                    verdict.seq,
+                    age_ns / 1e6,
+                    self._max_age_ns / 1e6,
+                )
+                return
+        try:
+            act.send(self._verdict_topic, _NOBLOCK_SNDMORE)
+            act.send(payload, _NOBLOCK)
+            self.actuator_sent += 1
+        except zmq.Again:
+            self.actuator_undelivered += 1
+            if self.metrics is not None:
+                self.metrics.actuator_undelivered("no_receiver" if not self._peer_fds else "queue_full")
+
+    def _minimal(self, verdict: Verdict, exc: BaseException) -> tuple[Verdict, bytes]:
+        """The minimal fail-safe verdict for one that could not be encoded; counted, logged (rate-limited)."""
+        try:
+            why = f"{type(exc).__name__}: {exc}"
+        except Exception:  # an exception whose str() fails
+            why = type(exc).__name__
+        self.encode_failed += 1
+        if self.metrics is not None:
+            self.metrics.verdict_encode_failed()
+        self._encode_log(
+            logging.ERROR,
+            "verdict seq=%s could not be encoded (%s): the minimal fail-safe verdict (%s, reason error) went out "
+            "instead",
+            getattr(verdict, "seq", "?"),
+            why,
+            self.failsafe_result,
+        )
+        return minimal_verdict(verdict, self.line, self.camera, self.run_id, self.failsafe_result, why)
 
     def _publish_event(self, pub: Socket, kind: str, t_ns: int, fields: dict[str, Any]) -> None:
         # Every event says which verdict it follows; heartbeat and stop also say how the actuator fared, so a
@@ -450,6 +604,7 @@ class Publisher:
             if self.cfg.actuator is not None:
                 fields["actuator_sent"] = self.actuator_sent
                 fields["actuator_undelivered"] = self.actuator_undelivered
+                fields["actuator_stale"] = self.actuator_stale
         try:
             payload = _encode(event_message(kind, self.line, self.camera, t_ns=t_ns, run_id=self.run_id, **fields))
         except (TypeError, ValueError) as exc:

@@ -189,7 +189,10 @@ def test_actuator_tracks_a_real_receiver_and_counts_undelivered(ctx):
         for i in range(5):
             pub.submit(_verdict(i))
         _wait(lambda: pub.published == 5)
-        assert pub.actuator_undelivered == 5 and g("inspector_actuator_undelivered_total", labels) == 5
+        assert (
+            pub.actuator_undelivered == 5
+            and g("inspector_actuator_undelivered_total", {**labels, "cause": "no_receiver"}) == 5
+        )
 
         gateway = ctx.socket(zmq.PULL)
         gateway.connect(pub.actuator_endpoint)
@@ -208,7 +211,10 @@ def test_actuator_tracks_a_real_receiver_and_counts_undelivered(ctx):
         for i in range(15, 18):
             pub.submit(_verdict(i))
         _wait(lambda: pub.published == 18)
-        assert pub.actuator_undelivered == 8 and g("inspector_actuator_undelivered_total", labels) == 8
+        assert (
+            pub.actuator_undelivered == 8
+            and g("inspector_actuator_undelivered_total", {**labels, "cause": "no_receiver"}) == 8
+        )
     finally:
         pub.close()
 
@@ -361,3 +367,169 @@ def test_protocol_doc_matches_the_wire_schema():
         for n in re.findall(r"`([a-z_]+)`", row)
     }
     assert set(wire) - {"schema", "line", "camera"} <= documented
+
+
+# ------------------------------------------------------------------------------- encoding is total (issue 10)
+
+
+def _pull(ctx: zmq.Context, pub: Publisher) -> zmq.Socket:
+    gateway = ctx.socket(zmq.PULL)
+    gateway.setsockopt(zmq.LINGER, 0)
+    gateway.connect(pub.actuator_endpoint)
+    assert pub.wait_actuator_peers(1, 10)
+    return gateway
+
+
+def test_non_finite_and_numpy_scores_are_encoded_as_null_or_numbers(ctx):
+    import numpy as np
+
+    nan_defect = Defect("scratch", 5, (1, 2, 3, 4), np.float32("nan"))
+    verdicts = [
+        Verdict(**{**_verdict_fields(0), "recognizer_score": float("nan")}),
+        Verdict(**{**_verdict_fields(1), "recognizer_score": np.float32("inf"), "defects": (nan_defect,)}),
+        Verdict(
+            **{
+                **_verdict_fields(2),
+                "recognizer_score": np.float64(0.25),
+                "defects": (Defect("x", 1, (0, 0, 1, 1), np.float32(0.5)),),
+            }
+        ),
+    ]
+    metrics = Metrics("line7", "camA")
+    pub = Publisher(_cfg(), TOPIC, metrics)
+    pub.start()
+    try:
+        sub = _subscriber(ctx, pub)
+        gateway = _pull(ctx, pub)
+        for v in verdicts:
+            pub.submit(v)
+        on_wire = _recv_verdicts(sub, len(verdicts))
+        on_actuator = [_recv_json(gateway)[1] for _ in verdicts]
+    finally:
+        pub.close()
+    assert on_wire == on_actuator
+    assert [m["recognizer_score"] for m in on_wire] == [None, None, 0.25]
+    assert on_wire[1]["defects"][0]["score"] is None and on_wire[2]["defects"][0]["score"] == 0.5
+    assert all(m["reason"] == "ok" and m["seq"] == i for i, m in enumerate(on_wire))  # the full verdicts
+    assert pub.encode_failed == 0 and pub.published == 3
+
+
+def _recv_verdicts(sub: zmq.Socket, n: int) -> list[dict]:
+    """The next n verdicts on a broadcast subscriber (events skipped)."""
+    got: list[dict] = []
+    while len(got) < n:
+        topic, msg = _recv_json(sub)
+        if topic.endswith("/verdict"):
+            got.append(msg)
+    return got
+
+
+def _verdict_fields(seq: int) -> dict:
+    v = _verdict(seq)
+    return {f: getattr(v, f) for f in Verdict.__slots__}
+
+
+@pytest.mark.parametrize("failsafe", ["reject", "pass"])
+def test_a_verdict_that_cannot_be_encoded_goes_out_as_the_minimal_failsafe_verdict(ctx, caplog, failsafe):
+    metrics = Metrics("line7", "camA")
+    pub = Publisher(_cfg(), TOPIC, metrics, failsafe_result=failsafe)
+    pub.start()
+    n = 40
+    try:
+        sub = _subscriber(ctx, pub)
+        gateway = _pull(ctx, pub)
+        with caplog.at_level("ERROR", logger="inspector.publish"):
+            for i in range(n):
+                # Something unforeseen: an object no encoder knows, in a field the pipeline fills.
+                pub.submit(Verdict(**{**_verdict_fields(i), "model_hashes": {"recognizer": object()}}))
+            pub.submit(_verdict(n))  # and a healthy one after them
+            on_wire = _recv_verdicts(sub, n + 1)
+            on_actuator = [_recv_json(gateway)[1] for _ in range(n + 1)]
+    finally:
+        pub.close()
+    assert on_wire == on_actuator  # every frame has exactly one verdict, on both sockets
+    assert [m["seq"] for m in on_wire] == list(range(n + 1))
+    for m in on_wire[:n]:
+        assert m["schema"] == VERDICT_SCHEMA and (m["line"], m["camera"], m["run_id"]) == ("line7", "camA", pub.run_id)
+        assert m["camera_frame_id"] == 1000 + m["seq"]
+        assert (m["result"], m["reason"], m["inspected"]) == (failsafe, "error", False)
+        assert m["detail"].startswith("verdict could not be encoded: TypeError")
+        assert isinstance(m["acquired_ns"], int) and ISO.match(m["acquired"])
+    assert on_wire[n]["reason"] == "ok" and on_wire[n]["model_hashes"] == {"recognizer": "aa11", "segmenter": "bb22"}
+    assert pub.published == n + 1 and pub.dropped == 0 and pub.encode_failed == n and pub.actuator_sent == n + 1
+    g = metrics.registry.get_sample_value
+    labels = {"line": "line7", "camera": "camA"}
+    assert g("inspector_verdicts_encode_failed_total", labels) == n
+    assert g("inspector_verdicts_total", {**labels, "result": failsafe, "reason": "error"}) == n
+    # Logged, but not once per frame.
+    logged = [r for r in caplog.records if "could not be encoded" in r.getMessage()]
+    assert 1 <= len(logged) < n // 4
+
+
+def test_the_minimal_verdict_survives_a_verdict_with_unreadable_fields():
+    from inspector.publish import minimal_verdict
+
+    class Broken:
+        seq = 2**80  # outside the wire's 64-bit integers
+        camera_frame_id = "not a number"
+
+        @property
+        def t_acquired_ns(self):
+            raise RuntimeError("boom")
+
+    record, payload = minimal_verdict(Broken(), "l", "c", "r", "reject", "why")
+    msg = json.loads(payload)
+    assert (msg["seq"], msg["camera_frame_id"], msg["acquired_ns"], msg["result"]) == (None, None, None, "reject")
+    assert record.reason is Reason.ERROR and record.result == "reject"
+
+
+# ------------------------------------------------------------------------------- stale verdicts (issue 10)
+
+
+def _aged(seq: int, age_ms: float, mono: bool = True) -> Verdict:
+    v = _verdict(seq)
+    v.t_acquired_ns = time.time_ns() - int(age_ms * 1e6)
+    v.t_acquired_mono_ns = time.monotonic_ns() - int(age_ms * 1e6) if mono else 0
+    return v
+
+
+def test_a_verdict_older_than_the_actuator_max_age_is_not_sent_to_it_but_counted(ctx):
+    cfg = _cfg().model_copy(update={"actuator_max_age_ms": 500.0, "heartbeat_ms": 50})
+    metrics = Metrics("line7", "camA")
+    pub = Publisher(cfg, TOPIC, metrics)
+    pub.start()
+    try:
+        sub = _subscriber(ctx, pub)
+        gateway = _pull(ctx, pub)
+        # Fresh, stale (monotonic age), fresh, stale by the wall clock (a verdict without a monotonic stamp).
+        pub.submit_all([_aged(0, 0), _aged(1, 30_000), _aged(2, 10), _aged(3, 30_000, mono=False), _aged(4, 0)])
+        on_wire = _recv_verdicts(sub, 5)
+        on_actuator = [_recv_json(gateway)[1]["seq"] for _ in range(3)]
+        assert not gateway.poll(300)
+        _wait(lambda: pub.actuator_stale == 2)
+        # The heartbeat tells a gateway how many it will never get, and why.
+        while True:
+            _, msg = _recv_json(sub)
+            if msg.get("kind") == "heartbeat" and msg["last_seq"] == 4:
+                break
+    finally:
+        pub.close()
+    assert [m["seq"] for m in on_wire] == [0, 1, 2, 3, 4]  # the broadcast stream still has every verdict
+    assert on_actuator == [0, 2, 4]
+    assert (msg["published"], msg["actuator_sent"], msg["actuator_undelivered"], msg["actuator_stale"]) == (5, 3, 0, 2)
+    g = metrics.registry.get_sample_value
+    labels = {"line": "line7", "camera": "camA"}
+    assert g("inspector_actuator_undelivered_total", {**labels, "cause": "stale"}) == 2
+    assert g("inspector_actuator_undelivered_total", {**labels, "cause": "no_receiver"}) == 0
+
+
+def test_without_a_max_age_old_verdicts_still_go_to_the_actuator(ctx):
+    pub = Publisher(_cfg().model_copy(update={"actuator_max_age_ms": None}), TOPIC, None)
+    pub.start()
+    try:
+        gateway = _pull(ctx, pub)
+        pub.submit(_aged(0, 60_000))
+        assert _recv_json(gateway)[1]["seq"] == 0
+    finally:
+        pub.close()
+    assert pub.actuator_stale == 0
