@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         "listen",
         help="print the verdicts a line config publishes (a ZeroMQ subscriber)",
         description="Subscribe to a line's broadcast stream and print its verdicts; gaps in seq (verdicts lost on "
-        "the way) are reported on stderr.",
+        "the way) and daemon restarts (a new run_id: seq starts again, not a loss) are reported on stderr.",
     )
     lis.add_argument("--config", required=True, help="line config whose broadcast endpoint and topic to use")
     lis.add_argument("--count", type=int, help="stop after N verdicts (default: until interrupted)")

@@ -676,14 +676,23 @@ def format_verdict_line(msg: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _report_gap(last_seq: dict[str, int], cam_topic: str, seq: Any) -> None:
-    """A verdict's seq after the previous one of its camera: a jump means verdicts lost on the way (stderr)."""
+def _report_gap(last: dict[str, tuple[Any, int]], cam_topic: str, run_id: Any, seq: Any) -> None:
+    """A verdict's run_id and seq after the previous one of its camera (stderr): a new run_id is a restart of the
+    daemon (seq starts again: not a loss); within one run, a jump in seq means verdicts lost on the way."""
     if not isinstance(seq, int):
         return
-    prev = last_seq.get(cam_topic)
-    if prev is not None and seq > prev + 1:
-        print(f"listen: {cam_topic}: {seq - prev - 1} verdicts missed before seq {seq}", file=sys.stderr)
-    last_seq[cam_topic] = seq
+    prev = last.get(cam_topic)
+    if prev is not None:
+        prev_run, prev_seq = prev
+        if run_id != prev_run:
+            print(
+                f"listen: {cam_topic}: the daemon restarted (run_id {prev_run} -> {run_id}); seq starts again at "
+                f"{seq} (last seen of the old run: {prev_seq})",
+                file=sys.stderr,
+            )
+        elif seq > prev_seq + 1:
+            print(f"listen: {cam_topic}: {seq - prev_seq - 1} verdicts missed before seq {seq}", file=sys.stderr)
+    last[cam_topic] = (run_id, seq)
 
 
 def listen(
@@ -698,7 +707,8 @@ def listen(
     """Subscribe to `endpoint` and print verdicts of `topic` (LINE/CAMERA; "" = every camera) to `out`.
 
     Stops after `count` verdicts (None = forever), or when nothing arrived for `timeout_s`. Returns the number
-    of verdicts printed. Sequence gaps (verdicts lost on the way, e.g. to a slow terminal) are reported on stderr.
+    of verdicts printed. Sequence gaps (verdicts lost on the way, e.g. to a slow terminal) and daemon restarts (a
+    new run_id) are reported on stderr.
     """
     prefix = topic.rstrip("/")
     ctx: Context = zmq.Context.instance()
@@ -713,7 +723,7 @@ def listen(
         sub.setsockopt_string(zmq.SUBSCRIBE, "")
     sub.connect(endpoint)
     printed = 0
-    last_seq: dict[str, int] = {}
+    last_seq: dict[str, tuple[Any, int]] = {}
     poll_ms = None if timeout_s is None else int(timeout_s * 1000)
     try:
         while count is None or printed < count:
@@ -739,7 +749,7 @@ def listen(
             if not schema.startswith("inspector.verdict/"):
                 print(f"listen: ignoring a message with schema {schema!r}", file=sys.stderr)
                 continue
-            _report_gap(last_seq, msg_topic.rsplit("/", 1)[0], msg.get("seq"))
+            _report_gap(last_seq, msg_topic.rsplit("/", 1)[0], msg.get("run_id"), msg.get("seq"))
             out.write(json.dumps(msg, separators=(",", ":")) if as_json else format_verdict_line(msg))
             out.write("\n")
             out.flush()

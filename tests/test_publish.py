@@ -533,3 +533,40 @@ def test_without_a_max_age_old_verdicts_still_go_to_the_actuator(ctx):
     finally:
         pub.close()
     assert pub.actuator_stale == 0
+
+
+def test_listen_reports_a_daemon_restart_and_not_a_gap(capsys):
+    first = Publisher(_cfg(actuator=False), TOPIC, None)
+    first.start()
+    port = first.broadcast_endpoint.rsplit(":", 1)[1]
+    out = io.StringIO()
+    t = threading.Thread(target=lambda: listen(first.broadcast_endpoint, TOPIC, 8, True, out, 20.0), daemon=True)
+    t.start()
+
+    def stream(pub: Publisher, until) -> None:
+        seq = 0
+        deadline = time.monotonic() + 30
+        while not until() and time.monotonic() < deadline:
+            pub.submit(_verdict(seq))
+            seq += 1
+            time.sleep(0.01)
+
+    try:
+        stream(first, lambda: len(out.getvalue().splitlines()) >= 3)
+    finally:
+        first.close()
+    # The daemon restarts on the same address: a new run id, seq from 0 again.
+    cfg = PublishConfig(broadcast=SocketConfig(bind=f"tcp://127.0.0.1:{port}", linger_ms=200), actuator=None)
+    second = Publisher(cfg, TOPIC, None)
+    second.start()
+    try:
+        stream(second, lambda: not t.is_alive())
+        t.join(10)
+    finally:
+        second.close()
+    msgs = [json.loads(line) for line in out.getvalue().splitlines()]
+    runs = [m["run_id"] for m in msgs]
+    assert len(msgs) == 8 and set(runs) == {first.run_id, second.run_id}
+    err = capsys.readouterr().err
+    assert f"the daemon restarted (run_id {first.run_id} -> {second.run_id})" in err
+    assert "missed" not in err  # seq going back to the start of a new run is not a loss
