@@ -368,6 +368,19 @@ def addresses_clash(a: tuple[str, str, int | None], b: tuple[str, str, int | Non
     return a[1] == b[1] or "*" in (a[1], b[1])
 
 
+class CurveConfig(_Model):
+    secret_key: str = Field(
+        description="The daemon's CURVE key pair: a NAME.key_secret file of `inspector keys generate` (zmq.auth "
+        "format), readable by the service user only (mode 600; start is refused otherwise). Clients need the "
+        "public half, NAME.key, next to it. Relative to this file.",
+    )
+    authorised_keys: str = Field(
+        description="The clients allowed on both sockets: a directory of their public NAME.key files, or one such "
+        "file; not writable by others (start is refused otherwise). Anyone else's handshake fails: they receive "
+        "nothing. Relative to this file.",
+    )
+
+
 class PublishConfig(_Model):
     heartbeat_ms: int = Field(
         1000,
@@ -397,6 +410,11 @@ class PublishConfig(_Model):
         "Set it to the time a part takes from the camera to the ejector. The default, twice the default "
         "pipeline.deadline_ms, lets every verdict the pipeline decides in time through, deadline fail-safes "
         "included, and stops the backlog of a stall. null = no limit.",
+    )
+    curve: CurveConfig | None = Field(
+        None,
+        description="ZeroMQ CURVE authentication and encryption of both sockets (docs/OPERATIONS.md, 'Securing the "
+        "ZeroMQ sockets'); null = none (plain TCP: keep the endpoints on a trusted network). (restart)",
     )
 
     @model_validator(mode="after")

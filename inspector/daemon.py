@@ -39,6 +39,7 @@ from inspector.archive.metrics import ArchiveMetrics
 from inspector.archive.writer import ArchiveWriter
 from inspector.config import Config, ConfigError, load_config, resolve_path
 from inspector.console import Console, LiveStats, MetricsTap
+from inspector.curve import CurveKeyError, ServerKeys
 from inspector.metrics import Metrics
 from inspector.pipeline import Pipeline
 from inspector.publish import Publisher, PublisherError
@@ -74,6 +75,17 @@ def source_config(config: Config, config_file: str | Path) -> Any:
     if cfg.kind == "folder":
         return cfg.model_copy(update={"path": str(resolve_path(config_file, cfg.path))})
     return cfg
+
+
+def _curve_keys(config: Config, config_file: str | Path) -> ServerKeys | None:
+    """The keys of publish.curve, read and checked now: a start refused (exit 2) names the file at fault."""
+    c = config.publish.curve
+    if c is None:
+        return None
+    try:
+        return ServerKeys.load(resolve_path(config_file, c.secret_key), resolve_path(config_file, c.authorised_keys))
+    except CurveKeyError as exc:
+        raise StartupError(2, f"publish.curve: {exc}") from None
 
 
 class Daemon:
@@ -145,7 +157,13 @@ class Daemon:
         tap = MetricsTap(self.metrics, self.stats)
 
         # Sockets first: monitors and the PLC gateway connect while the models load, and see the first verdict.
-        self.publisher = Publisher(config.publish, config.topic, tap, failsafe_result=config.pipeline.failsafe_result)
+        self.publisher = Publisher(
+            config.publish,
+            config.topic,
+            tap,
+            failsafe_result=config.pipeline.failsafe_result,
+            curve=_curve_keys(config, self.config_file),
+        )
         try:
             self.publisher.start()
         except PublisherError as exc:

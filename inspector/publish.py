@@ -37,9 +37,11 @@ from typing import Any, Protocol, TextIO
 
 import orjson
 import zmq
+import zmq.utils.z85
 from zmq.utils.monitor import parse_monitor_message
 
 from inspector.config import PublishConfig, SocketConfig
+from inspector.curve import ServerKeys
 from inspector.frames import Reason, Verdict
 from inspector.wakeup import Wakeup
 
@@ -53,6 +55,16 @@ _IDLE_POLL_S = 0.05
 # A gateway that stops answering TCP-level ZMTP heartbeats is disconnected after this long.
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
+# Where libzmq asks whether a connection may complete its handshake (ZAP, RFC 27), and the domains of the sockets.
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+ZAP_BROADCAST, ZAP_ACTUATOR = b"broadcast", b"actuator"
+# An actuator handshake the ZAP handler let through counts as a receiver until the monitor reports it (or this long).
+_APPROVAL_TTL_S = 5.0
+# At most one "actuator refused" event per this long (a refused client may retry many times a second).
+_REFUSED_EVENT_EVERY_S = 10.0
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 _SNDMORE, _NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 _NOBLOCK_SNDMORE = _SNDMORE | _NOBLOCK
 
@@ -282,8 +294,10 @@ class Publisher:
         metrics: PublisherMetrics | None = None,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         failsafe_result: str = "reject",
+        curve: ServerKeys | None = None,
     ):
         self.cfg = cfg
+        self.curve = curve  # CURVE keys (publish.curve, read by the caller): both sockets encrypted, clients checked
         # The result of the minimal verdict sent for a frame whose verdict could not be encoded (pipeline's
         # failsafe_result; the daemon updates it on reload: a plain attribute, read once per such verdict).
         self.failsafe_result = failsafe_result
@@ -323,6 +337,11 @@ class Publisher:
         # Publisher thread only: actuator connections accepted but still in handshake, and those past it.
         self._pending_fds: list[int] = []
         self._peer_fds: set[int] = set()
+        self._approvals: list[float] = []  # monotonic times of actuator handshakes let through, not yet connected
+        self.actuator_refused = 0  # actuator handshakes refused (a second receiver, or an unauthorised key)
+        self._refused_since_event = 0
+        self._refused_event_at = -math.inf
+        self._zap_log = _RateLimitedLog()
         self._peers_changed = threading.Condition(threading.Lock())
         # Called (publisher thread) with each verdict once it is sent or dropped: from then on its record may be
         # reused (the pipeline's ticket pool). None: verdicts are left to the garbage collector.
@@ -458,10 +477,21 @@ class Publisher:
         ctx = zmq.Context()
         sockets: list[Socket] = []
         monitor: Socket | None = None
+        zap: Socket | None = None
         try:
             try:
+                # The ZAP handler first: libzmq consults it for every handshake on a socket with a ZAP domain (the
+                # actuator always: one receiver only; both with CURVE: authorised keys only). This thread
+                # answers it, between batches.
+                if self.cfg.actuator is not None or self.curve is not None:
+                    zap = ctx.socket(zmq.REP)
+                    sockets.append(zap)
+                    zap.setsockopt(zmq.LINGER, 0)
+                    zap.bind(ZAP_ENDPOINT)
                 pub = self._socket(ctx, zmq.PUB, self.cfg.broadcast)
                 sockets.append(pub)
+                if self.curve is not None:
+                    self.curve.apply(pub, ZAP_BROADCAST.decode())
                 self.broadcast_endpoint = self._bind(pub, self.cfg.broadcast.bind, "broadcast")
                 act: Socket | None = None
                 if self.cfg.actuator is not None:
@@ -470,8 +500,17 @@ class Publisher:
                     act.setsockopt(zmq.IMMEDIATE, 1)
                     act.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
                     act.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+                    if self.curve is not None:
+                        self.curve.apply(act, ZAP_ACTUATOR.decode())
+                    else:
+                        act.setsockopt(zmq.ZAP_DOMAIN, ZAP_ACTUATOR)  # NULL mechanism, still asks the handler
                     monitor = act.get_monitor_socket(
-                        zmq.EVENT_ACCEPTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+                        zmq.EVENT_ACCEPTED
+                        | zmq.EVENT_HANDSHAKE_SUCCEEDED
+                        | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                        | zmq.EVENT_DISCONNECTED
                     )
                     self.actuator_endpoint = self._bind(act, self.cfg.actuator.bind, "actuator")
                     if self.metrics is not None:
@@ -481,7 +520,7 @@ class Publisher:
                 return
             finally:
                 self._started.set()
-            self._loop(pub, act, monitor)
+            self._loop(pub, act, monitor, zap)
         finally:
             if monitor is not None:
                 monitor.close(linger=0)
@@ -489,7 +528,7 @@ class Publisher:
                 sock.close()  # with the configured LINGER
             ctx.term()
 
-    def _loop(self, pub: Socket, act: Socket | None, monitor: Socket | None) -> None:
+    def _loop(self, pub: Socket, act: Socket | None, monitor: Socket | None, zap: Socket | None) -> None:
         batch: list[Verdict | _QueuedEvent] = []
         heartbeat_s = self.cfg.heartbeat_ms / 1000
         next_heartbeat = time.monotonic() + heartbeat_s
@@ -507,6 +546,8 @@ class Publisher:
                     self._queued_verdicts = 0
             if monitor is not None:
                 self._poll_monitor(monitor)
+            if zap is not None:
+                self._serve_zap(zap)
             for item in batch:
                 if isinstance(item, _QueuedEvent):
                     self._publish_event(pub, item.kind, item.t_ns, item.fields)
@@ -631,7 +672,12 @@ class Publisher:
                 self._pending_fds.append(fd)
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._pending_fds:
                 self._peer_fds.add(self._pending_fds.pop(0))
+                if self._approvals:
+                    self._approvals.pop(0)
                 log.info("actuator receiver connected (%d connected)", len(self._peer_fds))
+            elif event & _HANDSHAKE_FAILED and self._pending_fds:
+                # Refused (ZAP) or broken handshake: that connection never counts, and is closed by libzmq.
+                self._pending_fds.pop(0)
             elif event == zmq.EVENT_DISCONNECTED:
                 if fd in self._pending_fds:
                     self._pending_fds.remove(fd)
@@ -639,11 +685,79 @@ class Publisher:
                     self._peer_fds.discard(fd)
                     log.warning("actuator receiver disconnected (%d connected)", len(self._peer_fds))
         if len(self._peer_fds) != before:
-            self.actuator_peers = len(self._peer_fds)
-            if self.metrics is not None:
-                self.metrics.actuator_connected(self.actuator_peers)
-            with self._peers_changed:
-                self._peers_changed.notify_all()
+            self._report_peers(before)
+
+    def _report_peers(self, before: int) -> None:
+        self.actuator_peers = len(self._peer_fds)
+        if self.metrics is not None:
+            self.metrics.actuator_connected(self.actuator_peers)
+        state = "connected" if self.actuator_peers > before else "disconnected"
+        if self.actuator_peers > 1:
+            # The ZAP handler admits one receiver at a time; should two ever get through, say so loudly: PUSH
+            # would deal the verdicts between them.
+            state = "several_receivers"
+            log.error("%d receivers on the actuator channel: each gets only some verdicts", self.actuator_peers)
+        self._own_event("actuator", state=state, receivers=self.actuator_peers)
+        with self._peers_changed:
+            self._peers_changed.notify_all()
+
+    def _own_event(self, kind: str, **fields: Any) -> None:
+        """An event the publisher thread raises itself; none once closing (the stop event is the last)."""
+        if not self._closing:
+            self.event(kind, **fields)
+
+    def _serve_zap(self, zap: Socket) -> None:
+        """Answer libzmq's handshake questions (ZAP, RFC 27): a reply per request, in this thread."""
+        while True:
+            try:
+                frames = zap.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 6:  # not a ZAP request; REP must still answer
+                zap.send_multipart([b"1.0", frames[1] if len(frames) > 1 else b"", b"500", b"bad request", b"", b""])
+                continue
+            version, request_id, domain, address, _routing_id, mechanism = frames[:6]
+            refusal = self._authorise(domain, mechanism, frames[6:])
+            if refusal is None:
+                zap.send_multipart([version, request_id, b"200", b"OK", b"", b""])
+            else:
+                zap.send_multipart([version, request_id, b"400", refusal.encode(), b"", b""])
+                self._refused(domain, address.decode(errors="replace"), refusal)
+
+    def _authorise(self, domain: bytes, mechanism: bytes, credentials: list[bytes]) -> str | None:
+        """None to let a handshake complete, else why not (unauthorised, second_receiver)."""
+        if self.curve is not None:
+            key = credentials[0] if mechanism == b"CURVE" and credentials and len(credentials[0]) == 32 else None
+            if key is None or zmq.utils.z85.encode(key) not in self.curve.authorised:
+                return "unauthorised"
+        if domain == ZAP_ACTUATOR:
+            now = time.monotonic()
+            self._approvals = [t for t in self._approvals if now - t < _APPROVAL_TTL_S]
+            if self._peer_fds or self._approvals:
+                return "second_receiver"
+            self._approvals.append(now)
+        return None
+
+    def _refused(self, domain: bytes, address: str, cause: str) -> None:
+        which = domain.decode(errors="replace")
+        self._zap_log(logging.WARNING, "%s: refused a connection from %s: %s", which, address, cause)
+        if domain != ZAP_ACTUATOR:
+            return
+        self.actuator_refused += 1
+        if self.metrics is not None:
+            self.metrics.actuator_refused(cause)
+        self._refused_since_event += 1
+        now = time.monotonic()
+        if now - self._refused_event_at >= _REFUSED_EVENT_EVERY_S:
+            self._own_event(
+                "actuator",
+                state="refused",
+                cause=cause,
+                address=address,
+                refused=self._refused_since_event,
+                receivers=self.actuator_peers,
+            )
+            self._refused_event_at, self._refused_since_event = now, 0
 
 
 # ---------------------------------------------------------------------------------------------- listen

@@ -570,3 +570,56 @@ def test_listen_reports_a_daemon_restart_and_not_a_gap(capsys):
     err = capsys.readouterr().err
     assert f"the daemon restarted (run_id {first.run_id} -> {second.run_id})" in err
     assert "missed" not in err  # seq going back to the start of a new run is not a loss
+
+
+# ------------------------------------------------------------------------ one receiver; CURVE (issue 10)
+
+
+def _events(sub: zmq.Socket, kind: str, until, timeout_s: float = 10.0) -> list[dict]:
+    """Events of `kind` on a broadcast subscriber until `until(events)` holds."""
+    got: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    while not until(got):
+        assert time.monotonic() < deadline, f"no {kind} event as expected: {got}"
+        if sub.poll(100):
+            msg = json.loads(sub.recv_multipart()[1])
+            if msg.get("kind") == kind:
+                got.append(msg)
+    return got
+
+
+def test_a_second_actuator_receiver_is_refused_and_alarmed(ctx):
+    metrics = Metrics("line7", "camA")
+    pub = Publisher(_cfg(), TOPIC, metrics)
+    pub.start()
+    g = metrics.registry.get_sample_value
+    labels = {"line": "line7", "camera": "camA"}
+    try:
+        sub = _subscriber(ctx, pub)
+        first = _pull(ctx, pub)
+        # A second PULL (another process on the host, a monitor wired to the wrong socket): refused at its
+        # handshake, so it never takes a verdict, and an event and a metric say so.
+        second = ctx.socket(zmq.PULL)
+        second.setsockopt(zmq.LINGER, 0)
+        second.connect(pub.actuator_endpoint)
+        refused = _events(sub, "actuator", lambda ev: any(e["state"] == "refused" for e in ev))[-1]
+        assert (refused["cause"], refused["receivers"], refused["address"]) == ("second_receiver", 1, "127.0.0.1")
+        assert refused["run_id"] == pub.run_id
+        _wait(lambda: g("inspector_actuator_refused_total", {**labels, "cause": "second_receiver"}) == 1)
+        for i in range(20):
+            pub.submit(_verdict(i))
+        assert [_recv_json(first)[1]["seq"] for _ in range(20)] == list(range(20))  # every one, to the first
+        assert not second.poll(300)
+        assert pub.actuator_peers == 1 and pub.actuator_sent == 20
+
+        # Once the first has gone, a receiver that connects again is let in (libzmq does not retry a refused
+        # handshake by itself: the client reconnects, as inspector gateway does).
+        first.close(linger=0)
+        assert pub.wait_actuator_peers(0, 10)
+        second.disconnect(pub.actuator_endpoint)
+        second.connect(pub.actuator_endpoint)
+        assert pub.wait_actuator_peers(1, 10)
+        pub.submit(_verdict(20))
+        assert _recv_json(second)[1]["seq"] == 20
+    finally:
+        pub.close()
