@@ -334,9 +334,11 @@ class Publisher:
         self._stale_log = _RateLimitedLog()
         self.actuator_peers = 0  # receivers connected right now
         self._last_seq: int | None = None  # publisher thread: seq of the last verdict published (in every event)
-        # Publisher thread only: actuator connections accepted but still in handshake, and those past it.
-        self._pending_fds: list[int] = []
-        self._peer_fds: set[int] = set()
+        # Publisher thread only: actuator connections accepted and not yet closed (fds), receivers past their
+        # handshake, and whether the last monitor event was a failed handshake (see _poll_monitor).
+        self._pending_fds: set[int] = set()
+        self._connected = 0
+        self._handshake_failed = False
         self._approvals: list[float] = []  # monotonic times of actuator handshakes let through, not yet connected
         self.actuator_refused = 0  # actuator handshakes refused (a second receiver, or an unauthorised key)
         self._refused_since_event = 0
@@ -615,7 +617,7 @@ class Publisher:
         except zmq.Again:
             self.actuator_undelivered += 1
             if self.metrics is not None:
-                self.metrics.actuator_undelivered("no_receiver" if not self._peer_fds else "queue_full")
+                self.metrics.actuator_undelivered("no_receiver" if not self._connected else "queue_full")
 
     def _minimal(self, verdict: Verdict, exc: BaseException) -> tuple[Verdict, bytes]:
         """The minimal fail-safe verdict for one that could not be encoded; counted, logged (rate-limited)."""
@@ -657,10 +659,12 @@ class Publisher:
 
     def _poll_monitor(self, monitor: Socket) -> None:
         # A receiver counts once its ZMTP handshake succeeded (ZMQ_IMMEDIATE queues nothing to it before) and
-        # until its connection drops. ACCEPTED and DISCONNECTED carry the connection's fd; HANDSHAKE_SUCCEEDED
-        # does not (libzmq reports 0), so it is attributed to the oldest accepted connection still in handshake.
-        # A TCP connection that never completes a handshake (a port scanner, a wrong socket type) never counts.
-        before = len(self._peer_fds)
+        # until its connection drops. A TCP connection that never completes a handshake (a port scanner, a wrong
+        # socket type, a client ZAP refused) never counts. libzmq (4.3) says which connection (its fd) on
+        # ACCEPTED and DISCONNECTED only: HANDSHAKE_SUCCEEDED carries 0. But a connection whose handshake fails
+        # reports HANDSHAKE_FAILED_* immediately followed by its DISCONNECTED (one engine, one I/O thread), so
+        # a DISCONNECTED of an accepted connection without that just before it is one that had succeeded.
+        before = self._connected
         while True:
             try:
                 frames = monitor.recv_multipart(flags=zmq.NOBLOCK)
@@ -669,26 +673,26 @@ class Publisher:
             ev = parse_monitor_message(frames)
             event, fd = ev["event"], int(ev["value"])
             if event == zmq.EVENT_ACCEPTED:
-                self._pending_fds.append(fd)
-            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._pending_fds:
-                self._peer_fds.add(self._pending_fds.pop(0))
+                self._pending_fds.add(fd)
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected += 1
                 if self._approvals:
                     self._approvals.pop(0)
-                log.info("actuator receiver connected (%d connected)", len(self._peer_fds))
-            elif event & _HANDSHAKE_FAILED and self._pending_fds:
-                # Refused (ZAP) or broken handshake: that connection never counts, and is closed by libzmq.
-                self._pending_fds.pop(0)
-            elif event == zmq.EVENT_DISCONNECTED:
-                if fd in self._pending_fds:
-                    self._pending_fds.remove(fd)
-                if fd in self._peer_fds:
-                    self._peer_fds.discard(fd)
-                    log.warning("actuator receiver disconnected (%d connected)", len(self._peer_fds))
-        if len(self._peer_fds) != before:
+                log.info("actuator receiver connected (%d connected)", self._connected)
+            elif event & _HANDSHAKE_FAILED:
+                self._handshake_failed = True  # the next DISCONNECTED is that connection's
+            elif event == zmq.EVENT_DISCONNECTED and fd in self._pending_fds:
+                self._pending_fds.discard(fd)
+                if self._handshake_failed:
+                    self._handshake_failed = False
+                elif self._connected > 0:
+                    self._connected -= 1
+                    log.warning("actuator receiver disconnected (%d connected)", self._connected)
+        if self._connected != before:
             self._report_peers(before)
 
     def _report_peers(self, before: int) -> None:
-        self.actuator_peers = len(self._peer_fds)
+        self.actuator_peers = self._connected
         if self.metrics is not None:
             self.metrics.actuator_connected(self.actuator_peers)
         state = "connected" if self.actuator_peers > before else "disconnected"
@@ -733,7 +737,7 @@ class Publisher:
         if domain == ZAP_ACTUATOR:
             now = time.monotonic()
             self._approvals = [t for t in self._approvals if now - t < _APPROVAL_TTL_S]
-            if self._peer_fds or self._approvals:
+            if self._connected or self._approvals:
                 return "second_receiver"
             self._approvals.append(now)
         return None

@@ -256,7 +256,9 @@ def test_submit_never_blocks_and_counts_drops_when_the_queue_is_full(ctx):
             t0 = time.perf_counter()
             accepted += pub.submit(_verdict(i))
             worst = max(worst, time.perf_counter() - t0)
-        assert worst < 0.05, f"submit blocked for {worst * 1000:.1f} ms"
+        # Blocking would mean waiting for the stalled thread (10 s); anything well short of that is scheduling
+        # on a loaded machine, not blocking.
+        assert worst < 5.0, f"submit blocked for {worst * 1000:.1f} ms"
         assert accepted == 16 and pub.dropped == 1000 - 16
         assert (
             metrics.registry.get_sample_value(
@@ -623,3 +625,108 @@ def test_a_second_actuator_receiver_is_refused_and_alarmed(ctx):
         assert _recv_json(second)[1]["seq"] == 20
     finally:
         pub.close()
+
+
+@pytest.fixture
+def keys(tmp_path):
+    from inspector.curve import generate
+
+    generate(tmp_path / "server", "server")
+    generate(tmp_path / "clients", "gateway")
+    generate(tmp_path / "other", "intruder")  # a valid key pair, but not among the authorised keys
+    return tmp_path
+
+
+def _curve_client(ctx, kind: int, endpoint: str, keys, name: str | None):
+    from inspector.curve import ClientKeys
+
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    if name is not None:
+        folder = "clients" if name == "gateway" else "other"
+        ClientKeys.load(keys / folder / f"{name}.key_secret", keys / "server" / "server.key").apply(sock)
+    if kind == zmq.SUB:
+        sock.setsockopt_string(zmq.SUBSCRIBE, "")
+    sock.connect(endpoint)
+    return sock
+
+
+def test_curve_lets_authorised_clients_in_and_nobody_else(ctx, keys):
+    from inspector.curve import ServerKeys
+
+    server = ServerKeys.load(keys / "server" / "server.key_secret", keys / "clients")
+    metrics = Metrics("line7", "camA")
+    pub = Publisher(_cfg(), TOPIC, metrics, curve=server)
+    pub.start()
+    g = metrics.registry.get_sample_value
+    labels = {"line": "line7", "camera": "camA"}
+    try:
+        intruders = [
+            _curve_client(ctx, zmq.SUB, pub.broadcast_endpoint, keys, "intruder"),
+            _curve_client(ctx, zmq.SUB, pub.broadcast_endpoint, keys, None),  # no CURVE at all
+            _curve_client(ctx, zmq.PULL, pub.actuator_endpoint, keys, "intruder"),
+            _curve_client(ctx, zmq.PULL, pub.actuator_endpoint, keys, None),
+        ]
+        _wait(lambda: g("inspector_actuator_refused_total", {**labels, "cause": "unauthorised"}) >= 1, 10)
+        sub = _curve_client(ctx, zmq.SUB, pub.broadcast_endpoint, keys, "gateway")
+        pull = _curve_client(ctx, zmq.PULL, pub.actuator_endpoint, keys, "gateway")
+        assert pub.wait_actuator_peers(1, 10)  # the authorised one: the intruders never counted
+        seq = 0
+        while not sub.poll(0):  # until the subscription has reached the PUB
+            pub.submit(_verdict(seq))
+            seq += 1
+            assert seq < 500, "the authorised subscriber never received"
+            time.sleep(0.02)
+        assert _recv_json(sub)[1]["schema"] in (VERDICT_SCHEMA, EVENT_SCHEMA)
+        assert [_recv_json(pull)[1]["seq"] for _ in range(seq)] == list(range(seq))
+        pub.submit(_verdict(seq))
+        assert _recv_json(pull)[1]["seq"] == seq
+        for sock in intruders:
+            assert not sock.poll(200), "an unauthorised client received something"
+    finally:
+        pub.close()
+    assert pub.actuator_peers <= 1 and pub.actuator_refused >= 1
+
+
+@pytest.mark.parametrize(
+    ("what", "error"),
+    [
+        ("secret_644", "readable by its owner only"),
+        ("clients_777", "writable by others"),
+        ("missing", "cannot read"),
+        ("public_as_secret", "holds no secret key"),
+        ("empty_dir", "no client public key"),
+    ],
+)
+def test_curve_keys_that_cannot_be_trusted_are_refused_with_the_file(keys, what, error):
+    import os
+
+    from inspector.curve import CurveKeyError, ServerKeys
+
+    secret, clients = keys / "server" / "server.key_secret", keys / "clients"
+    if what == "secret_644":
+        os.chmod(secret, 0o644)
+    elif what == "clients_777":
+        os.chmod(clients, 0o777)
+    elif what == "missing":
+        secret = keys / "server" / "nope.key_secret"
+    elif what == "public_as_secret":
+        secret = keys / "server" / "server.key"
+        os.chmod(secret, 0o600)
+    elif what == "empty_dir":
+        clients = keys / "empty"
+        clients.mkdir(mode=0o755)
+    with pytest.raises(CurveKeyError, match=error) as info:
+        ServerKeys.load(secret, clients)
+    assert str(secret if what != "clients_777" and what != "empty_dir" else clients) in str(info.value)
+
+
+def test_generated_keys_are_private_and_never_overwritten(tmp_path):
+    from inspector.curve import CurveKeyError, generate
+
+    public, secret = generate(tmp_path, "line1")
+    assert (public.stat().st_mode & 0o777, secret.stat().st_mode & 0o777) == (0o644, 0o600)
+    before = secret.read_bytes()
+    with pytest.raises(CurveKeyError, match="not overwritten"):
+        generate(tmp_path, "line1")
+    assert secret.read_bytes() == before
