@@ -41,7 +41,7 @@ import zmq.utils.z85
 from zmq.utils.monitor import parse_monitor_message
 
 from inspector.config import PublishConfig, SocketConfig
-from inspector.curve import ServerKeys
+from inspector.curve import ClientKeys, ServerKeys
 from inspector.frames import Reason, Verdict
 from inspector.wakeup import Wakeup
 
@@ -821,6 +821,7 @@ def listen(
     out: TextIO = sys.stdout,
     timeout_s: float | None = None,
     events: bool = False,
+    curve: ClientKeys | None = None,
 ) -> int:
     """Subscribe to `endpoint` and print verdicts of `topic` (LINE/CAMERA; "" = every camera) to `out`.
 
@@ -828,24 +829,13 @@ def listen(
     of verdicts printed. Sequence gaps (verdicts lost on the way, e.g. to a slow terminal) and daemon restarts (a
     new run_id) are reported on stderr.
     """
-    prefix = topic.rstrip("/")
-    ctx: Context = zmq.Context.instance()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.RCVHWM, 100_000)
-    if prefix:
-        sub.setsockopt_string(zmq.SUBSCRIBE, f"{prefix}/verdict")
-        if events:
-            sub.setsockopt_string(zmq.SUBSCRIBE, f"{prefix}/event")
-    else:
-        sub.setsockopt_string(zmq.SUBSCRIBE, "")
-    sub.connect(endpoint)
+    sub, monitor = _listen_socket(endpoint, topic.rstrip("/"), events, curve)
     printed = 0
     last_seq: dict[str, tuple[Any, int]] = {}
     poll_ms = None if timeout_s is None else int(timeout_s * 1000)
     try:
         while count is None or printed < count:
-            if poll_ms is not None and not sub.poll(poll_ms):
+            if not _await_message(sub, monitor, poll_ms, endpoint):
                 break
             frames = sub.recv_multipart()
             if len(frames) != 2:
@@ -875,5 +865,46 @@ def listen(
     except KeyboardInterrupt:
         pass
     finally:
+        if monitor is not None:
+            sub.disable_monitor()
+            monitor.close(linger=0)
         sub.close()
     return printed
+
+
+def _listen_socket(endpoint: str, prefix: str, events: bool, curve: ClientKeys | None) -> tuple[Socket, Socket | None]:
+    ctx: Context = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, 100_000)
+    if curve is not None:
+        curve.apply(sub)
+    if prefix:
+        sub.setsockopt_string(zmq.SUBSCRIBE, f"{prefix}/verdict")
+        if events:
+            sub.setsockopt_string(zmq.SUBSCRIBE, f"{prefix}/event")
+    else:
+        sub.setsockopt_string(zmq.SUBSCRIBE, "")
+    # With CURVE, a refused key is otherwise silence: libzmq does not retry a refused handshake, so say it.
+    monitor = sub.get_monitor_socket(_HANDSHAKE_FAILED) if curve is not None else None
+    sub.connect(endpoint)
+    return sub, monitor
+
+
+def _await_message(sub: Socket, monitor: Socket | None, timeout_ms: int | None, endpoint: str) -> bool:
+    """Wait for a message on `sub`: False when timeout_ms passed without one, or the daemon refused us."""
+    poller = zmq.Poller()
+    poller.register(sub, zmq.POLLIN)
+    if monitor is not None:
+        poller.register(monitor, zmq.POLLIN)
+    ready = dict(poller.poll(timeout_ms))
+    if monitor is not None and monitor in ready:
+        ev = parse_monitor_message(monitor.recv_multipart())
+        why = "key not authorised" if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "CURVE handshake failed"
+        print(
+            f"listen: {endpoint} refused this client ({why}): check --client-key is among the daemon's "
+            "publish.curve.authorised_keys and --server-key is the daemon's public key",
+            file=sys.stderr,
+        )
+        return False
+    return sub in ready

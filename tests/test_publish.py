@@ -730,3 +730,49 @@ def test_generated_keys_are_private_and_never_overwritten(tmp_path):
     with pytest.raises(CurveKeyError, match="not overwritten"):
         generate(tmp_path, "line1")
     assert secret.read_bytes() == before
+
+
+def test_listen_with_curve_keys_receives_and_a_refused_key_is_said(keys, capsys):
+    from inspector.curve import ClientKeys, ServerKeys
+
+    pub = Publisher(
+        _cfg(actuator=False),
+        TOPIC,
+        None,
+        curve=ServerKeys.load(keys / "server" / "server.key_secret", keys / "clients"),
+    )
+    pub.start()
+    try:
+        server_public = keys / "server" / "server.key"
+        good = ClientKeys.load(keys / "clients" / "gateway.key_secret", server_public)
+        bad = ClientKeys.load(keys / "other" / "intruder.key_secret", server_public)
+        out = io.StringIO()
+        result: list[int] = []
+        t = threading.Thread(
+            target=lambda: result.append(listen(pub.broadcast_endpoint, TOPIC, 3, True, out, 10.0, curve=good))
+        )
+        t.start()
+        seq = 0
+        while t.is_alive() and seq < 2000:
+            pub.submit(_verdict(seq))
+            seq += 1
+            time.sleep(0.005)
+        t.join(10)
+        assert result == [3] and len(out.getvalue().splitlines()) == 3
+        # An unauthorised key: listen says so and stops, instead of waiting in silence.
+        assert listen(pub.broadcast_endpoint, TOPIC, 3, True, io.StringIO(), 30.0, curve=bad) == 0
+    finally:
+        pub.close()
+    assert "refused this client (key not authorised)" in capsys.readouterr().err
+
+
+def test_keys_generate_command(tmp_path, capsys):
+    from inspector.cli import main
+    from inspector.curve import ServerKeys
+
+    assert main(["keys", "generate", str(tmp_path / "k"), "--name", "line1"]) == 0
+    assert main(["keys", "generate", str(tmp_path / "clients"), "--name", "plc"]) == 0
+    assert main(["keys", "generate", str(tmp_path / "k"), "--name", "line1"]) == 2  # never overwrites
+    assert "not overwritten" in capsys.readouterr().err
+    keys = ServerKeys.load(tmp_path / "k" / "line1.key_secret", tmp_path / "clients")
+    assert len(keys.authorised) == 1 and len(keys.public) == 40
