@@ -776,3 +776,31 @@ def test_keys_generate_command(tmp_path, capsys):
     assert "not overwritten" in capsys.readouterr().err
     keys = ServerKeys.load(tmp_path / "k" / "line1.key_secret", tmp_path / "clients")
     assert len(keys.authorised) == 1 and len(keys.public) == 40
+
+
+def test_the_daemon_refuses_to_start_with_a_secret_key_others_can_read(tmp_path):
+    import os
+
+    from inspector.curve import generate
+    from inspector.daemon import Daemon
+    from inspector.runtime import StartupError
+
+    generate(tmp_path / "keys", "line1")
+    generate(tmp_path / "keys" / "clients", "plc")
+    os.chmod(tmp_path / "keys" / "line1.key_secret", 0o644)
+    config = tmp_path / "line1.yaml"
+    config.write_text(
+        "source: {kind: synthetic}\n"
+        "models: {recognizer: {path: rec.onnx}, segmenter_mode: never}\n"
+        "publish:\n"
+        "  broadcast: {bind: 'tcp://127.0.0.1:0'}\n"
+        "  actuator: {bind: 'tcp://127.0.0.1:0'}\n"
+        "  curve: {secret_key: keys/line1.key_secret, authorised_keys: keys/clients}\n"
+        "metrics: {enabled: false}\n"
+    )
+    with pytest.raises(StartupError) as info:
+        Daemon(config, console=False, install_signals=False).start()
+    assert info.value.code == 2
+    assert "publish.curve:" in str(
+        info.value
+    ) and "line1.key_secret: a secret key must be readable by its owner" in str(info.value)
