@@ -156,3 +156,17 @@ def test_start_is_refused_when_the_gateway_key_is_readable_by_others(tmp_path, p
     )
     assert proc.returncode == 2, proc.stderr
     assert "gateway.key_secret: a secret key must be readable by its owner only" in proc.stderr
+
+
+def test_a_curve_daemon_needs_the_gateway_key_in_the_config(tmp_path, ports):
+    from inspector.config import ConfigError
+    from inspector.gateway.config import load_gateway_config
+
+    with pytest.raises(ConfigError, match=r"gateway\.daemon\.curve_client_key"):
+        load_gateway_config(_line(tmp_path, ports, None))
+    # A client key without publish.curve in the file: the daemon's public key must then be named.
+    with pytest.raises(ConfigError, match="curve_server_key"):
+        load_gateway_config(_line(tmp_path, ports, "gw.key_secret", curve=False))
+    assert (
+        load_gateway_config(_line(tmp_path, ports, "gw.key_secret")).gateway.daemon.curve_client_key == "gw.key_secret"
+    )
