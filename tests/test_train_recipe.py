@@ -13,7 +13,7 @@ from train_helpers import make_dataset
 from inspector.train.augment import AugmentConfig
 from inspector.train.cli import main
 from inspector.train.datasets import load_dataset
-from inspector.train.recipe import TrainConfig, deployed_from_checkpoint, load_checkpoint, train
+from inspector.train.recipe import TrainConfig, choose_crop, deployed_from_checkpoint, load_checkpoint, train
 
 torch.set_num_threads(1)  # 2 threads on a shared 2-core box are slower (measured 8x)
 SIZE = (64, 96)
@@ -196,3 +196,38 @@ def test_too_few_defective_validation_images_are_warned_about(data, tmp_path):
     train(_cfg("recognizer", epochs=1), samples, samples[:4], classes, tmp_path)
     log = (tmp_path / "train.log").read_text()
     assert "defective validation images (< 20)" in log and "--select last" in log
+
+
+@pytest.mark.parametrize("shape", [(250, 250), (257, 131), (128, 128), (300, 129)])
+def test_segmenter_branch_crop_holds_defects_in_the_last_rows_and_columns(shape: tuple[int, int]) -> None:
+    # Image sizes whose free height/width is not a multiple of the 4-pixel alignment once made this draw an
+    # empty range (numpy: low >= high) for a defect in the bottom-right corner, on Magnetic Tile's segmenter.
+    rng = np.random.default_rng(0)
+    crop = 128
+    seg = np.zeros(shape, np.uint8)
+    seg[-1, -1] = 1
+    for _ in range(50):
+        top, left, h, w = choose_crop(seg, crop, rng, defect_bias=1.0)
+        assert (h, w) == (crop, crop)
+        assert top % 4 == 0 and left % 4 == 0
+        assert 0 <= top <= shape[0] - crop and 0 <= left <= shape[1] - crop
+        # aligned down to 4 pixels, the crop still reaches within 3 pixels of the defect
+        assert top + crop >= shape[0] - 3 and left + crop >= shape[1] - 3
+
+
+def test_command_line_defaults_resolve_per_task() -> None:
+    # The parsers once took their defaults from a recognizer's resolved TrainConfig: `train --task segmenter`
+    # got the recognizer's 320 px window as its branch crop and no defect bias; `cv` passed crop 0 (a whole
+    # image for the recognizer, an empty draw for the segmenter's branch crop).
+    from inspector.train.cli import build_parser, config_from_args
+
+    parser = build_parser()
+    seg = config_from_args(parser.parse_args(["train", "--data", "d", "--out", "o", "--task", "segmenter"]))
+    rec = config_from_args(parser.parse_args(["train", "--data", "d", "--out", "o", "--task", "recognizer"]))
+    assert (seg.crop, seg.defect_bias) == (128, 0.7)
+    assert (rec.crop, rec.defect_bias) == (320, 0.0)
+    cv = parser.parse_args(["cv", "--data", "d", "--out", "o"])
+    assert TrainConfig(task="segmenter", crop=cv.crop).crop == 128
+    assert TrainConfig(task="recognizer", crop=cv.crop).crop == 320
+    with pytest.raises(ValueError, match="branch crop"):
+        TrainConfig(task="segmenter", crop=0)

@@ -111,13 +111,16 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("recipe")
     g.add_argument(
-        "--crop", type=int, default=d.crop, help="recognizer: training crop; segmenter: branch crop (0: 256 / 128)"
+        "--crop",
+        type=int,
+        default=-1,
+        help="recognizer: NxN training windows (0: whole images); segmenter: branch crop; -1: per task (320 / 128)",
     )
     g.add_argument(
         "--window", type=int, default=d.window, help="segmenter/deeplabv3plus: NxN training windows (0 = whole images)"
     )
     g.add_argument(
-        "--defect-bias", type=float, default=d.defect_bias, help="P(a defective window holds a defect); -1: per task"
+        "--defect-bias", type=float, default=-1.0, help="P(a defective window holds a defect); -1: per task (0 / 0.7)"
     )
     g.add_argument("--defective-fraction", type=float, default=d.defective_fraction, help="of each batch")
     g.add_argument("--block-min-pixels", type=int, default=d.block_min_pixels)

@@ -363,7 +363,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--crop", type=int, default=0, help="see `train --help`")
+    p.add_argument("--crop", type=int, default=-1, help="see `train --help` (-1: per task)")
     p.add_argument("--aux-weight", type=float, default=1.0, help="see `train --help`")
     p.add_argument("--hard-negatives", type=float, default=0.0, help="see `train --help`")
     p.add_argument("--output-stride", type=int, choices=(8, 16, 32), default=16)

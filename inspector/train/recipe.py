@@ -135,6 +135,8 @@ class TrainConfig:
             self.augment = AugmentConfig(**self.augment)
         if self.crop < 0:
             self.crop = DEFAULT_CROP.get(self.task, 0)
+        if self.task == "segmenter" and self.crop == 0:
+            raise ValueError("the segmenter's branch crop must be > 0 (-1: the default, 128)")
         if self.defect_bias < 0:
             # Recognizer windows lie uniformly in the image (data.crop_center says why); the segmentation tasks'
             # windows and the segmenter's branch crop must see their few-pixel defects.
@@ -331,8 +333,10 @@ def choose_crop(seg: np.ndarray, crop: int, rng: np.random.Generator, defect_bia
     max_top, max_left = (height - crop) // 4 * 4, (width - crop) // 4 * 4
     if len(ys) and rng.random() < defect_bias:
         i = int(rng.integers(len(ys)))
-        top = int(rng.integers(max(ys[i] - crop + 1, 0), min(ys[i], max_top) + 1)) // 4 * 4
-        left = int(rng.integers(max(xs[i] - crop + 1, 0), min(xs[i], max_left) + 1)) // 4 * 4
+        # The lower bound is clamped too: max_top is rounded down to the alignment unit, so a defect pixel in
+        # the last rows of an image whose free height is not a multiple of 4 would leave an empty range.
+        top = int(rng.integers(min(max(ys[i] - crop + 1, 0), max_top), min(ys[i], max_top) + 1)) // 4 * 4
+        left = int(rng.integers(min(max(xs[i] - crop + 1, 0), max_left), min(xs[i], max_left) + 1)) // 4 * 4
     else:
         top = int(rng.integers(max_top // 4 + 1)) * 4
         left = int(rng.integers(max_left // 4 + 1)) * 4
