@@ -16,7 +16,12 @@ Actuator channel (docs/PROTOCOL.md, "Actuator channel"): a PUSH socket bound by 
 messages are only queued to a gateway whose connection is complete, TCP heartbeats so that a gateway whose
 cable is pulled is noticed within seconds, and a socket monitor that tracks connected receivers. A send that
 finds no connected receiver, or the receiver's queue full (HWM), fails at once with EAGAIN and is counted as
-undelivered; it never waits.
+undelivered; it never waits. A verdict older than publish.actuator_max_age_ms when its turn comes is not sent to
+the actuator (counted stale; the broadcast still has it). A ZAP handler, answered by the publisher thread, lets
+one receiver in at a time and, with publish.curve, only authorised CURVE keys on either socket.
+
+Every verdict goes out: encoding cannot fail on what a model produces (non-finite floats are null), and if it
+fails on anything else the minimal fail-safe verdict (`minimal_verdict`) is sent in its place.
 """
 
 from __future__ import annotations
