@@ -804,3 +804,24 @@ def test_the_daemon_refuses_to_start_with_a_secret_key_others_can_read(tmp_path)
     assert "publish.curve:" in str(
         info.value
     ) and "line1.key_secret: a secret key must be readable by its owner" in str(info.value)
+
+
+def test_listen_against_a_curve_config_asks_for_a_client_key(tmp_path, capsys):
+    from inspector.cli import main
+    from inspector.curve import generate
+
+    generate(tmp_path / "keys", "line1")
+    generate(tmp_path / "keys" / "clients", "operator")
+    config = tmp_path / "line1.yaml"
+    config.write_text(
+        "source: {kind: synthetic}\n"
+        "models: {recognizer: {path: rec.onnx}, segmenter_mode: never}\n"
+        "publish:\n"
+        "  curve: {secret_key: keys/line1.key_secret, authorised_keys: keys/clients}\n"
+    )
+    assert main(["listen", "--config", str(config), "--count", "1", "--timeout", "0.2"]) == 2
+    assert "give --client-key" in capsys.readouterr().err
+    # With a key (and the daemon's public key found next to its secret key), it connects and, with no daemon
+    # there, stops at the timeout.
+    key = str(tmp_path / "keys" / "clients" / "operator.key_secret")
+    assert main(["listen", "--config", str(config), "--client-key", key, "--count", "1", "--timeout", "0.2"]) == 0
