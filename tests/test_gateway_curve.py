@@ -10,7 +10,7 @@ import time
 import pytest
 import zmq
 from daemon_helpers import free_port
-from gateway_helpers import modbus_header, start_gateway, wait_until, write_line
+from gateway_helpers import Proc, modbus_header, wait_until, write_line
 
 from inspector.config import PublishConfig, SocketConfig
 from inspector.curve import ServerKeys, generate
@@ -19,7 +19,7 @@ from inspector.publish import Publisher
 
 pytest.importorskip("asyncua")
 pytest.importorskip("pymodbus")
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture
@@ -69,6 +69,13 @@ def _line(tmp_path, ports, client_key: str | None, curve: bool = True):
     return config
 
 
+def start_gateway(config) -> Proc:
+    # Importing asyncua and pymodbus alone can take minutes on the shared, loaded test box: a generous start.
+    gw = Proc("gateway", "--config", str(config))
+    gw.wait_log("ready (", 300)
+    return gw
+
+
 @pytest.fixture
 def keys(tmp_path):
     generate(tmp_path / "keys", "server")
@@ -87,18 +94,18 @@ def _feed(pub: Publisher, port: int, n: int) -> None:
         seq += 1
         return modbus_header(port)["VERDICTS"] >= n
 
-    wait_until(enough, 60, f"{n} verdicts at the gateway", interval_s=0.1)
+    wait_until(enough, 180, f"{n} verdicts at the gateway", interval_s=0.1)
 
 
 def test_an_authorised_gateway_receives_every_verdict_and_the_events(tmp_path, ports, keys):
     pub = _daemon(ports, keys)
     gw = start_gateway(_line(tmp_path, ports, "clients/gateway.key_secret"))
     try:
-        assert pub.wait_actuator_peers(1, 60), gw.log()
+        assert pub.wait_actuator_peers(1, 180), gw.log()
         _feed(pub, ports["modbus"], 20)
         h = modbus_header(ports["modbus"])
         # Events (heartbeats) came over the encrypted broadcast too: the daemon is alive, nothing was lost.
-        wait_until(lambda: modbus_header(ports["modbus"])["DAEMON_ALIVE"] == 1, 30, "DAEMON_ALIVE")
+        wait_until(lambda: modbus_header(ports["modbus"])["DAEMON_ALIVE"] == 1, 120, "DAEMON_ALIVE")
         assert h["LOST"] == 0 and h["DAEMON_CONNECTED"] == 1
     finally:
         gw.stop()
@@ -109,10 +116,10 @@ def test_a_gateway_with_a_key_the_daemon_does_not_know_receives_nothing_and_says
     pub = _daemon(ports, keys)
     gw = start_gateway(_line(tmp_path, ports, "other/intruder.key_secret"))
     try:
-        gw.wait_log("is not among the daemon's authorised_keys", 60)
+        gw.wait_log("is not among the daemon's authorised_keys", 180)
         for seq in range(20):
             pub.submit(_verdict(seq))
-        wait_until(lambda: pub.actuator_refused >= 2, 60, "the gateway to retry and be refused again")
+        wait_until(lambda: pub.actuator_refused >= 2, 180, "the gateway to retry and be refused again")
         h = modbus_header(ports["modbus"])
         assert h["VERDICTS"] == 0 and h["DAEMON_CONNECTED"] == 0 and pub.actuator_peers == 0
     finally:
@@ -130,7 +137,7 @@ def test_a_gateway_refused_as_a_second_receiver_gets_in_once_the_first_has_gone(
     try:
         assert pub.wait_actuator_peers(1, 30)
         gw = start_gateway(_line(tmp_path, ports, None, curve=False))
-        gw.wait_log("another receiver is already connected", 60)
+        gw.wait_log("another receiver is already connected", 180)
         first.close(linger=0)
         _feed(pub, ports["modbus"], 5)  # the gateway retried on its own and now takes the verdicts
         assert pub.actuator_peers == 1

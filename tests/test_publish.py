@@ -286,7 +286,9 @@ def test_close_drains_the_queue_before_closing(ctx):
     assert pub.published == n and pub.dropped == 0
     seqs = []
     while sub.poll(500):
-        seqs.append(json.loads(sub.recv_multipart()[1])["seq"])
+        topic, payload = sub.recv_multipart()
+        if topic.endswith(b"/verdict"):  # a heartbeat may fall between them when the box is slow
+            seqs.append(json.loads(payload)["seq"])
     assert seqs == list(range(n))
     assert not pub.submit(_verdict(n)) and pub.dropped == 1  # after close: counted, not lost silently
 
