@@ -159,7 +159,7 @@ def test_start_is_refused_when_the_gateway_key_is_readable_by_others(tmp_path, p
         [sys.executable, "-m", "inspector.cli", "gateway", "--config", str(config)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
     assert "gateway.key_secret: a secret key must be readable by its owner only" in proc.stderr
