@@ -11,8 +11,9 @@
     inspector gateway --config FILE                   the PLC gateway: OPC UA and Modbus TCP (docs/PLC.md)
 
 Exit status: 0 ok; 2 bad config; 3 model/backend problem (for the gateway: the plc extra missing); 4 source
-or socket/port problem; 1 a runtime failure (the source failed for good while running). check-config uses 0
-or 2 for anything it finds wrong. Errors are one clear message on stderr, never a traceback.
+or socket/port problem; 1 a runtime failure (the source failed for good while running) or a start-up failure
+none of the others foresaw. check-config uses 0 or 2 for anything it finds wrong. Errors are one line per
+problem on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ def check_config(path: str | Path) -> list[str]:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    problems = check_config(args.file)
+    try:
+        problems = check_config(args.file)
+    except Exception as exc:  # check() turns every foreseen problem into lines; this is the last resort
+        log.debug("check-config failed", exc_info=True)
+        problems = [f"{args.file}: {type(exc).__name__}: {' '.join(str(exc).split())}"]
     if problems:
         for p in problems:
             print(p, file=sys.stderr)
@@ -154,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the inspection daemon on a line config",
         description="Run the inspection daemon on a line config (what systemd runs). Exit 0 after a clean stop; "
-        "2 bad config, 3 model/backend, 4 source/socket/port, 1 source failed while running.",
+        "2 bad config, 3 model/backend, 4 source/socket/port, 1 source failed while running (or a start-up "
+        "failure none of those foresaw). One line per problem, never a traceback.",
     )
     run.add_argument("--config", required=True, help="line config (YAML)")
     run.add_argument(

@@ -11,15 +11,20 @@ Signals (handled on the main thread, which does nothing on the hot path):
   unchanged, new ones loaded and warmed up beside the running ones) swapped in between two batches. An invalid
   file, or one that changes a restart-only setting (runtime.RESTART_ONLY: line, source, publish, metrics, ring), is
   refused as a whole, logged with file/line or the settings named, counted as reload result "invalid", and the
-  running config stays. A valid file whose models cannot be loaded is counted "failed". RELOADING=1 ... READY=1.
+  running config stays. A valid file whose models cannot be loaded, or any other failure (an exception of any
+  type), is counted "failed" and the running config stays too. Each reload is logged once and published as a
+  `reload` event with its result and, when refused, why. SIGHUPs during a reload are coalesced into one more
+  reload after it. RELOADING=1 ... READY=1.
 - SIGTERM / SIGINT: STOPPING=1, stop acquiring, inspect the frames in flight (or, past the drain budget,
   reject them with reason shutdown), publish every verdict, close the publisher (it drains), exit 0.
 
-Events on the broadcast stream: start, stop, reload (result ok/invalid/failed), camera (connected or lost).
+Events on the broadcast stream: start, stop, reload (result ok/invalid/failed), camera (connected or lost), alarm
+(engine_unhealthy: too many frames with bad network outputs or failed inference, inspector.health).
 
 The systemd watchdog is pinged only while verdicts are being made (service.Watchdog on the decided counter):
-a hung camera, model or pipeline stops the pings. On a hardware-triggered line WatchdogSec must therefore be
-longer than the longest legitimate gap between two parts, or systemd restarts an idle but healthy daemon.
+a hung camera, model or pipeline stops the pings, and so does an unhealthy engine (inspector.health), for good.
+On a hardware-triggered line WatchdogSec must therefore be longer than the longest legitimate gap between two
+parts, or systemd restarts an idle but healthy daemon.
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ from inspector.archive.writer import ArchiveWriter
 from inspector.config import Config, ConfigError, load_config, resolve_path
 from inspector.console import Console, LiveStats, MetricsTap
 from inspector.curve import CurveKeyError, ServerKeys
+from inspector.health import Alarm
 from inspector.metrics import Metrics
 from inspector.pipeline import Pipeline
+from inspector.preprocess import describe_fit
 from inspector.publish import Publisher, PublisherError
 from inspector.runtime import Runtime, StartupError, build, restart_only_changes, retire
 from inspector.service import Notifier, Watchdog
@@ -49,6 +56,7 @@ from inspector.sources import Source, SourceError, source_class
 
 log = logging.getLogger("inspector.daemon")
 
+EXIT_UNEXPECTED = 1  # start-up failed in a way none of the codes 2-4 foresaw (logged in one line; -v: traceback)
 DRAIN_EXTRA_S = 2.0  # beyond deadline_ms, how long SIGTERM waits for frames in flight to be inspected
 PUBLISHER_CLOSE_S = 5.0
 ARCHIVE_CLOSE_S = 5.0  # at stop, how long the archive writer may take for what is queued (the rest is counted)
@@ -226,6 +234,7 @@ class Daemon:
             max_frames=self.max_frames,
         )
         self.publisher.recycle = self.pipeline.recycle  # verdict records go back to the pipeline once sent
+        self.pipeline.health.listener = self._on_unhealthy
         if self.install_signals and threading.current_thread() is threading.main_thread():
             for sig, handler in (
                 (signal.SIGHUP, self._on_hup),
@@ -236,7 +245,8 @@ class Daemon:
         if self.before_start is not None:
             self.before_start(self)
         pipeline = self.pipeline
-        self.watchdog = Watchdog(self.notifier, lambda: pipeline.counters.decided)
+        health = pipeline.health
+        self.watchdog = Watchdog(self.notifier, lambda: pipeline.counters.decided, healthy=lambda: not health.unhealthy)
         self.publisher.event("start", config_hash=self.runtime.config_hash, model_hashes=self.runtime.model_hashes)
         # READY=1 before the first frame: models are loaded and warmed up, sockets bound, the source open.
         self.notifier.ready(f"inspecting {config.topic}, config {self.runtime.config_hash}")
@@ -254,8 +264,34 @@ class Daemon:
             os.getpid(),
         )
 
+    def _on_unhealthy(self, alarm: Alarm) -> None:
+        """The engine became unhealthy (inspector.health). On the inference thread: nothing here blocks."""
+        watchdog = self.watchdog is not None and self.watchdog.interval_s is not None and self.notifier.enabled
+        log.critical(
+            "%s; every frame is rejected from now on; %s",
+            alarm.text(),
+            "the systemd watchdog is no longer pinged, so systemd restarts the service"
+            if watchdog
+            else "no systemd watchdog: restart the service by hand",
+        )
+        if self.metrics is not None:
+            self.metrics.engine_healthy(False)
+        self.notifier.status(alarm.text())
+        if self.publisher is not None:
+            self.publisher.event(
+                "alarm",
+                alarm="engine_unhealthy",
+                reason=alarm.reason.value,
+                faulty_frames=alarm.faulty_frames,
+                window_s=alarm.window_s,
+                totals=alarm.totals,
+                detail=alarm.detail,
+                watchdog=watchdog,
+            )
+
     def _describe(self, rt: Runtime) -> None:
         assert self.metrics is not None
+        _log_fit(rt)
         self.metrics.config_info(rt.config_hash, file=str(self.config_file))
         for m in rt.models():
             self.metrics.engine_info(
@@ -288,8 +324,13 @@ class Daemon:
         try:
             self.start()
         except StartupError as exc:
-            log.error("cannot start: %s", exc)
+            for line in exc.problems:  # one line per problem, as check-config prints them
+                log.error("cannot start: %s", line)
             return exc.code
+        except Exception as exc:  # not foreseen by start(): still one line and a documented status, no traceback
+            log.debug("start-up failed", exc_info=True)
+            log.error("cannot start: %s: %s", type(exc).__name__, " ".join(str(exc).split()))
+            return EXIT_UNEXPECTED
         return self.wait()
 
     def wait(self) -> int:
@@ -312,12 +353,23 @@ class Daemon:
     # ----------------------------------------------------------------------------------------- reload
 
     def reload(self) -> str:
-        """Re-read the config file and apply it atomically, or refuse it. Returns ok / invalid / failed."""
+        """Re-read the config file and apply it atomically, or refuse it. Returns ok / invalid / failed.
+
+        Whatever goes wrong (a file that does not validate, an unreadable one, a model that cannot be opened, an
+        exception of any type) leaves the running config in force: it is logged once and published as a `reload`
+        event with its result and why. Requests arriving during a reload are coalesced into one more reload after
+        it (the main loop's event is set again; however many there were, the file is read once more)."""
         assert self.runtime is not None and self.pipeline is not None and self.publisher is not None
         assert self.metrics is not None and self.config is not None
         self.notifier.reloading()
         try:
             result, error = self._reload_once()
+        except Exception as exc:  # a bug or exhausted memory: the running config stays all the same
+            why = " ".join(str(exc).split())
+            error = f"{self.config_file}: reload failed, the running config stays: {type(exc).__name__}: {why}"
+            log.debug("reload failed", exc_info=True)  # the traceback for a bug report, with -v
+            log.error("%s", error)
+            result = "failed"
         finally:
             self.notifier.ready(f"inspecting {self.config.topic}, config {self.runtime.config_hash}")
         self.reloads[result] += 1
@@ -349,6 +401,7 @@ class Daemon:
         except StartupError as exc:
             log.error("reload failed, the running config stays: %s", exc)
             return "failed", str(exc)
+        # Nothing above touched the running runtime; from here on the new one is in force.
         old = self.pipeline.swap(runtime)
         self.runtime, self.config = runtime, new
         if self.archive is not None:
@@ -426,3 +479,15 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.close()
         self.notifier.close()
+
+
+def _log_fit(rt: Runtime) -> None:
+    """How frames become each model's input: an aspect-ratio change or a shrink past the model's scale is a
+    warning at start-up (and reload), never silent."""
+    src = rt.config.source
+    for m in rt.models():
+        pre, size = m.manifest.preprocessing, (m.manifest.input.height, m.manifest.input.width)
+        text, changed = describe_fit((src.height, src.width), pre.fit, pre.scale, size)
+        if src.kind == "folder":
+            text += " (the ring slot's size; each replayed image is resized from its own, once)"
+        (log.warning if changed else log.info)("%s: %s", m.role, text)

@@ -38,6 +38,7 @@ import numpy as np
 from inspector.config import DecisionConfig
 from inspector.frames import Defect, Reason, Result
 from inspector.manifest import ModelManifest
+from inspector.outputs import OutputGuard
 from inspector.preprocess import placed_size, valid_grid
 
 BLOCK_CLASS = "defect"  # class of blobs made from recognizer blocks (no segmenter output)
@@ -276,6 +277,13 @@ class Decider:
         self._batch_keep = np.zeros((0, gh, gw), bool)
         self._batch_flagged = np.zeros(0, bool)
         self._batch_score = np.zeros(0, np.float32)
+        # Whether each frame's scores are probabilities at all (inspector.outputs): checked before they are used.
+        self.block_guard = OutputGuard("recognizer", "block_scores", (gh, gw))
+        self.pixel_guard: OutputGuard | None = None
+        if self.geometry0.pixels is not None:
+            pixels = self.geometry0.pixels
+            per_frame = (len(self.classes), pixels.grid_h, pixels.grid_w)
+            self.pixel_guard = OutputGuard("segmenter", "pixel_scores", per_frame, class_sums=True)
 
     # The configured frame size's geometry, as attributes (tools and tests read them).
     @property

@@ -1,7 +1,7 @@
 """Records that flow through the pipeline, and the preallocated ring of frame slots.
 
 A frame leaves the pipeline exactly once, as a Verdict: inspected (pass/reject with reason "defect" or "ok"),
-or not inspected, with the reason why (overload, timeout, error, bad_frame).
+or not inspected, with the reason why (overload, timeout, error, bad_frame, shutdown, bad_output).
 
 The ring owns one contiguous uint8 array of shape (slots, height, width, channels), allocated once. The
 acquisition thread writes a frame straight into a free slot (the source's only copy); the inference thread
@@ -37,6 +37,7 @@ class Reason(str, Enum):
     ERROR = "error"  # inference or decision raised
     BAD_FRAME = "bad_frame"  # the source delivered something that cannot be inspected (size, format)
     SHUTDOWN = "shutdown"  # in flight at shutdown and not inspected within the stop timeout
+    BAD_OUTPUT = "bad_output"  # a network's output was not a probability (NaN, Inf, out of [0, 1]): always a reject
 
     def __init__(self, value: str) -> None:
         # An attribute, not a property: it is read for every verdict on the publisher thread.
@@ -85,6 +86,7 @@ class Verdict:
     config_hash: str = ""
     model_hashes: dict[str, str] = field(default_factory=dict)
     truth: GroundTruth | None = None
+    source_name: str | None = None  # the replayed file (folder source); None for cameras
     t_acquired_mono_ns: int = 0  # not on the wire: for latency metrics
 
 

@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST_SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few KB; a larger file is not one (and is not read whole)
+MAX_INPUT_SIDE = 16384  # as the frame sides in the line config
 
 
 class _Model(BaseModel):
@@ -30,8 +32,8 @@ class _Model(BaseModel):
 
 class InputSpec(_Model):
     name: str = Field("image", description="Input tensor name.")
-    height: int = Field(ge=16, description="Network input height (pixels); a multiple of 32.")
-    width: int = Field(ge=16, description="Network input width (pixels); a multiple of 32.")
+    height: int = Field(ge=16, le=MAX_INPUT_SIDE, description="Network input height (pixels); a multiple of 32.")
+    width: int = Field(ge=16, le=MAX_INPUT_SIDE, description="Network input width (pixels); a multiple of 32.")
     channels: Literal[1, 3] = Field(description="1 = grayscale, 3 = RGB.")
     layout: Literal["NHWC"] = "NHWC"
     dtype: Literal["uint8"] = "uint8"
@@ -52,6 +54,8 @@ class OutputSpec(_Model):
 
 class Preprocessing(_Model):
     """What happens before the graph (resize, channel conversion) and inside it (normalisation)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     resize: Literal["area", "linear"] = Field(
         "area", description="cv2 interpolation used to bring the frame to the input size (fit squash)."
@@ -88,9 +92,9 @@ class Preprocessing(_Model):
 
 
 class BatchSpec(_Model):
-    min: int = Field(1, ge=1)
-    opt: int = Field(1, ge=1)
-    max: int = Field(1, ge=1, description="Largest batch the model accepts (dynamic models: any up to this).")
+    min: int = Field(1, ge=1, le=4096)
+    opt: int = Field(1, ge=1, le=4096)
+    max: int = Field(1, ge=1, le=4096, description="Largest batch the model accepts (dynamic models: any up to this).")
     dynamic: bool = Field(True, description="Whether the batch dimension is dynamic in the model file.")
 
 
@@ -130,7 +134,9 @@ class ModelManifest(_Model):
     outputs: list[OutputSpec] = Field(min_length=1)
     preprocessing: Preprocessing
     batch: BatchSpec = Field(default_factory=BatchSpec)
-    block_size: int | None = Field(None, description="Recognizer: pixels per grid cell (32 for ResNet).")
+    block_size: int | None = Field(
+        None, ge=1, le=MAX_INPUT_SIDE, description="Recognizer: pixels per grid cell (32 for ResNet)."
+    )
     classes: list[str] = Field(
         description="Segmenter: class names, index = channel, 0 = background. Recognizer: ['normal', 'defect']."
     )
@@ -210,13 +216,22 @@ def read_manifest(model_path: str | Path, *, verify_hash: bool = True) -> ModelM
             "`inspector-train export` or `inspector-build-engine`, which write one"
         )
     try:
-        manifest = ModelManifest.model_validate_json(mpath.read_text())
-    except ValueError as exc:
-        raise ManifestError(f"invalid manifest {mpath}: {exc}") from None
+        with open(mpath, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"invalid manifest {mpath}: larger than {MAX_MANIFEST_BYTES // 1024} KiB")
+        manifest = ModelManifest.model_validate_json(raw)
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {mpath}: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:  # pydantic's errors, bad UTF-8, absurd nesting
+        raise ManifestError(f"invalid manifest {mpath}: {' '.join(str(exc).split())}") from None
     if manifest.file != model_path.name:
         raise ManifestError(f"manifest {mpath} describes {manifest.file!r}, not {model_path.name!r}")
     if verify_hash:
-        actual = sha256_file(model_path)
+        try:
+            actual = sha256_file(model_path)
+        except OSError as exc:
+            raise ManifestError(f"cannot read {model_path}: {exc.strerror or exc}") from None
         if actual != manifest.sha256:
             raise ManifestError(
                 f"{model_path} does not match its manifest (sha256 {actual[:12]}… vs {manifest.sha256[:12]}…): "

@@ -201,6 +201,14 @@ class Metrics:
             lc,
             registry=r,
         ).labels(line, camera)
+        self._engine_healthy = Gauge(
+            "inspector_engine_healthy",
+            "1 while the models' outputs are sane; 0 once too many frames had bad outputs or failed inference "
+            "(health.max_faulty_frames within health.window_s): every frame is rejected until systemd restarts it.",
+            lc,
+            registry=r,
+        ).labels(line, camera)
+        self._engine_healthy.set(1)
         self._started = Gauge(
             "inspector_start_timestamp_seconds", "Unix time the daemon instance started.", lc, registry=r
         ).labels(line, camera)
@@ -259,7 +267,7 @@ class Metrics:
         self._child(self._verdicts_dropped, self._verdicts_dropped_c, cause).inc()
 
     def drop(self, cause: str) -> None:
-        """A frame not inspected: overload, timeout, error, bad_frame, shutdown."""
+        """A frame not inspected: overload, timeout, error, bad_frame, shutdown, bad_output."""
         self._child(self._frames_dropped, self._frames_dropped_c, cause).inc()
 
     def camera_drops(self, n: int) -> None:
@@ -288,6 +296,9 @@ class Metrics:
     def ring_occupancy(self, in_use: int, slots: int) -> None:
         self._ring_in_use.set(in_use)
         self._ring_slots.set(slots)
+
+    def engine_healthy(self, healthy: bool) -> None:
+        self._engine_healthy.set(1 if healthy else 0)
 
     def engine_info(self, role: str, **labels: object) -> None:
         """Describe the model loaded for `role` (recognizer, segmenter): backend, path, hash, precision..."""

@@ -42,6 +42,8 @@ import numpy as np
 
 from inspector.decision import NO_DEFECTS, Geometry
 from inspector.frames import CHANNELS, FrameRing, Reason, Verdict
+from inspector.health import EngineHealth
+from inspector.outputs import OutputGuard
 from inspector.preprocess import Preprocessor
 from inspector.runtime import InputKey, Runtime, input_key
 from inspector.sources import EndOfStream, Grab, Source, SourceError
@@ -51,7 +53,7 @@ log = logging.getLogger(__name__)
 
 GRAB_TIMEOUT_S = 0.1  # a grab never blocks longer: the acquisition thread must notice stop() promptly
 IDLE_WAIT_S = 0.05  # inference thread's wait for work; also bounds how late a reload swap can be picked up
-ERROR_LOG_INTERVAL_S = 5.0  # an inference error repeating at frame rate is logged once per interval, then counted
+ERROR_LOG_INTERVAL_S = 5.0  # a fault repeating at frame rate is logged once per interval and cause, then counted
 NO_HASHES: dict[str, str] = {}
 
 
@@ -182,8 +184,11 @@ class Pipeline:
         self.finished = threading.Event()
         self._freed_closed = False
         self._threads: list[threading.Thread] = []
-        self._last_error_log = 0.0
-        self._errors_unlogged = 0
+        # Per cause of a logged fault: [monotonic time of its last log line, wall time of it, batches not logged
+        # since, frames in them] (_log_error).
+        self._error_log: dict[str, list[float]] = {}
+        # Bad outputs and failed inference counted towards the engine's health (the daemon sets the listener).
+        self.health = EngineHealth()
         self._overload_detail = f"all {ring_slots} ring slots were busy"
         # Reused per batch (no per-batch list allocation on the hot path).
         self._items: list[Ticket] = []
@@ -344,6 +349,7 @@ class Pipeline:
         t.config_hash = ""
         t.model_hashes = NO_HASHES
         t.truth = grab.truth
+        t.source_name = grab.source_name  # the source's own string: nothing allocated per frame
         t.slot = -1 if slot is None else slot
         t.height = min(grab.height, self._slot_h)
         t.width = min(grab.width, self._slot_w)
@@ -423,23 +429,33 @@ class Pipeline:
     def _inspect(self, rt: Runtime, todo: list[Ticket]) -> None:
         n = len(todo)
         metrics = self.metrics
+        if self.health.unhealthy:
+            self._reject_unhealthy(rt, todo)
+            return
         try:
             self._prepare(rt, todo)
             t1 = time.perf_counter()
             block_scores = rt.recognizer.backend.run(n)["block_scores"]
             t2 = time.perf_counter()
             metrics.stage("recognizer", t2 - t1)
+            # Scores that are not probabilities (NaN, Inf, outside [0, 1]) would pass the part: such frames are
+            # bad_output rejects, and the segmenter never runs for them in gated mode.
+            rec_bad = rt.decider.block_guard.check(block_scores)
             geometries = self._geometries(rt, todo)
             flagged, top = rt.decider.screen(block_scores, geometries)
+            if rec_bad.any():
+                flagged &= ~rec_bad
             rows = self._seg_rows
             rows.clear()
-            pixel_scores = None
+            pixel_scores = seg_bad = None
             if rt.segmenter is not None and rt.seg_pre is not None:
                 pixel_scores = self._segment(rt, todo, flagged, rows)
+                if pixel_scores is not None and rt.decider.pixel_guard is not None:
+                    seg_bad = rt.decider.pixel_guard.check(pixel_scores)
                 metrics.stage("segmenter", time.perf_counter() - t2)
             self._release_held()
             t3 = time.perf_counter()
-            self._decide(rt, todo, block_scores, flagged, top, pixel_scores, rows, geometries)
+            self._decide(rt, todo, block_scores, flagged, top, pixel_scores, rows, geometries, rec_bad, seg_bad)
             metrics.stage("decision", time.perf_counter() - t3)
             self.counters.batches += 1
             self.counters.batched_frames += n
@@ -448,11 +464,31 @@ class Pipeline:
             if rt.archive is not None:
                 rt.archive.discard()
             text = f"{type(exc).__name__}: {exc}"
-            self._log_error(text, n)
+            self._log_error(
+                f"error {type(exc).__name__}", "inference failed, %d frame(s) get error verdicts: %s", n, text
+            )
             for t in todo:
                 t.segmenter_ran = False
                 t.defects = NO_DEFECTS
                 self._failsafe(rt, t, Reason.ERROR, text[:500])
+            if self.health.fault(rt.config.health, Reason.ERROR, n, text[:500]):
+                for t in todo:  # the batch that made the engine unhealthy is already never a pass
+                    t.result = "reject"
+
+    def _reject_unhealthy(self, rt: Runtime, todo: list[Ticket]) -> None:
+        """The engine is unhealthy (inspector.health): the frames are rejected without running the models."""
+        alarm = self.health.alarm
+        assert alarm is not None
+        detail = f"{alarm.text()}; not inspected until the service restarts"
+        for t in todo:
+            self._held.append(t.slot)
+            self._reject(rt, t, alarm.reason, detail)
+        self._release_held()
+
+    def _reject(self, rt: Runtime, v: Verdict, reason: Reason, detail: str) -> None:
+        """A fail-safe verdict that is a reject whatever pipeline.failsafe_result says (bad_output, unhealthy)."""
+        self._failsafe(rt, v, reason, detail)
+        v.result = "reject"
 
     def _prepare(self, rt: Runtime, todo: list[Ticket]) -> None:
         """The batch's network inputs: the acquisition thread's rows copied in, or resized here after a reload
@@ -508,6 +544,8 @@ class Pipeline:
         pixel_scores: np.ndarray | None,
         rows: list[int],
         geometries: list[Geometry] | None,
+        rec_bad: np.ndarray,
+        seg_bad: np.ndarray | None,
     ) -> None:
         decider, sink = rt.decider, rt.archive
         decided = time.time_ns()
@@ -517,12 +555,24 @@ class Pipeline:
         inspected = 0
         for i, t in enumerate(todo):
             pix = None
+            # The guard that found this frame's output not to be probabilities, and that output.
+            bad: tuple[OutputGuard | None, np.ndarray] | None = None
             if pixel_scores is not None and j < n_rows and rows[j] == i:
-                geometry = geometries[i] if geometries is not None else None
                 pix = pixel_scores[j]
-                result, reason, defects, score = decider.decide_screened(i, block_scores[i], pix, geometry)
                 t.segmenter_ran = True
+                if seg_bad is not None and seg_bad[j] and not rec_bad[i]:
+                    bad = (decider.pixel_guard, pix)
                 j += 1
+            if rec_bad[i]:
+                bad = (decider.block_guard, block_scores[i])
+            if bad is not None:
+                self._bad_output(rt, t, bad[0], bad[1])
+                if sink is not None:  # not kept; gives back what was staged for the frame
+                    sink.offer(i, t, ("reject", Reason.BAD_OUTPUT, NO_DEFECTS, 0.0), block_scores[i], pix)
+                continue
+            if pix is not None:
+                geometry = geometries[i] if geometries is not None else None
+                result, reason, defects, score = decider.decide_screened(i, block_scores[i], pix, geometry)
             elif flagged[i]:
                 geometry = geometries[i] if geometries is not None else None
                 result, reason, defects, score = decider.decide_screened(i, block_scores[i], None, geometry)
@@ -547,6 +597,16 @@ class Pipeline:
                 sink.offer(i, t, (result, reason, defects, score), block_scores[i], pix)
         self.counters.inspected += inspected
 
+    def _bad_output(self, rt: Runtime, t: Ticket, guard: OutputGuard | None, scores: np.ndarray) -> None:
+        """Frame t's output is not probabilities: a reject (never a pass), logged (rate-limited), counted towards
+        the engine's health. Only frames with bad outputs come here: the words are made for them alone."""
+        assert guard is not None
+        detail = guard.describe(scores)
+        t.defects = NO_DEFECTS
+        self._reject(rt, t, Reason.BAD_OUTPUT, detail)
+        self._log_error(f"bad_output {guard.role}", "bad network output, %d frame(s) rejected: %s", 1, detail)
+        self.health.fault(rt.config.health, Reason.BAD_OUTPUT, 1, detail)
+
     def _geometries(self, rt: Runtime, todo: list[Ticket]) -> list[Geometry] | None:
         """None when every frame of the batch has the configured size (the rule); else each frame's geometry."""
         for t in todo:
@@ -563,7 +623,8 @@ class Pipeline:
             self._freed.set()
 
     def _failsafe(self, rt: Runtime, v: Verdict, reason: Reason, detail: str) -> None:
-        v.result = rt.failsafe
+        # An unhealthy engine passes nothing, not even what failsafe_result: pass would let through.
+        v.result = "reject" if self.health.unhealthy else rt.failsafe
         v.reason = reason
         v.detail = detail
         v.t_decided_ns = time.time_ns()
@@ -573,14 +634,20 @@ class Pipeline:
         c = self.counters.not_inspected
         c[reason.value] = c.get(reason.value, 0) + 1
 
-    def _log_error(self, text: str, n: int) -> None:
+    def _log_error(self, cause: str, message: str, n: int, text: str) -> None:
+        """Log a fault (`message` % (n, text)) at most once per ERROR_LOG_INTERVAL_S per `cause`; the line after
+        a quiet interval says how many were not logged: "(and 312 more in 1248 frames since 14:03:12)"."""
         now = time.monotonic()
-        if now - self._last_error_log >= ERROR_LOG_INTERVAL_S:
-            more = (
-                f" ({self._errors_unlogged} more failed batches since the last report)" if self._errors_unlogged else ""
-            )
-            log.error("inference failed, %d frame(s) get error verdicts: %s%s", n, text, more)
-            self._last_error_log = now
-            self._errors_unlogged = 0
-        else:
-            self._errors_unlogged += 1
+        entry = self._error_log.get(cause)
+        if entry is None:
+            entry = self._error_log[cause] = [-ERROR_LOG_INTERVAL_S, 0.0, 0, 0]
+        if now - entry[0] < ERROR_LOG_INTERVAL_S:
+            entry[2] += 1
+            entry[3] += n
+            return
+        more = ""
+        if entry[2]:
+            since = time.strftime("%H:%M:%S", time.localtime(entry[1]))
+            more = f" (and {entry[2]:.0f} more in {entry[3]:.0f} frames since {since})"
+        log.error(message + "%s", n, text, more)
+        entry[0], entry[1], entry[2], entry[3] = now, time.time(), 0, 0

@@ -120,6 +120,30 @@ def place_image(
     return out, (h, w)
 
 
+def describe_fit(
+    frame: tuple[int, int], fit: str, scale: float | None, input_size: tuple[int, int]
+) -> tuple[str, bool]:
+    """-> (how a frame of size `frame` (height, width) becomes a network input, whether its aspect ratio or
+    scale changes beyond what the model asks for). The daemon logs it at start-up, so that neither is silent."""
+    fh, fw = frame
+    height, width = input_size
+    if fit == "place" and scale is not None:
+        h, w = placed_size(frame, scale, input_size)
+        actual = placed_scale(frame, scale, input_size)
+        if actual < scale - 1e-9:
+            return (
+                f"placed: a {fw}x{fh} frame does not fit the {width}x{height} input at scale {scale:g}; it is shrunk "
+                f"to {w}x{h} (scale {actual:.3g}, aspect ratio kept): defects look smaller than in training",
+                True,
+            )
+        return f"placed: a {fw}x{fh} frame becomes {w}x{h} at the input's top-left (scale {scale:g})", False
+    change = (width / height) / (fw / fh)
+    text = f"squashed: a {fw}x{fh} frame is resized to {width}x{height}"
+    if abs(change - 1) > 0.01:
+        return f"{text}, its aspect ratio stretched by {change:.3g} (as the model was trained: fit squash)", True
+    return text, False
+
+
 def pad_border(canvas: np.ndarray, placed: tuple[int, int], pad: str) -> np.ndarray:
     """Fill `canvas` (H, W, C) outside its top-left `placed` (h, w) region, in place: zeros or the mirror image."""
     h, w = placed

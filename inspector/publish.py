@@ -135,6 +135,7 @@ def verdict_message(verdict: Verdict, line: str = "", camera: str = "", run_id: 
         "camera_drops_before": verdict.camera_drops_before,
         "config_hash": verdict.config_hash,
         "model_hashes": dict(verdict.model_hashes),
+        "source_name": verdict.source_name,
     }
 
 

@@ -28,7 +28,6 @@ batch size are unchanged (they were checked when they were loaded) and checks th
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from inspector.config import Config, ConfigError, ModelSpec, load_config, resolv
 from inspector.decision import Decider, load_ignore_mask
 from inspector.frames import CHANNELS, Result
 from inspector.manifest import ManifestError, ModelManifest, check_expectations, read_manifest
+from inspector.outputs import OutputGuard, describe_scores
 from inspector.preprocess import Preprocessor
 from inspector.sources import SourceError, source_class
 
@@ -58,9 +58,6 @@ RESTART_ONLY = (
     "archive.path",
     "archive.pool_slots",
 )
-
-# Scores are probabilities (softmax folded into the graph); FP16 engines may round a little past the ends.
-SCORE_TOLERANCE = 1e-3
 
 EXIT_CONFIG, EXIT_MODEL, EXIT_SOURCE = 2, 3, 4
 
@@ -164,6 +161,19 @@ class _Problems:
 
 def source_problems(config: Config, config_file: str | Path, problems: _Problems) -> None:
     """What can be checked about the source without opening it (a camera may be in use by the running daemon)."""
+    try:
+        _source_files(config, config_file, problems)
+    except Exception as exc:  # e.g. a path naming a user that does not exist (~nobody/x)
+        problems.add(EXIT_SOURCE, f"source: {_why(exc)}")
+
+
+def _why(exc: BaseException) -> str:
+    """An exception nobody foresaw, in one line that names its type (the message alone can be empty)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _source_files(config: Config, config_file: str | Path, problems: _Problems) -> None:
     src = config.source
     try:
         source_class(src.kind)  # its library is installed (the camera extra for genicam)
@@ -202,6 +212,8 @@ def _open_model(
         )
     except (ManifestError, BackendError) as exc:
         raise StartupError(EXIT_MODEL, f"{where}: {exc}" if where not in str(exc) else str(exc)) from None
+    except Exception as exc:  # e.g. an engine file a TensorRT library cannot even read the header of
+        raise StartupError(EXIT_MODEL, f"{where}: cannot read the model's manifest: {_why(exc)}") from None
     key = _model_key(config, path, manifest.sha256)
     if previous is not None:
         for old in previous.models():
@@ -266,12 +278,14 @@ def check_outputs(model: LoadedModel, outputs: dict[str, np.ndarray], n: int) ->
         )
     if out.dtype.kind != "f":
         raise StartupError(EXIT_MODEL, f"{where}: {name} is {out.dtype}, scores must be floating point")
-    lo, hi = float(np.min(out)), float(np.max(out))
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -SCORE_TOLERANCE or hi > 1 + SCORE_TOLERANCE:
+    # The hot path's own check (inspector.outputs): NaN, Inf, out of [0, 1], segmenter classes not summing to 1.
+    guard = OutputGuard(m.task, name, per_frame, class_sums=m.task == "segmenter")
+    bad = np.flatnonzero(guard.check(out))
+    if bad.size:
         raise StartupError(
             EXIT_MODEL,
-            f"{where}: on a blank frame {name} ranges over [{lo:g}, {hi:g}]; scores must be probabilities in "
-            "[0, 1] (softmax folded into the exported graph)",
+            f"{where}: on a blank frame, {name}: {describe_scores(out[bad[0]], guard.class_sums)}; scores must "
+            "be probabilities in [0, 1] (softmax folded into the exported graph): the model or its backend is broken",
         )
 
 
@@ -339,6 +353,8 @@ def build(
             except StartupError as exc:
                 for line in exc.problems:
                     problems.add(exc.code, line)
+            except Exception as exc:  # not foreseen above: still this model's problem, in one line
+                problems.add(EXIT_MODEL, f"models.{role} ({spec.path}): {_why(exc)}")
         ignore_mask = _ignore_mask(config, config_file, problems)
         decider = _decider(config, models, firsts, ignore_mask, problems)
         problems.raise_if_any()
@@ -377,11 +393,16 @@ def build(
 def _ignore_mask(config: Config, config_file: str | Path, problems: _Problems) -> np.ndarray | None:
     if not config.decision.ignore_regions.mask:
         return None
-    mask_path = resolve_path(config_file, config.decision.ignore_regions.mask)
+    where = "decision.ignore_regions.mask"
     try:
+        mask_path = resolve_path(config_file, config.decision.ignore_regions.mask)
+        if not mask_path.is_file():  # said here: OpenCV would also print its own warning on stderr
+            problems.add(EXIT_CONFIG, f"{where}: {mask_path} does not exist")
+            return None
         return load_ignore_mask(mask_path, (config.source.height, config.source.width))
-    except (OSError, ValueError) as exc:
-        problems.add(EXIT_CONFIG, f"decision.ignore_regions.mask ({mask_path}): {exc}")
+    except Exception as exc:  # unreadable, not an image (OpenCV's own error types too), the wrong size
+        message = str(exc)
+        problems.add(EXIT_CONFIG, message if message.startswith(where) else f"{where}: {message}")
         return None
 
 
@@ -441,6 +462,8 @@ def check(config_file: str | Path) -> list[str]:
         runtime = build(config, config_file)
     except StartupError as exc:
         problems = [f"{config_file}: {line}" for line in exc.problems]
+    except Exception as exc:  # build() reports every foreseen problem; anything else is still one line
+        problems = [f"{config_file}: {_why(exc)}"]
     else:
         retire(runtime, None)
     if config.archive.enabled and config.archive.path:

@@ -112,12 +112,21 @@ class Watchdog:
     camera. On a hardware-triggered line that may legitimately stand still (a break, a jam upstream), pass a
     counter that the acquisition loop advances on every fetch attempt, including timeouts, so an idle line is
     not mistaken for a hung one. The interval defaults to the notifier's (WATCHDOG_USEC); without one, start()
-    does nothing.
+    does nothing. `healthy`, when given, is asked before every ping: once it says False the pings stop for good.
     """
 
-    def __init__(self, notifier: Notifier, progress: Callable[[], int], interval_s: float | None = None):
+    def __init__(
+        self,
+        notifier: Notifier,
+        progress: Callable[[], int],
+        interval_s: float | None = None,
+        healthy: Callable[[], bool] | None = None,
+    ):
         self.notifier = notifier
         self.progress = progress
+        # False stops the pings for good, moving frames or not: the daemon says its engine is broken
+        # (inspector.health), and systemd's restart is the cure.
+        self.healthy = healthy
         self.interval_s = interval_s if interval_s is not None else notifier.watchdog_interval_s
         self.pings = 0
         self.stalls = 0  # ping periods skipped because nothing moved
@@ -151,6 +160,9 @@ class Watchdog:
         self.pings += 1
         stalled = 0  # consecutive periods without progress
         while not self._stop.wait(period):
+            if self.healthy is not None and not self.healthy():
+                log.error("watchdog: the engine is unhealthy; no more pings, systemd restarts the service")
+                return
             now = self.progress()
             if now != last:
                 last = now

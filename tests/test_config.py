@@ -157,7 +157,7 @@ def test_wrong_type_names_field_line_and_value():
 
 def test_out_of_range_value_names_field_line_value_and_limit():
     err = _error(MINIMAL + "pipeline:\n  batch_size: 4\n  deadline_ms: -5\n")
-    assert str(err) == "line1.yaml:9: pipeline.deadline_ms: Input should be greater than 0 (got -5)"
+    assert str(err) == "line1.yaml:9: pipeline.deadline_ms: Input should be greater than or equal to 1 (got -5)"
 
 
 def test_unknown_key_names_the_allowed_ones():
@@ -199,8 +199,10 @@ def test_unknown_or_missing_source_kind_points_at_kind():
 
 
 def test_own_validator_messages_read_plainly():
+    err = _error(MINIMAL + "archive:\n  enabled: true\n")
+    assert str(err) == "line1.yaml:7: archive: path is required when the archive is enabled"
     err = _error(MINIMAL + "decision:\n  min_area_px_per_class: {pit: -3}\n")
-    assert str(err).startswith("line1.yaml:8: decision.min_area_px_per_class: areas must be >= 0")
+    assert str(err).startswith("line1.yaml:8: decision.min_area_px_per_class.pit: Input should be greater than or")
 
 
 def test_missing_required_field_and_cross_field_rule():

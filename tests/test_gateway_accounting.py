@@ -216,11 +216,13 @@ def test_not_inspected_verdicts_are_counted_by_reason(clock):
     for seq, reason in enumerate([Reason.OVERLOAD, Reason.TIMEOUT, Reason.TIMEOUT, Reason.OK]):
         acc.verdict(_verdict(clock, seq, result="pass" if reason.inspected else "reject", reason=reason))
     msg = _verdict(clock, 4, result="reject", reason=Reason.ERROR)
-    msg["reason"], msg["inspected"] = "bad_output", False  # a reason of a newer daemon
+    msg["reason"], msg["inspected"] = "cosmic_ray", False  # a reason of a newer daemon
     (r,) = acc.verdict(msg)
     assert r.reason_code == 255 and r.reject
+    (bad,) = acc.verdict(_verdict(clock, 5, result="reject", reason=Reason.BAD_OUTPUT))
+    assert bad.reason_code == 7 and bad.reject
     ni = acc.state.counters.not_inspected
-    assert (ni["overload"], ni["timeout"], ni["other"], ni["error"]) == (1, 2, 1, 0)
+    assert (ni["overload"], ni["timeout"], ni["other"], ni["error"], ni["bad_output"]) == (1, 2, 1, 0, 1)
 
 
 def test_what_is_not_a_verdict_of_this_camera_is_counted_never_published(clock):

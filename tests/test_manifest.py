@@ -87,3 +87,48 @@ def test_config_expectations(model_file):
         check_expectations(m, task="segmenter", expect_classes=["background", "crack"])
     with pytest.raises(ManifestError, match="input is 64x96"):
         check_expectations(m, task="segmenter", expect_input=(224, 224))
+
+
+def _written(model_file, text: str | bytes) -> None:
+    path = manifest_path(model_file)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[" * 5000 + "]" * 5000, "invalid manifest"),
+        (b"\xff\xfe" + bytes(range(256)), "invalid manifest"),
+        ('{"task": "recognizer", "input": {"height": ' + "9" * 5000 + "}}", "invalid manifest"),
+        (" " * ((1 << 20) + 1), "larger than 1024 KiB"),
+    ],
+    ids=["nested-5000-deep", "binary", "huge-integer", "over-1-MiB"],
+)
+def test_a_hostile_manifest_is_a_manifest_error(model_file, content, message):
+    """A manifest is read by start-up, check-config and every reload: nothing in it may raise past read_manifest."""
+    _written(model_file, content)
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(model_file)
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"preprocessing": {"color": "gray", "mean": [float("nan")], "std": [0.25]}},
+        {"input": {"height": 1 << 40, "width": 96, "channels": 1}},
+        {"batch": {"min": 1, "opt": 1, "max": 10**12}},
+    ],
+    ids=["nan-mean", "input-2^40", "batch-10^12"],
+)
+def test_numbers_a_manifest_cannot_mean_are_refused(model_file, over):
+    data = json.loads(_manifest(model_file).model_dump_json())
+    data.update(over)
+    _written(model_file, json.dumps(data))
+    with pytest.raises(ManifestError, match="invalid manifest"):
+        read_manifest(model_file)
+
+
+def test_an_unreadable_manifest_is_a_manifest_error(model_file):
+    manifest_path(model_file).mkdir()  # a directory where the file should be: open() fails
+    with pytest.raises(ManifestError, match="manifest"):
+        read_manifest(model_file)

@@ -152,17 +152,20 @@ def test_segmenter_modes(tmp_path, mode, expected):
         assert blob["class"] == "defect" and blob["area_px"] > 100
 
 
-def test_wrong_size_image_is_a_bad_frame_and_the_others_are_inspected(tmp_path):
+def test_image_larger_than_the_slot_is_a_bad_frame_and_the_others_are_inspected(tmp_path):
     port = free_port()
     images = tmp_path / "images"
-    write_images(images, [("a.png", 128, 128, False, 60), ("b.png", 96, 128, False, 60), ("c.png", 128, 128, True, 60)])
-    source = f"  kind: folder\n  path: {images}\n  width: 128\n  height: 128\n  loop: false\n  resize: false"
+    write_images(
+        images, [("a.png", 128, 128, False, 60), ("b.png", 160, 128, False, 60), ("c.png", 128, 128, True, 60)]
+    )
+    source = f"  kind: folder\n  path: {images}\n  width: 128\n  height: 128\n  loop: false"
     config = write_config(tmp_path / "line.yaml", _models(tmp_path), source=source, port=port)
     daemon, sub = _serve(config, max_frames=None)
     assert _finish(daemon, sub) == 0
     verdicts = _check_one_verdict_per_frame(daemon, sub, 3)
     assert [v["reason"] for v in verdicts] == ["ok", "bad_frame", "defect"]
-    assert "96" in verdicts[1]["detail"] and verdicts[1]["result"] == "reject"
+    assert "128x160" in verdicts[1]["detail"] and verdicts[1]["result"] == "reject"
+    assert [v["source_name"] for v in verdicts] == ["a.png", "b.png", "c.png"]
 
 
 def test_reload_in_process_valid_then_invalid_then_restart_only(tmp_path):

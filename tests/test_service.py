@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -144,3 +145,33 @@ def test_watchdog_does_nothing_when_not_enabled(monkeypatch, systemd_socket):
     assert Watchdog(Notifier(path), lambda: 0).start() is False
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert Watchdog(Notifier(), lambda: 0, interval_s=1.0).start() is False
+
+
+def test_watchdog_stops_for_good_once_the_engine_is_unhealthy(systemd_socket):
+    """Frames keep moving, but the daemon says its engine is broken (inspector.health): no ping any more, so
+    systemd restarts the service."""
+    path, sock = systemd_socket
+    sock.settimeout(0.05)
+    frames = [0]
+    healthy = threading.Event()
+    healthy.set()
+    wd = Watchdog(Notifier(path), lambda: frames[0], interval_s=0.1, healthy=healthy.is_set)
+
+    def pings_while_moving(seconds: float) -> int:
+        count = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            frames[0] += 1
+            with contextlib.suppress(TimeoutError):
+                count += sock.recv(64) == b"WATCHDOG=1"
+        return count
+
+    try:
+        assert wd.start()
+        assert pings_while_moving(0.6) >= 2
+        healthy.clear()
+        pings_while_moving(0.2)  # a ping that passed its health check just before may still land
+        assert pings_while_moving(0.6) == 0
+        assert wd._thread is not None and not wd._thread.is_alive()  # it has ended: never pings again
+    finally:
+        wd.stop()

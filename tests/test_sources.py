@@ -10,10 +10,11 @@ import pytest
 
 from inspector.config import FolderSourceConfig, SyntheticSourceConfig
 from inspector.sources import EndOfStream, SourceError, source_class
-from inspector.sources.folder import FolderSource
+from inspector.sources.folder import FolderSource, mask_threshold
 from inspector.sources.pacing import Pacer
 from inspector.sources.synthetic import SyntheticSource
 from inspector.synth import write_dataset
+from inspector.train.datasets import layout_mask_threshold, read_mask, scan_folder
 
 MAGNETIC_TILE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "magnetic-tile"
 
@@ -167,6 +168,34 @@ def test_folder_replays_generic_layout_with_ground_truth_then_ends(generic):
         src.grab(np.zeros((64, 96, 1), np.uint8), 0.1)
 
 
+def test_folder_ground_truth_is_the_training_layouts(tmp_path):
+    """Class and defect area as inspector.train.datasets reads them: no mask and no class = defect-free, an
+    images/<class>/ folder names the class, any non-zero mask pixel is a defect outside Magnetic Tile."""
+    root = tmp_path / "set"
+    (root / "images" / "scratch").mkdir(parents=True)
+    (root / "masks" / "scratch").mkdir(parents=True)
+    part = np.full((48, 64), 90, np.uint8)
+    cv2.imwrite(str(root / "images" / "plain.png"), part)  # no mask, no class
+    cv2.imwrite(str(root / "images" / "listed.png"), part)  # classes.csv: pit, no mask
+    cv2.imwrite(str(root / "images" / "scratch" / "s1.png"), part)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:14, 20:40] = 1  # a class-id mask: 1 is a defect pixel in the generic layout
+    cv2.imwrite(str(root / "masks" / "scratch" / "s1.png"), mask)
+    (root / "classes.csv").write_text("name,class\nlisted.png,pit\n")
+    src = _folder(root, width=64, height=48)
+    grabs = _drain(src, (48, 64, 1))
+    truth = {g.source_name: g.truth for g in grabs}
+    samples = {s.image.relative_to(root).as_posix(): s for s in scan_folder(root)}
+    assert set(truth) == set(samples) == {"images/plain.png", "images/listed.png", "images/scratch/s1.png"}
+    for name, t in truth.items():
+        s = samples[name]
+        assert (t.defective, t.defect_area_px) == (s.defective, s.defect_area_px), name
+        assert t.kind == (s.cls if s.defective else None)
+    assert truth["images/scratch/s1.png"].defect_area_px == 80
+    for mask_file in (root / "masks" / "scratch" / "s1.png", MAGNETIC_TILE / "MT_Fray" / "Imgs" / "x.png"):
+        assert mask_threshold(mask_file) == layout_mask_threshold(mask_file)
+
+
 def test_folder_delivers_the_pixels_of_the_file(generic):
     src = _folder(generic, pixel_format="rgb8")
     out = np.zeros((64, 96, 3), np.uint8)
@@ -197,14 +226,17 @@ def odd_folder(tmp_path):
     cv2.imwrite(str(tmp_path / "b_colour.png"), colour)
     cv2.imwrite(str(tmp_path / "c_big.png"), rng.integers(0, 255, (128, 192), dtype=np.uint8))
     (tmp_path / "d_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    cv2.imwrite(str(tmp_path / "e_deep.png"), rng.integers(0, 65535, (64, 96), dtype=np.uint16))
+    deep = rng.integers(0, 65535, (64, 96), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "e_deep.png"), deep)
+    small = rng.integers(0, 255, (40, 50), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "f_small.png"), small)
     (tmp_path / "notes.txt").write_text("not an image")
-    return tmp_path, colour
+    return tmp_path, colour, deep, small
 
 
 def test_folder_flags_bad_frames_instead_of_skipping_them(odd_folder):
-    root, colour = odd_folder
-    src = _folder(root, resize=False)
+    root, colour, deep, small = odd_folder
+    src = _folder(root)
     out = np.zeros((64, 96, 1), np.uint8)
     grabs = []
     with pytest.raises(EndOfStream):
@@ -212,25 +244,66 @@ def test_folder_flags_bad_frames_instead_of_skipping_them(odd_folder):
             out[:] = 7
             grabs.append((src.grab(out, 1.0), out.copy()))
     names = [e.path.name for e in src.entries]
-    assert names == ["a_ok.png", "b_colour.png", "c_big.png", "d_broken.png", "e_deep.png"]
+    assert names == ["a_ok.png", "b_colour.png", "c_big.png", "d_broken.png", "e_deep.png", "f_small.png"]
+    assert [g.source_name for g, _ in grabs] == names
     bad = {name: g.bad_frame for name, (g, _) in zip(names, grabs, strict=True)}
     assert bad["a_ok.png"] is None and bad["b_colour.png"] is None  # colour converts to mono8
-    assert "192x128" in bad["c_big.png"] and "resize" in bad["c_big.png"]
-    assert "unreadable" in bad["d_broken.png"]
-    assert "uint16" in bad["e_deep.png"]
+    assert "192x128" in bad["c_big.png"] and "96x64 ring slot" in bad["c_big.png"]
+    assert bad["d_broken.png"].startswith("d_broken.png: ") and "IHDR" in bad["d_broken.png"]
     np.testing.assert_array_equal(grabs[1][1][:, :, 0], cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY))
     assert np.all(grabs[2][1] == 7)  # a bad frame leaves the slot alone
-    assert [g.camera_frame_id for g, _ in grabs] == [0, 1, 2, 3, 4]  # still one frame each, no gaps
+    # 16-bit: the top 8 bits, as training reads them
+    assert bad["e_deep.png"] is None
+    np.testing.assert_array_equal(grabs[4][1][:, :, 0], (deep >> 8).astype(np.uint8))
+    # a smaller image: at its native size in the slot's top-left corner, the rest of the slot untouched
+    g, pixels = grabs[5]
+    assert g.bad_frame is None and (g.height, g.width) == (40, 50)
+    np.testing.assert_array_equal(pixels[:40, :50, 0], small)
+    assert np.all(pixels[40:] == 7) and np.all(pixels[:, 50:] == 7)
+    assert [g.camera_frame_id for g, _ in grabs] == [0, 1, 2, 3, 4, 5]  # still one frame each, no gaps
 
 
-def test_folder_resizes_when_asked(odd_folder):
-    root, _ = odd_folder
-    src = _folder(root, resize=True, pattern="c_*")
-    out = np.zeros((64, 96, 1), np.uint8)
-    g = src.grab(out, 1.0)
-    assert g.bad_frame is None and (g.height, g.width) == (64, 96)
-    big = cv2.imread(str(root / "c_big.png"), cv2.IMREAD_GRAYSCALE)
-    np.testing.assert_array_equal(out[:, :, 0], cv2.resize(big, (96, 64), interpolation=cv2.INTER_AREA))
+def test_folder_open_reads_headers_only(odd_folder, monkeypatch):
+    """Start-up decodes nothing (a folder of 10 000 images opens in a second): images are read in their turn."""
+    root, *_ = odd_folder
+    decoded = []
+    real_imread = cv2.imread
+    monkeypatch.setattr(cv2, "imread", lambda *a, **k: decoded.append(a[0]) or real_imread(*a, **k))
+    src = _folder(root, pattern="[abf]_*")
+    assert decoded == []
+    src.grab(np.zeros((64, 96, 1), np.uint8), 1.0)
+    assert [Path(p).name for p in decoded] == ["a_ok.png"]
+
+
+def test_folder_preload_decodes_at_open_and_finds_decoder_failures_there(tmp_path, monkeypatch):
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((64, 96), 9, np.uint8))
+    (tmp_path / "b.png").write_bytes(_png_with_garbage_pixels())
+    decoded = []
+    real_imread = cv2.imread
+    monkeypatch.setattr(cv2, "imread", lambda *a, **k: decoded.append(Path(a[0]).name) or real_imread(*a, **k))
+    src = _folder(tmp_path, preload=True, masks=False)
+    assert decoded == ["a.png", "b.png"]
+    assert src.entries[0].bad is None and "decoder" in src.entries[1].bad
+    grabs = _drain(src, (64, 96, 1))
+    assert decoded == ["a.png", "b.png"]  # nothing decoded again
+    assert grabs[0].bad_frame is None and grabs[1].bad_frame.startswith("b.png: ")
+
+
+def _png_with_garbage_pixels() -> bytes:
+    """A PNG with a sound header and IEND whose pixel data is not a deflate stream: only decoding finds out."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 96, 64, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"garbage" * 20) + chunk(b"IEND", b"")
+
+
+def test_folder_resize_option_is_gone_with_a_reason():
+    with pytest.raises(ValueError, match="native size"):
+        FolderSourceConfig(kind="folder", path="x", resize=True)
 
 
 def test_folder_without_images_is_a_clear_error(tmp_path):
@@ -245,8 +318,8 @@ def test_folder_without_images_is_a_clear_error(tmp_path):
 def test_magnetic_tile_replay_reads_masks_beside_images():
     if not (MAGNETIC_TILE / "MT_Fray").is_dir():
         pytest.skip(f"Magnetic Tile data set not found at {MAGNETIC_TILE}")
-    src = _folder(MAGNETIC_TILE, pattern="MT_F*/Imgs/exp1_*", width=320, height=320)
-    grabs = _drain(src, (320, 320, 1))
+    src = _folder(MAGNETIC_TILE, pattern="MT_F*/Imgs/exp1_*", width=640, height=404)
+    grabs = _drain(src, (404, 640, 1))
     names = [e.path for e in src.entries]
     assert grabs and all(p.suffix == ".jpg" for p in names)  # the NAME.png masks are not frames
     fray = [g for g, p in zip(grabs, names, strict=True) if p.parts[-3] == "MT_Fray"]
@@ -255,3 +328,7 @@ def test_magnetic_tile_replay_reads_masks_beside_images():
     assert all(g.truth.defective and g.truth.kind == "fray" for g in fray)
     assert sum(g.truth.defect_area_px > 0 for g in fray) >= len(fray) - 1
     assert all(not g.truth.defective and g.truth.defect_area_px == 0 for g in free)
+    # sizes and areas at native resolution, as training counts them (anti-aliased masks: >= 128)
+    for g, entry in list(zip(grabs, src.entries, strict=True))[:5]:
+        assert g.truth.defect_area_px == int(read_mask(entry.path.with_suffix(".png")).sum())
+        assert (g.height, g.width) == cv2.imread(str(entry.path), cv2.IMREAD_GRAYSCALE).shape

@@ -212,3 +212,76 @@ def test_a_reload_to_a_broken_model_keeps_the_running_config(tmp_path, models):
         daemon.stop()
         daemon.wait()
         sub.close()
+
+
+def test_per_class_areas_must_name_the_segmenters_classes(tmp_path, models):
+    """The segmenter says ['background', 'defect']: a per-class area for 'crack' would never apply."""
+    config = _config(tmp_path, models, extra="decision: {min_area_px_per_class: {crack: 40}}\n")
+    result = _cli_check(config)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "decision" in line and "crack" in line and "not a defect class" in line, line
+    error = _startup_error(config)
+    assert error.code == 2 and [f"{config}: {p}" for p in error.problems] == [line]
+
+
+GATEWAY = """gateway:
+  opcua: {{endpoint: "opc.tcp://127.0.0.1:{opcua}/inspector/", allow_anonymous: true}}
+  modbus: {{bind: 0.0.0.0, port: {modbus}}}
+"""
+
+
+@pytest.mark.parametrize("clash", ["modbus-on-broadcast", "opcua-on-modbus"])
+def test_gateway_servers_must_not_take_the_daemons_addresses(tmp_path, models, clash):
+    port, other = free_port(), free_port()
+    config = write_config(tmp_path / "line.yaml", models, source=synthetic(), port=port)
+    text = config.read_text().replace("  actuator: null\n", f'  actuator: {{bind: "tcp://127.0.0.1:{free_port()}"}}\n')
+    if clash == "modbus-on-broadcast":
+        text += GATEWAY.format(opcua=other, modbus=port)
+        names = ("publish.broadcast.bind", "gateway.modbus.bind/port")
+    else:
+        text += GATEWAY.format(opcua=other, modbus=other)
+        names = ("gateway.opcua.endpoint", "gateway.modbus.bind/port")
+    config.write_text(text)
+    result = _cli_check(config)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert all(name in line for name in names) and "same address" in line, line
+    gateway = subprocess.run(
+        [sys.executable, "-m", "inspector.cli", "gateway", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert gateway.returncode == 2 and gateway.stderr.strip() == line  # the gateway refuses the same, in the same words
+
+
+def test_run_prints_one_line_per_problem_and_its_exit_status(tmp_path, models):
+    """`inspector run` says what check-config says: every problem on its own line, no traceback, exit 3."""
+    _broken("truncated-onnx", models)
+    config = _config(tmp_path, models, extra="decision: {ignore_regions: {mask: absent.png}}\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "inspector.cli", "run", "--config", str(config), "--no-console"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 3 and "Traceback" not in run.stderr, run.stderr
+    refused = [line for line in run.stderr.splitlines() if "cannot start: " in line]
+    assert len(refused) == 2, run.stderr
+    checked = _cli_check(config).stderr.strip().splitlines()
+    assert [line.split("cannot start: ", 1)[1] for line in refused] == [c.split(": ", 1)[1] for c in checked]
+
+
+def test_run_on_an_alias_bomb_exits_2_in_one_line(tmp_path, models):
+    config = _config(tmp_path, models)
+    config.write_text(config.read_text() + 'a: &a ["x"]\nb: [*a, *a, *a, *a, *a, *a, *a, *a]\n')
+    run = subprocess.run(
+        [sys.executable, "-m", "inspector.cli", "run", "--config", str(config), "--no-console"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    refused = [line for line in run.stderr.splitlines() if "cannot start: " in line]
+    assert len(refused) == 1 and f"{config}:" in refused[0] and "anchors and aliases" in refused[0], run.stderr

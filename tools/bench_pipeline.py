@@ -4,9 +4,10 @@
     .venv/bin/python tools/bench_pipeline.py                       # configs/folder-replay.yaml, demo recognizer
     .venv/bin/python tools/bench_pipeline.py --seconds 5 --rounds 3 --no-append
 
-Source: the folder replay of Magnetic Tile (../shared/datasets/magnetic-tile), preloaded into memory and fed as
-fast as inference takes frames (`rate_hz: null`), so the number is the pipeline's, not the disk's. Recognizer
-only (`segmenter_mode: never`): the work per frame does not depend on what the model flags.
+Source: the folder replay of Magnetic Tile (../shared/datasets/magnetic-tile), each tile at its native size,
+decoded into memory at start-up (`preload: true`) and fed as fast as inference takes frames (`rate_hz: null`),
+so the number is the pipeline's, not the disk's. Recognizer only (`segmenter_mode: never`): the work per frame does
+not depend on what the model flags.
 
 1. Bare loop sweep: the recognizer alone, `backend.run(batch)` in a loop on inputs preprocessed beforehand from
    the same tiles (no acquisition, no resize, no decision, no publishing), for every intra-op thread count and
@@ -70,27 +71,30 @@ def load_text() -> str:
     return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
-def real_tiles(config_path: Path, config: Config, count: int) -> np.ndarray:
-    """`count` frames from the config's own source, exactly as the daemon's ring would hold them."""
+def real_tiles(config_path: Path, config: Config, count: int) -> list[np.ndarray]:
+    """`count` frames from the config's own source, exactly as the daemon's pipeline sees them: each at its own
+    size (a replay delivers images at their native size, at the top-left of a larger slot)."""
     src_cfg = source_config(config, config_path)
     source = source_class(src_cfg.kind)(src_cfg, _NoEvents())
     source.open()
     source.start()
     frames = np.zeros((count, src_cfg.height, src_cfg.width, 1 if src_cfg.pixel_format == "mono8" else 3), np.uint8)
+    tiles = []
     try:
         for i in range(count):
-            while source.grab(frames[i], 1.0) is None:
+            while (grab := source.grab(frames[i], 1.0)) is None:
                 pass
+            tiles.append(frames[i, : grab.height, : grab.width])
     finally:
         source.stop()
         source.close()
-    return frames
+    return tiles
 
 
 class BareLoop:
     """The recognizer alone in a loop of backend.run(batch) on preprocessed real tiles."""
 
-    def __init__(self, config_path: Path, config: Config, tiles: np.ndarray, threads: int, batch: int):
+    def __init__(self, config_path: Path, config: Config, tiles: list[np.ndarray], threads: int, batch: int):
         path = resolve_path(config_path, config.models.recognizer.path)
         settings = config.models.onnxruntime.model_copy(update={"intra_op_threads": threads})
         manifest = load_model_manifest("onnxruntime", path, settings, batch)
@@ -138,7 +142,7 @@ def threads_label(threads: int) -> str:
 Setting = tuple[int, int]  # (intra-op threads, batch)
 
 
-def sweep_bare(args: argparse.Namespace, config: Config, tiles: np.ndarray) -> dict[Setting, float]:
+def sweep_bare(args: argparse.Namespace, config: Config, tiles: list[np.ndarray]) -> dict[Setting, float]:
     threads_set = [int(x) for x in args.threads.split(",")]
     batches = [int(x) for x in args.batches.split(",")]
     sweep: dict[Setting, float] = {}
@@ -154,7 +158,7 @@ def sweep_bare(args: argparse.Namespace, config: Config, tiles: np.ndarray) -> d
 
 
 def run_rounds(
-    args: argparse.Namespace, config: Config, tiles: np.ndarray, candidates: list[Setting], own: Setting
+    args: argparse.Namespace, config: Config, tiles: list[np.ndarray], candidates: list[Setting], own: Setting
 ) -> tuple[dict[Setting, list[tuple[float, float]]], dict[Setting, list[dict[str, Any]]]]:
     """Interleaved rounds: each candidate bare loop, then the daemon at its own and at the leading settings."""
     bare_runs: dict[Setting, list[tuple[float, float]]] = {c: [] for c in candidates}
@@ -205,7 +209,8 @@ def report(
         f"Command: `{' '.join(['.venv/bin/python tools/bench_pipeline.py', *cmd_args])}`",
         "",
         f"Recognizer `{manifest.architecture}` ({where}), recognizer only; "
-        f"{config.source.width}x{config.source.height} {config.source.pixel_format} Magnetic Tile tiles preloaded, "
+        f"{config.source.pixel_format} Magnetic Tile tiles at native size (slot {config.source.width}x"
+        f"{config.source.height}), "
         f"fed as fast as the pipeline takes them; {args.rounds} interleaved rounds of {args.seconds:g} s, medians. "
         f"Load average before/after: {load_before} / {load_text()} (the machine is shared).",
         "",

@@ -35,7 +35,15 @@ from inspector.archive.layout import ArchiveFormatError, Record
 from inspector.archive.marks import MarkStore
 from inspector.archive.reader import ArchiveReader
 from inspector.archive.redecide import Outcome, Redecider, outcome_matches
-from inspector.config import Config, ConfigError, load_config, parse_config, resolve_path
+from inspector.config import (
+    Config,
+    ConfigError,
+    load_config,
+    parse_config,
+    read_config_text,
+    read_yaml,
+    resolve_path,
+)
 from inspector.decision import load_ignore_mask
 
 SETTABLE = ("decision.", "models.segmenter_mode")
@@ -71,7 +79,14 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
 
 def apply_sets(config_file: Path, sets: dict[str, Any]) -> Config:
     """The config file with the changes applied, validated like any config (errors name the field)."""
-    data = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    try:  # the bounded reader of every line config (no alias bombs, no 1 GB files)
+        data = read_yaml(read_config_text(config_file), str(config_file))[0] or {}
+    except ConfigError as exc:
+        raise TuneError(str(exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TuneError(f"{config_file}: cannot read file: {exc}") from None
+    if not isinstance(data, dict):
+        raise TuneError(f"{config_file}: top level must be a mapping of sections")
     for key, value in sets.items():
         node = data
         parts = key.split(".")

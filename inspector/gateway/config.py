@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from inspector.config import Config, _Model, load_config, parse_config
+from inspector.config import Address, Config, _host_port, _Model, first_clash, load_config, parse_config
 
 # Security policies offered to OPC UA clients: the names in the config and the asyncua enum member each maps to.
 SECURITY_POLICIES = {
@@ -228,6 +229,20 @@ class GatewayConfig(_Model):
     opcua: OpcUaConfig = Field(default_factory=OpcUaConfig, description="OPC UA server.")
     modbus: ModbusConfig = Field(default_factory=ModbusConfig, description="Modbus TCP server.")
 
+    def listening_addresses(self) -> list[tuple[str, str, Address]]:
+        """(field, as written, address) of the servers the gateway listens on."""
+        out: list[tuple[str, str, Address]] = []
+        if self.opcua.enabled:
+            netloc = urlsplit(self.opcua.endpoint).netloc
+            host, _, port = netloc.rpartition(":")
+            hp = _host_port(host, port)
+            out.append(("gateway.opcua.endpoint", self.opcua.endpoint, ("tcp", *hp) if hp else ("tcp", host, None)))
+        if self.modbus.enabled:
+            hp = _host_port(self.modbus.bind, str(self.modbus.port))
+            address: Address = ("tcp", *hp) if hp else ("tcp", self.modbus.bind, None)
+            out.append(("gateway.modbus.bind/port", f"{self.modbus.bind}:{self.modbus.port}", address))
+        return out
+
     @model_validator(mode="after")
     def _a_sink(self) -> GatewayConfig:
         if not (self.opcua.enabled or self.modbus.enabled):
@@ -246,6 +261,15 @@ class GatewayLineConfig(Config):
     """A line config whose `gateway:` section is required and typed."""
 
     gateway: GatewayConfig = Field(description="The PLC gateway (docs/PLC.md).")  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _distinct_listeners(self) -> GatewayLineConfig:
+        # The gateway's servers beside the daemon's sockets: one port taken twice fails the second bind at start
+        # (or, with a wildcard and a specific host, lets a PLC reach the wrong server). Refused here, both named.
+        clash = first_clash(self.listening_addresses() + self.gateway.listening_addresses())
+        if clash:
+            raise ValueError(clash)
+        return self
 
     @model_validator(mode="after")
     def _actuator_on(self) -> GatewayLineConfig:

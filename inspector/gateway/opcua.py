@@ -178,7 +178,14 @@ STATE_FIELDS: tuple[NodeField, ...] = (
     NodeField("Heartbeat", "UInt32", "+1 per gateway tick (50 ms) while the gateway runs", lambda s: s.ticks),
 )
 
-_NI = {"overload": "Overload", "timeout": "Timeout", "error": "Error", "bad_frame": "BadFrame", "shutdown": "Shutdown"}
+_NI = {
+    "overload": "Overload",
+    "timeout": "Timeout",
+    "error": "Error",
+    "bad_frame": "BadFrame",
+    "shutdown": "Shutdown",
+    "bad_output": "BadOutput",
+}
 COUNTER_FIELDS: tuple[NodeField, ...] = (
     NodeField("Verdicts", "UInt64", "daemon verdicts received", lambda c: c.verdicts),
     NodeField("Records", "UInt64", "records published (verdicts + lost + camera drops)", lambda c: c.records),

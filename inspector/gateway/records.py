@@ -24,6 +24,7 @@ REASON_CODES: dict[str, int] = {
     "error": 4,
     "bad_frame": 5,
     "shutdown": 6,
+    "bad_output": 7,
     "lost": 16,
     "camera_drop": 17,
 }
@@ -36,10 +37,11 @@ REASON_MEANINGS: dict[str, str] = {
     "error": "inference or decision failed (fail-safe)",
     "bad_frame": "the frame cannot be inspected (fail-safe)",
     "shutdown": "in flight when the daemon stopped (fail-safe)",
+    "bad_output": "a network output was not a probability (NaN, Inf, out of range), or engine unhealthy (reject)",
     "lost": "gateway: this seq never arrived (reject)",
     "camera_drop": "gateway: the camera lost this frame, no picture (reject)",
 }
-NOT_INSPECTED_REASONS = ("overload", "timeout", "error", "bad_frame", "shutdown")
+NOT_INSPECTED_REASONS = ("overload", "timeout", "error", "bad_frame", "shutdown", "bad_output")
 
 
 class Flag(IntFlag):

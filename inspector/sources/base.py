@@ -30,6 +30,7 @@ class Grab:
     truth: GroundTruth | None = None
     bad_frame: str | None = None  # set when the frame cannot be inspected (wrong size/format)
     camera_drops_before: int = 0  # frames the camera lost just before this one (frame-id gap)
+    source_name: str | None = None  # the file a replay read the frame from (a string it keeps); None: a camera
 
 
 class SourceEvents(Protocol):

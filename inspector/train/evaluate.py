@@ -352,12 +352,20 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
+def exported_thresholds(thresholds: dict[str, float | int]) -> dict[str, float | int]:
+    """The operating point as a line config holds it: probabilities to 4 decimals, areas in whole pixels.
+
+    evaluate reports at these values, not at the unrounded ones it chose, so that its per-image decisions are
+    the daemon's with the `decision:` block it writes (a test image scoring between the two would differ)."""
+    keys = [k for k in ("block_threshold", "pixel_threshold", "min_area_px") if k in thresholds]
+    return {k: (int(thresholds[k]) if k == "min_area_px" else round(float(thresholds[k]), 4)) for k in keys}
+
+
 def decision_yaml(thresholds: dict[str, float | int], comment: str = "") -> str:
     """The `decision:` block for a line config; validated against DecisionConfig before it is written."""
     from inspector.config import DecisionConfig
 
-    keys = [k for k in ("block_threshold", "pixel_threshold", "min_area_px") if k in thresholds]
-    values = {k: (int(thresholds[k]) if k == "min_area_px" else round(float(thresholds[k]), 4)) for k in keys}
+    values = exported_thresholds(thresholds)
     DecisionConfig(**values)  # refuses anything the daemon would refuse
     lines = [f"# {line}" for line in comment.splitlines()] if comment else []
     lines.append("decision:")
@@ -484,6 +492,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"or fixed {' and '.join('--' + k.replace('_', '-') for k in needed)}. Thresholds are never guessed "
             "(0.5 is not an operating point) and never chosen on the test set"
         )
+    thresholds = exported_thresholds(thresholds)  # what the line will use, so the report is the line's
     rep = report(model, test, thresholds, tuned_on=tuned_on, batch=args.batch)
     rep["data"] = str(args.data)
     print(format_summary(rep))
