@@ -72,7 +72,11 @@ def _line(tmp_path, ports, client_key: str | None, curve: bool = True):
 def start_gateway(config) -> Proc:
     # Importing asyncua and pymodbus alone can take minutes on the shared, loaded test box: a generous start.
     gw = Proc("gateway", "--config", str(config))
-    gw.wait_log("ready (", 300)
+    try:
+        gw.wait_log("ready (", 300)
+    except BaseException:
+        gw.kill()  # a gateway that did not come up is not left running (and retrying) after the test
+        raise
     return gw
 
 
@@ -99,8 +103,9 @@ def _feed(pub: Publisher, port: int, n: int) -> None:
 
 def test_an_authorised_gateway_receives_every_verdict_and_the_events(tmp_path, ports, keys):
     pub = _daemon(ports, keys)
-    gw = start_gateway(_line(tmp_path, ports, "clients/gateway.key_secret"))
+    gw = None
     try:
+        gw = start_gateway(_line(tmp_path, ports, "clients/gateway.key_secret"))
         assert pub.wait_actuator_peers(1, 180), gw.log()
         _feed(pub, ports["modbus"], 20)
         h = modbus_header(ports["modbus"])
@@ -108,14 +113,16 @@ def test_an_authorised_gateway_receives_every_verdict_and_the_events(tmp_path, p
         wait_until(lambda: modbus_header(ports["modbus"])["DAEMON_ALIVE"] == 1, 120, "DAEMON_ALIVE")
         assert h["LOST"] == 0 and h["DAEMON_CONNECTED"] == 1
     finally:
-        gw.stop()
+        if gw is not None:
+            gw.stop()
         pub.close()
 
 
 def test_a_gateway_with_a_key_the_daemon_does_not_know_receives_nothing_and_says_why(tmp_path, ports, keys):
     pub = _daemon(ports, keys)
-    gw = start_gateway(_line(tmp_path, ports, "other/intruder.key_secret"))
+    gw = None
     try:
+        gw = start_gateway(_line(tmp_path, ports, "other/intruder.key_secret"))
         gw.wait_log("is not among the daemon's authorised_keys", 180)
         for seq in range(20):
             pub.submit(_verdict(seq))
@@ -123,7 +130,8 @@ def test_a_gateway_with_a_key_the_daemon_does_not_know_receives_nothing_and_says
         h = modbus_header(ports["modbus"])
         assert h["VERDICTS"] == 0 and h["DAEMON_CONNECTED"] == 0 and pub.actuator_peers == 0
     finally:
-        gw.stop()
+        if gw is not None:
+            gw.stop()
         pub.close()
 
 
