@@ -19,7 +19,8 @@ Signals (handled on the main thread, which does nothing on the hot path):
   reject them with reason shutdown), publish every verdict, close the publisher (it drains), exit 0.
 
 Events on the broadcast stream: start, stop, reload (result ok/invalid/failed), camera (connected or lost), alarm
-(engine_unhealthy: too many frames with bad network outputs or failed inference, inspector.health).
+(engine_unhealthy: too many frames with bad network outputs or failed inference, inspector.health), capacity (the
+source is configured faster than the pipeline can inspect: at start, or a reload changing models).
 
 The systemd watchdog is pinged only while verdicts are being made (service.Watchdog on the decided counter):
 a hung camera, model or pipeline stops the pings, and so does an unhealthy engine (inspector.health), for good.
@@ -42,6 +43,7 @@ import cv2
 
 from inspector.archive.metrics import ArchiveMetrics
 from inspector.archive.writer import ArchiveWriter
+from inspector.capacity import configured_rate
 from inspector.config import Config, ConfigError, load_config, resolve_path
 from inspector.console import Console, LiveStats, MetricsTap
 from inspector.curve import CurveKeyError, ServerKeys
@@ -248,6 +250,7 @@ class Daemon:
         health = pipeline.health
         self.watchdog = Watchdog(self.notifier, lambda: pipeline.counters.decided, healthy=lambda: not health.unhealthy)
         self.publisher.event("start", config_hash=self.runtime.config_hash, model_hashes=self.runtime.model_hashes)
+        self._report_capacity(self.runtime)
         # READY=1 before the first frame: models are loaded and warmed up, sockets bound, the source open.
         self.notifier.ready(f"inspecting {config.topic}, config {self.runtime.config_hash}")
         self.pipeline.start()
@@ -302,6 +305,54 @@ class Daemon:
                 architecture=m.manifest.architecture,
                 input=f"{m.manifest.input.height}x{m.manifest.input.width}x{m.manifest.input.channels}",
             )
+
+    def _report_capacity(self, rt: Runtime) -> None:
+        """Capacity gauge; when the source is set faster than the pipeline can inspect, a warning and an event.
+        With a gated segmenter, also when it would be faster only if the segmenter fired on every frame."""
+        assert self.metrics is not None and self.publisher is not None
+        if rt.capacity is None:
+            return
+        fps, flagged, rate = rt.capacity.fps, rt.capacity.fps_all_flagged, configured_rate(rt.config)
+        self.metrics.capacity(fps, rate)
+        log.info(
+            "capacity: %.1f frames/s inspected (batch %d, %.1f ms a batch)%s",
+            fps,
+            rt.batch_size,
+            rt.capacity.batch_s * 1e3,
+            "" if flagged is None else f"; {flagged:.1f} frames/s if the gated segmenter fires on every frame",
+        )
+        if rate is None or rate <= (fps if flagged is None else flagged):
+            return
+        share = max(0.0, 1 - fps / rate)
+        if rate > fps:
+            log.warning(
+                "the source is set to %.1f frames/s but this pipeline can inspect only about %.1f frames/s (measured "
+                "at warm-up): about %.0f%% of the frames will be rejected fail-safe with reason overload, without "
+                "being inspected. Lower the frame rate, or make inspection faster: a larger pipeline.batch_size, a "
+                "lighter segmenter_mode, a faster backend (docs/RELIABILITY.md)",
+                rate,
+                fps,
+                100 * share,
+            )
+        else:
+            log.warning(
+                "the source is set to %.1f frames/s; this pipeline inspects %.1f frames/s while the gated segmenter "
+                "fires on no frame, but only %.1f if it fires on every frame: the more frames the recognizer flags, "
+                "the more are rejected fail-safe with reason overload, without being inspected (docs/RELIABILITY.md)",
+                rate,
+                fps,
+                flagged,
+            )
+        fields: dict[str, Any] = {
+            "capacity_fps": round(fps, 2),
+            "source_rate_fps": rate,
+            "batch_size": rt.batch_size,
+            "batch_ms": round(rt.capacity.batch_s * 1e3, 2),
+            "expected_overload_fraction": round(share, 3),
+        }
+        if flagged is not None:
+            fields["capacity_all_flagged_fps"] = round(flagged, 2)
+        self.publisher.event("capacity", **fields)
 
     # -------------------------------------------------------------------------------------- main loop
 
@@ -402,6 +453,7 @@ class Daemon:
             log.error("reload failed, the running config stays: %s", exc)
             return "failed", str(exc)
         # Nothing above touched the running runtime; from here on the new one is in force.
+        old_capacity = self.runtime.capacity
         old = self.pipeline.swap(runtime)
         self.runtime, self.config = runtime, new
         if self.archive is not None:
@@ -409,6 +461,8 @@ class Daemon:
         if old is not None and old is not runtime:
             retire(old, runtime)
         self._describe(runtime)
+        if runtime.capacity is not old_capacity:
+            self._report_capacity(runtime)
         log.info("reloaded %s: config %s", self.config_file, runtime.config_hash)
         return "ok", None
 

@@ -32,8 +32,8 @@ class Reason(str, Enum):
 
     OK = "ok"  # inspected, nothing rejecting found
     DEFECT = "defect"  # inspected, at least one blob passed the thresholds
-    OVERLOAD = "overload"  # the ring was full when the frame arrived: it was never buffered
-    TIMEOUT = "timeout"  # not decided within pipeline.deadline_ms
+    OVERLOAD = "overload"  # shed at admission (predicted to miss its deadline), or the ring was full on arrival
+    TIMEOUT = "timeout"  # admitted, yet not decided within pipeline.deadline_ms (a stall no estimate foresaw)
     ERROR = "error"  # inference or decision raised
     BAD_FRAME = "bad_frame"  # the source delivered something that cannot be inspected (size, format)
     SHUTDOWN = "shutdown"  # in flight at shutdown and not inspected within the stop timeout

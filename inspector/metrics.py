@@ -15,6 +15,7 @@ never rename.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable
 from typing import TypeVar
@@ -201,6 +202,20 @@ class Metrics:
             lc,
             registry=r,
         ).labels(line, camera)
+        # Set at start-up and on a reload that changes the models (inspector/capacity.py); the source rate only
+        # where the config states one (a simulator's rate_hz, a camera's AcquisitionFrameRate).
+        self._capacity = Gauge(
+            "inspector_capacity_fps",
+            "Frames per second the pipeline can inspect with the loaded models and batch size (measured at warm-up).",
+            lc,
+            registry=r,
+        )
+        self._source_rate = Gauge(
+            "inspector_source_rate_fps",
+            "Frames per second the source is configured to deliver (absent when not known: triggered, paced).",
+            lc,
+            registry=r,
+        )
         self._engine_healthy = Gauge(
             "inspector_engine_healthy",
             "1 while the models' outputs are sane; 0 once too many frames had bad outputs or failed inference "
@@ -307,6 +322,15 @@ class Metrics:
     def config_info(self, config_hash: str, **labels: object) -> None:
         """The config in force (its hash is also in every verdict), so a dashboard shows when it changed."""
         self._config_info.info({"config_hash": config_hash, **{k: str(v) for k, v in labels.items()}})
+
+    def capacity(self, fps: float, source_rate: float | None) -> None:
+        """The measured capacity and the configured source rate (None: not known, the series is removed)."""
+        self._capacity.labels(self.line, self.camera).set(fps)
+        if source_rate is None:
+            with contextlib.suppress(KeyError):  # never set
+                self._source_rate.remove(self.line, self.camera)
+        else:
+            self._source_rate.labels(self.line, self.camera).set(source_rate)
 
     def camera_connected(self, connected: bool) -> None:
         self._camera_connected_g.labels(self.line, self.camera).set(1 if connected else 0)

@@ -2,14 +2,19 @@
 
 Threads and what they own
 - acquisition: `source.grab()` into a free ring slot (the frame's only copy), a sequence number per acquired
-  frame (+1, never skipped), the recognizer's resize into that slot's input row, then the frame's ticket into
-  the work queue. When every slot is busy the frame is still read, into one preallocated scratch slot, so the
-  camera's buffer is consumed and the part is counted, and it is queued as an overload (its verdict is the
-  fail-safe one). A source paced by the pipeline (`rate_hz: null` on synthetic/folder) is not a free-running
-  camera: there the acquisition thread waits for a free slot instead, so "as fast as possible" means as fast as
-  inference takes frames, not a flood of overloads.
-- inference: takes the frames already queued, up to `pipeline.batch_size` (never waits to fill a batch),
-  rejects those past their deadline or bad, copies the rest's input rows into the backend's own input buffer,
+  frame (+1, never skipped), the recognizer's resize into that slot's input row (when fewer than a batch of
+  frames wait; behind a backlog the inference thread resizes the frames it admits, so that shed frames cost no
+  resize), then the frame's ticket into the work queue. When every slot is busy the frame is still read, into
+  one preallocated scratch slot, so the camera's buffer is consumed and the part is counted, and it is queued
+  as an overload (its verdict is the fail-safe one). A source paced by the pipeline (`rate_hz: null` on
+  synthetic/folder) is not a free-running camera: there the acquisition thread waits instead, for a free slot
+  and while a batch of frames is already waiting, so "as fast as possible" means as fast as inference takes
+  frames, not a flood of overloads.
+- inference: admission (`_admit`): takes the frames already queued, up to `pipeline.batch_size` (never waits
+  to fill a batch), and rejects at once, reason overload, those predicted to miss their deadline and the oldest
+  of a backlog larger than can be decided in time (the prediction: `capacity.ServiceTime`, seeded at warm-up,
+  updated by every batch; the policy and why: docs/RELIABILITY.md). It rejects the bad ones, copies the rest's
+  input rows into the backend's own input buffer,
   runs the recognizer on all, screens the whole batch at once (`Decider.screen`: thresholds and top scores in
   a few NumPy calls), runs the segmenter per `segmenter_mode` and connected components only where something
   fired, and hands the verdicts to the publisher in sequence order. Anything that raises turns that batch into
@@ -40,12 +45,13 @@ from typing import Protocol
 
 import numpy as np
 
+from inspector.capacity import ServiceTime, measure
 from inspector.decision import NO_DEFECTS, Geometry
 from inspector.frames import CHANNELS, FrameRing, Reason, Verdict
 from inspector.health import EngineHealth
 from inspector.outputs import OutputGuard
 from inspector.preprocess import Preprocessor
-from inspector.runtime import InputKey, Runtime, input_key
+from inspector.runtime import InputKey, Runtime, batch_work, input_key, segment_work
 from inspector.sources import EndOfStream, Grab, Source, SourceError
 from inspector.wakeup import Wakeup
 
@@ -54,6 +60,13 @@ log = logging.getLogger(__name__)
 GRAB_TIMEOUT_S = 0.1  # a grab never blocks longer: the acquisition thread must notice stop() promptly
 IDLE_WAIT_S = 0.05  # inference thread's wait for work; also bounds how late a reload swap can be picked up
 ERROR_LOG_INTERVAL_S = 5.0  # a fault repeating at frame rate is logged once per interval and cause, then counted
+# When admission has let no frame through for this long, it lets one through whatever the estimate says: the only
+# way a service-time estimate inflated by a stall can come down again when no batch can run within the deadline.
+PROBE_AFTER_NS = 1_000_000_000
+# The share of the deadline that admission lets the backlog take (docs/RELIABILITY.md): the rest is the inspected
+# frames' margin for what no estimate foresees (a stall of the machine, a batch on which the segmenter fires on
+# every frame). Under sustained overload a frame is decided about this far into its deadline.
+BACKLOG_SHARE = 0.5
 NO_HASHES: dict[str, str] = {}
 
 
@@ -129,6 +142,10 @@ class PipelineCounters:
     not_inspected: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     batched_frames: int = 0
+    shed: int = 0  # rejected at admission (reason overload): predicted to miss the deadline, never inferred
+    inferred: int = 0  # frames handed to the networks (inspected, or decided too late: timeout, or error)
+    busy_ns: int = 0  # time the inference thread spent on admitted batches, admission to last verdict
+    idle_ns: int = 0  # time it waited for frames with none queued
 
 
 class Pipeline:
@@ -190,6 +207,13 @@ class Pipeline:
         # Bad outputs and failed inference counted towards the engine's health (the daemon sets the listener).
         self.health = EngineHealth()
         self._overload_detail = f"all {ring_slots} ring slots were busy"
+        # Admission control (_admit): a pessimistic running estimate of a batch's service time, seeded with the
+        # warm-up measurement; a frame predicted to miss its deadline is rejected before the networks run.
+        if runtime.capacity is None:
+            runtime.capacity = measure(batch_work(runtime), runtime.batch_size, segment=segment_work(runtime))
+        self.service = ServiceTime(runtime.capacity)
+        self._admitted_ns = 0  # when the batch being processed was admitted
+        self._last_admit_ns = time.monotonic_ns()
         # Reused per batch (no per-batch list allocation on the hot path).
         self._items: list[Ticket] = []
         self._todo: list[Ticket] = []
@@ -203,6 +227,7 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------ control
 
     def start(self) -> None:
+        self._last_admit_ns = time.monotonic_ns()
         self.source.start()
         self.metrics.ring_occupancy(0, self.ring.slots)
         for name, target in (("acquisition", self._acquire_loop), ("inference", self._infer_loop)):
@@ -276,6 +301,11 @@ class Pipeline:
                     break
                 # No clear() before acquire(): a wake-up left over only costs one more turn of the loop, and
                 # clearing is a system call per frame.
+                if self.paced_by_pipeline and len(queue) >= self.runtime.batch_size:
+                    # A replay keeps the next batch waiting, no more: a longer queue only adds latency, until
+                    # admission sheds from it what a free-running camera would have made late.
+                    self._freed.wait(IDLE_WAIT_S)
+                    continue
                 slot = ring.acquire()
                 if slot is None and self.paced_by_pipeline:
                     self._freed.wait(IDLE_WAIT_S)  # backpressure: a replay waits for inference
@@ -291,7 +321,10 @@ class Pipeline:
                 metrics.stage("acquire", perf() - t0)
                 if grab.camera_drops_before:
                     metrics.camera_drops(grab.camera_drops_before)
-                if slot is not None and grab.bad_frame is None:
+                # Resized here only when it will be in the next batch. Behind a backlog, admission sheds most frames
+                # (docs/RELIABILITY.md) and a resize costs about a millisecond of CPU: the inference thread resizes
+                # those it admits instead, so overload costs no resize per frame that is never inspected.
+                if slot is not None and grab.bad_frame is None and len(queue) < self.runtime.batch_size:
                     t1 = perf()
                     prep.put(slot, self._pixels(t))
                     t.prepped = prep_key
@@ -380,21 +413,89 @@ class Pipeline:
                     if not self._queue:
                         if self._acquisition_done:
                             break
+                        t0 = time.monotonic_ns()
                         self._cond.wait(IDLE_WAIT_S)
+                        self.counters.idle_ns += time.monotonic_ns() - t0
                         continue
-                    # Take what is waiting, up to batch_size inspectable frames; never wait to fill a batch.
-                    limit = self.runtime.batch_size
-                    n = 0
-                    while self._queue and n < limit:
-                        item = self._queue.popleft()
-                        items.append(item)
-                        if item.slot >= 0 and item.bad is None:
-                            n += 1
+                    self._admit(items)
                 self._process(items)
                 items.clear()
         finally:
             self._adopt_pending()
             self.finished.set()
+
+    def _admit(self, items: list[Ticket]) -> None:
+        """Under self._cond, queue not empty: take what is waiting, oldest first, into `items`: up to batch_size
+        frames that are predicted to be decided within their deadline, and every older frame that is not, marked
+        shed (reason OVERLOAD, detail set). Never waits to fill a batch. Policy and why: docs/RELIABILITY.md.
+
+        Two predictions, both with the pessimistic batch time P(n) (capacity.ServiceTime):
+        - the backlog: at most batch_size frames per P(batch_size) of BACKLOG_SHARE of the deadline (counted for
+          the newest frame) are kept waiting, and never fewer than the largest batch that makes the deadline;
+          frames beyond that are shed from the oldest end, so that newer ones do not wait behind frames that would
+          take their time, and the inspected ones keep the rest of the deadline as a margin;
+        - the head: a frame joining this batch is decided about P(n) from now; past its deadline, it is shed.
+        Allocation: at most two detail strings per call, shared by the frames shed in it."""
+        rt, queue, est = self.runtime, self._queue, self.service
+        if rt.capacity is not None and rt.capacity is not est.capacity:
+            est = self.service = ServiceTime(rt.capacity)  # a reload changed the models: their own measurement
+        now = time.monotonic_ns()
+        deadline, batch = rt.deadline_ns, rt.batch_size
+        full_ns = max(1, int(est.predict_s(batch) * 1e9))
+        newest_age = now - queue[-1].t_acquired_mono_ns
+        servable = batch * max(0, (int(deadline * BACKLOG_SHARE) - newest_age) // full_ns)
+        if servable < batch:  # a deadline shorter than two batches: the largest batch that still makes it
+            servable = self._fits(deadline - newest_age, batch)
+        excess = len(queue) - servable
+        limit = min(batch, servable)
+        probe = limit == 0 and now - self._last_admit_ns > PROBE_AFTER_NS
+        if probe:
+            limit = 1  # nothing fit for a while: one frame still in time goes through, so the estimate can learn
+        batch_ns = int(est.predict_s(max(1, min(limit, len(queue)))) * 1e9)
+        backlog_detail: str | None = None
+        late_detail: str | None = None
+        waiting = len(queue)
+        n = 0
+        while queue and n < max(limit, 1):  # limit 0: nothing fits, every frame waiting is shed
+            t = queue.popleft()
+            items.append(t)
+            excess -= 1
+            if t.slot < 0 or t.bad is not None:
+                continue
+            waited = now - t.t_acquired_mono_ns
+            if excess >= 0 and not probe:
+                if backlog_detail is None:
+                    backlog_detail = (
+                        f"shed at admission, oldest first: {waiting} frames were waiting and about "
+                        f"{servable} can be decided within the {deadline / 1e6:g} ms deadline "
+                        f"({batch} per {full_ns / 1e6:.0f} ms batch, predicted)"
+                    )
+                self._shed(t, backlog_detail)
+            elif waited + (0 if probe else batch_ns) > deadline:
+                if late_detail is None:
+                    late_detail = (
+                        f"shed at admission: predicted to be decided after its {deadline / 1e6:g} ms deadline "
+                        f"(waited up to {waited / 1e6:.0f} ms, and a batch takes up to {batch_ns / 1e6:.0f} ms, "
+                        "predicted)"
+                    )
+                self._shed(t, late_detail)
+            else:
+                n += 1
+        if n:
+            self._last_admit_ns = now
+        self._admitted_ns = now
+
+    def _fits(self, budget_ns: int, batch: int) -> int:
+        """The largest batch predicted to be decided within budget_ns (0: not even one frame)."""
+        for n in range(batch, 0, -1):
+            if self.service.predict_s(n) * 1e9 <= budget_ns:
+                return n
+        return 0
+
+    def _shed(self, t: Ticket, detail: str) -> None:
+        t.reason = Reason.OVERLOAD  # until _process makes the fail-safe verdict: reason ERROR otherwise
+        t.detail = detail
+        self.counters.shed += 1
 
     def _process(self, items: list[Ticket]) -> None:
         rt = self.runtime
@@ -408,6 +509,9 @@ class Pipeline:
             elif t.bad is not None:
                 self._held.append(t.slot)
                 self._failsafe(rt, t, Reason.BAD_FRAME, t.bad)
+            elif t.reason is Reason.OVERLOAD:  # shed at admission
+                self._held.append(t.slot)
+                self._failsafe(rt, t, Reason.OVERLOAD, t.detail or "shed at admission")
             elif shutting:
                 self._held.append(t.slot)
                 self._failsafe(rt, t, Reason.SHUTDOWN, "in flight at shutdown, not inspected within the stop timeout")
@@ -418,7 +522,15 @@ class Pipeline:
             else:
                 todo.append(t)
         if todo:
+            batches = self.counters.batches
+            if not self.health.unhealthy:  # then _inspect rejects them without running the models
+                self.counters.inferred += len(todo)
             self._inspect(rt, todo)  # it releases these frames' slots together with the batch's own
+            done = time.monotonic_ns()
+            self.counters.busy_ns += done - self._admitted_ns
+            self._last_admit_ns = done  # the probe waits from the end of the last batch, not only its start
+            if self.counters.batches != batches:  # decided (an error's time says nothing about the next batch)
+                self.service.observe(len(todo), (done - self._admitted_ns) / 1e9)
         else:
             self._release_held()
         self.metrics.ring_occupancy(self.ring.in_use(), self.ring.slots)

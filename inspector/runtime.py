@@ -28,6 +28,7 @@ batch size are unchanged (they were checked when they were loaded) and checks th
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import numpy as np
 from inspector.archive import FrameArchive
 from inspector.archive.writer import ArchiveContext, ArchiveWriter
 from inspector.backends import Backend, BackendError, BackendSettings, backend_class
+from inspector.capacity import Capacity, measure
 from inspector.config import Config, ConfigError, ModelSpec, load_config, resolve_path
 from inspector.decision import Decider, load_ignore_mask
 from inspector.frames import CHANNELS, Result
@@ -109,6 +111,7 @@ class Runtime:
     deadline_ns: int
     batch_size: int
     archive: FrameArchive | None = None  # the archive's hand-over for this runtime; None when archiving is off
+    capacity: Capacity | None = None  # measured after warm-up (inspector/capacity.py); None from check-config
 
     def models(self) -> list[LoadedModel]:
         return [m for m in (self.recognizer, self.segmenter) if m is not None]
@@ -316,12 +319,51 @@ def warm_up(model: LoadedModel, runs: int, batch: int) -> None:
         model.backend.run(batch)
 
 
+def batch_work(rt: Runtime) -> Callable[[int], None]:
+    """The inference thread's work for n blank frames (capacity.measure times it): the recognizer's
+    preprocessing of every row, the recognizer, the batch screen, and the segmenter where it sees every frame."""
+    blank = _blank_frame(rt.config)
+    seg_every = rt.mode == "always"
+
+    def run(n: int) -> None:
+        for i in range(n):
+            rt.rec_pre.put(i, blank)
+        rt.decider.screen(rt.recognizer.backend.run(n)["block_scores"])
+        if seg_every and rt.seg_pre is not None and rt.segmenter is not None:
+            for i in range(n):
+                rt.seg_pre.put(i, blank)
+            rt.segmenter.backend.run(n)
+
+    return run
+
+
+def segment_work(rt: Runtime) -> Callable[[int], None] | None:
+    """A gated segmenter's work for n blank frames (None in the other modes): what a batch costs on top of
+    batch_work when every frame of it is flagged."""
+    if rt.mode != "gated" or rt.seg_pre is None or rt.segmenter is None:
+        return None
+    blank, seg_pre, segmenter = _blank_frame(rt.config), rt.seg_pre, rt.segmenter
+
+    def run(n: int) -> None:
+        for i in range(n):
+            seg_pre.put(i, blank)
+        segmenter.backend.run(n)
+
+    return run
+
+
 def build(
-    config: Config, config_file: str | Path, previous: Runtime | None = None, archive: ArchiveWriter | None = None
+    config: Config,
+    config_file: str | Path,
+    previous: Runtime | None = None,
+    archive: ArchiveWriter | None = None,
+    measure_capacity: bool = True,
 ) -> Runtime:
     """The one validation (see the module docstring) and the runtime it yields. Raises StartupError listing
     every problem found; nothing it opened survives a failure. Models unchanged since `previous` are reused.
-    With `archive`, the runtime gets the archive's hand-over, its pool shaped for these models' outputs."""
+    With `archive`, the runtime gets the archive's hand-over, its pool shaped for these models' outputs.
+    With `measure_capacity`, the frames/s these models can inspect are measured after warm-up (on a reload that
+    reuses a model, `previous`'s measurement stands: see _unchanged_capacity)."""
     problems = _Problems()
     source_problems(config, config_file, problems)
     mode = config.models.segmenter_mode
@@ -372,7 +414,7 @@ def build(
             config, config.config_hash(), recognizer.manifest, segmenter.manifest if segmenter else None, ignore_mask
         )
         sink = archive.bind(context)
-    return Runtime(
+    runtime = Runtime(
         config=config,
         config_hash=config.config_hash(),
         recognizer=recognizer,
@@ -388,6 +430,27 @@ def build(
         batch_size=batch,
         archive=sink,
     )
+    runtime.capacity = _capacity(previous, runtime) if measure_capacity else None
+    return runtime
+
+
+def _capacity(previous: Runtime | None, runtime: Runtime) -> Capacity:
+    """The frames/s these models can inspect: measured now, or the previous runtime's (_unchanged_capacity)."""
+    unchanged = _unchanged_capacity(previous, runtime)
+    if unchanged is not None:
+        return unchanged
+    return measure(batch_work(runtime), runtime.batch_size, segment=segment_work(runtime))
+
+
+def _unchanged_capacity(previous: Runtime | None, runtime: Runtime) -> Capacity | None:
+    """On a reload that reuses a model, the previous measurement: a reused model is running batches of the live
+    pipeline on its own input buffer, so it must not be run here. The pipeline's running estimate of the batch
+    time corrects the figure from the first batches on (and a reload that changes every model measures anew)."""
+    if previous is None:
+        return None
+    if not {id(m) for m in previous.models()} & {id(m) for m in runtime.models()}:
+        return None
+    return previous.capacity
 
 
 def _ignore_mask(config: Config, config_file: str | Path, problems: _Problems) -> np.ndarray | None:
@@ -459,7 +522,7 @@ def check(config_file: str | Path) -> list[str]:
         return str(exc).splitlines()
     problems = []
     try:
-        runtime = build(config, config_file)
+        runtime = build(config, config_file, measure_capacity=False)
     except StartupError as exc:
         problems = [f"{config_file}: {line}" for line in exc.problems]
     except Exception as exc:  # build() reports every foreseen problem; anything else is still one line

@@ -109,8 +109,17 @@ class Collector:
             daemon.publisher.event("test-probe")
             time.sleep(0.02)
 
-    def close(self) -> None:
-        time.sleep(0.2)
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop collecting. A daemon's stop event is the last message of its run: wait (up to timeout_s) until
+        every run seen starting has it, so that verdicts still on their way in are not lost (a fixed pause was
+        too short on a loaded machine); when no start was seen, a short pause is all there is to go on."""
+        end = time.monotonic() + timeout_s
+        started = len(self.events("start"))
+        if not started:
+            time.sleep(0.2)
+        while len(self.events("stop")) < started and time.monotonic() < end:
+            time.sleep(0.02)
+            started = len(self.events("start"))
         self._stop.set()
         self._thread.join(5)
         self.sub.close(0)

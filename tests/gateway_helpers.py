@@ -113,11 +113,12 @@ class Proc:
     def log(self) -> str:
         return "".join(self.lines)
 
-    def wait_log(self, text: str, timeout_s: float = 60) -> None:
+    def wait_log(self, text: str, timeout_s: float = 240) -> None:
         wait_until(
             lambda: any(text in line for line in self.lines) or self.proc.poll() is not None,
             timeout_s,
             f"{text!r} from inspector {self.args[0]}",
+            detail=self.log,  # what it said so far: still importing, or stuck somewhere
         )
         assert any(text in line for line in self.lines), f"inspector {self.args[0]} exited:\n{self.log()}"
 
@@ -144,7 +145,11 @@ class Proc:
 
 def start_gateway(config: Path) -> Proc:
     gw = Proc("gateway", "--config", str(config))
-    gw.wait_log("ready (")
+    try:
+        gw.wait_log("ready (")
+    except BaseException:
+        gw.kill()  # one that never got ready must not outlive the test: it kept its ports and a core busy
+        raise
     return gw
 
 

@@ -15,10 +15,12 @@ from tiny_models import write_tiny_models
 
 from inspector.daemon import Daemon
 
-pytestmark = pytest.mark.timeout(60)
+# A guard against a hang, not a speed limit: each test starts fresh interpreters (the CLI imports ONNX Runtime
+# and OpenCV), which takes a minute or more on a loaded 2-core machine.
+pytestmark = pytest.mark.timeout(600)
 
 
-def _cli(*args: str, timeout: float = 40) -> subprocess.CompletedProcess:
+def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "inspector.cli", *args], capture_output=True, text=True, timeout=timeout
     )

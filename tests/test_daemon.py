@@ -16,7 +16,9 @@ import pytest
 from daemon_helpers import Collector, free_port, scrape, synthetic, total, write_config
 from tiny_models import write_tiny_models
 
-pytestmark = pytest.mark.timeout(90)
+# A guard against a hang, not a speed limit: a fresh interpreter loading ONNX Runtime and OpenCV can take a
+# minute on a loaded 2-core machine.
+pytestmark = pytest.mark.timeout(600)
 
 
 class NotifySocket:
@@ -53,7 +55,7 @@ class NotifySocket:
         self.sock.close()
 
 
-def _wait(predicate, timeout_s: float = 20.0, what: str = "") -> None:
+def _wait(predicate, timeout_s: float = 60.0, what: str = "") -> None:
     end = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < end, f"timed out waiting for {what}"
@@ -81,7 +83,7 @@ def test_systemd_lifecycle_reload_and_sigterm_lose_nothing(tmp_path):
     reader = threading.Thread(target=lambda: stderr_lines.extend(iter(proc.stderr.readline, "")), daemon=True)
     reader.start()
     try:
-        _wait(lambda: len(sub.verdicts()) >= 20, what="20 verdicts")
+        _wait(lambda: len(sub.verdicts()) >= 20, 180, what="20 verdicts")  # includes the daemon's start-up
         ready = notify.first("READY=1")
         assert ready is not None
         assert ready <= sub.first_verdict_at, "READY=1 came after verdicts"
@@ -115,7 +117,7 @@ def test_systemd_lifecycle_reload_and_sigterm_lose_nothing(tmp_path):
 
         # SIGTERM mid-stream: exit 0, STOPPING=1, and every acquired frame has its verdict.
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert proc.wait(120) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

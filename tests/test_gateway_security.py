@@ -18,7 +18,8 @@ from gateway_helpers import start_gateway, write_line
 
 pytest.importorskip("asyncua")
 pytest.importorskip("pymodbus")
-pytestmark = pytest.mark.timeout(180)
+# A guard against a hang, not a speed limit: gateway and daemon subprocesses start slowly on a loaded machine.
+pytestmark = pytest.mark.timeout(900)
 
 APP_URI = "urn:inspector:gateway:test:cam"
 

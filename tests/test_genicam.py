@@ -13,6 +13,7 @@ within lost_after_ms. viky has no node that removes a device from its discovery 
 from __future__ import annotations
 
 import io
+import itertools
 import shutil
 import threading
 import time
@@ -246,13 +247,25 @@ def test_reconnects_when_the_device_is_destroyed_under_the_running_source(opened
         run.wait_frames(10)
     assert events.flags() == [True, False, True]  # reported lost once, then connected once
     t_lost, _, why = events.states[1]
+    # An error, not the lost_after_ms (3 s) timer, whose reason would be "no frame for ...": so the loss is
+    # reported at once (the bound below is only there to catch a loss found by the timer's path anyway).
     assert why.startswith("producer error while")  # fetching, or re-queueing when the close lands there
-    assert t_lost - t_fault < 0.2  # an error is a loss at once, not after lost_after_ms
-    after = [fid for t, fid in run.grabs if t > t_fault]
-    assert after[:3] == [1, 2, 3]  # a new device object: acquisition restarted, frame ids from 1
-    assert after[0] and run.grabs[-1][0] - t_fault < 3.0
+    assert t_lost - t_fault < 1.5
+    # Which device a frame came from is told by its id, not by when the Runner got it back: a frame fetched just
+    # before the close is returned (and timed) after it, and its buffer's re-queue is what fails. It is a real
+    # frame and is delivered, before the loss is reported; it continues the old device's ids.
+    ids = [fid for _, fid in run.grabs]
+    restart = next(i for i in range(1, len(ids)) if ids[i] < ids[i - 1])
+    assert ids[restart : restart + 3] == [1, 2, 3]  # a new device object: acquisition restarted, frame ids from 1
+    assert run.grabs[restart][0] > t_fault
+    in_flight = [fid for t, fid in run.grabs[:restart] if t > t_fault]
+    assert len(in_flight) <= 1, in_flight  # at most the frame whose fetch the close overtook
+    assert run.grabs[-1][0] - t_fault < 10.0
     assert (src.stats.losses, src.stats.reconnects) == (1, 1)
-    assert src.stats.camera_drops == 0  # the restart of frame ids is no camera drop
+    # The restart of frame ids is no camera drop. (A loaded machine may make the camera drop frames for real,
+    # when the Runner falls 16 buffers behind: those are the gaps within each device's ids, and only those count.)
+    gaps = sum(b - a - 1 for i, (a, b) in enumerate(itertools.pairwise(ids)) if i + 1 != restart)
+    assert src.stats.camera_drops == gaps
 
 
 def test_loss_is_detected_within_lost_after_ms_when_frames_stop(opened):

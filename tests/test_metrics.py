@@ -63,6 +63,7 @@ def _run_sequence(m: Metrics) -> None:
         m.stage("recognizer", 0.008)
     m.stage("decision", 0.0002)
     m.ring_occupancy(5, 32)
+    m.capacity(24.5, 30.0)
     m.reload("ok")
     m.reload("invalid")
     m.reload("invalid")
@@ -79,6 +80,7 @@ def test_values_after_a_sequence_of_calls():
     _run_sequence(m)
     g = m.registry.get_sample_value
     assert g("inspector_frames_acquired_total", L) == 10
+    assert g("inspector_capacity_fps", L) == 24.5 and g("inspector_source_rate_fps", L) == 30.0
     assert g("inspector_verdicts_total", {**L, "result": "pass", "reason": "ok"}) == 2
     assert g("inspector_verdicts_total", {**L, "result": "reject", "reason": "defect"}) == 2
     assert g("inspector_verdicts_total", {**L, "result": "reject", "reason": "overload"}) == 1

@@ -13,7 +13,8 @@ from tiny_models import write_tiny_models
 from inspector.daemon import Daemon
 from inspector.runtime import StartupError
 
-pytestmark = pytest.mark.timeout(60)
+# A guard against a hang, not a speed limit: on a loaded 2-core machine one of these tests can take minutes.
+pytestmark = pytest.mark.timeout(300)
 
 # The tiny models' `work` is constant-folded by ORT's optimiser; with optimisation off it is real compute.
 SLOW = "  onnxruntime: {intra_op_threads: 1, graph_optimization: disable}"
@@ -75,7 +76,12 @@ def test_one_verdict_per_frame_and_counters_reconcile(tmp_path):
     assert set(v["model_hashes"]) == {"recognizer", "segmenter"}
     assert v["inspected"] and v["result"] in ("pass", "reject")
     assert all(v["camera_frame_id"] == i for i, v in enumerate(verdicts))
-    assert [e["kind"] for e in sub.events() if e["kind"] != "test-probe"] == ["start", "camera", "stop"]
+    # Heartbeats come every second, so a loaded machine that takes longer than that adds some: not what is tested.
+    assert [e["kind"] for e in sub.events() if e["kind"] not in ("test-probe", "heartbeat")] == [
+        "start",
+        "camera",
+        "stop",
+    ]
 
 
 def test_overload_still_one_verdict_per_frame(tmp_path):
@@ -99,18 +105,26 @@ def test_overload_still_one_verdict_per_frame(tmp_path):
     assert total(samples, "inspector_frames_dropped_total", cause="overload") == overloads
 
 
-def test_deadline_gives_timeout_verdicts(tmp_path):
+def test_a_deadline_no_batch_can_make_sheds_frames_at_admission(tmp_path):
+    """A 5 ms deadline and a ~20 ms model: no frame can be decided in time, so none is run through the networks
+    to be thrown away as late; each is rejected at admission (overload) with the prediction in its detail."""
     port = free_port()
     models = _models(tmp_path, work=3000)
-    extra = "pipeline: {ring_slots: 16, batch_size: 4, deadline_ms: 5}\n"
+    # A slot for every frame: with fewer, an inference thread the OS does not run for a while (a loaded machine)
+    # lets the 200 fps line fill the ring, and the frames after it are ring-full overloads, not shed at admission.
+    extra = "pipeline: {ring_slots: 32, batch_size: 4, deadline_ms: 5}\n"
     config = write_config(tmp_path / "line.yaml", models, source=synthetic(rate=200), port=port, extra=extra)
     config.write_text(config.read_text().replace("  onnxruntime: {intra_op_threads: 1}", SLOW))
     daemon, sub = _serve(config, max_frames=30)
     assert _finish(daemon, sub) == 0
     verdicts = _check_one_verdict_per_frame(daemon, sub, 30)
-    timeouts = [v for v in verdicts if v["reason"] == "timeout"]
-    assert len(timeouts) >= 25, [v["reason"] for v in verdicts]
-    assert all(v["result"] == "reject" and not v["inspected"] and "deadline" in v["detail"] for v in timeouts)
+    assert not any(v["inspected"] for v in verdicts)
+    shed = [v for v in verdicts if v["reason"] == "overload"]
+    # One frame a second may go through as a probe (so that a stalled estimate can learn) and time out.
+    assert len(shed) >= 25, [v["reason"] for v in verdicts]
+    assert all(v["result"] == "reject" and "deadline" in v["detail"] for v in shed)
+    assert all(v["detail"].startswith("shed at admission") for v in shed)
+    assert daemon.pipeline.counters.inferred == 30 - len(shed)
 
 
 def test_inference_error_gives_error_verdicts_and_the_daemon_goes_on(tmp_path):

@@ -238,12 +238,15 @@ def test_a_plain_tcp_connection_is_not_a_receiver():
 
 
 def test_submit_never_blocks_and_counts_drops_when_the_queue_is_full(ctx):
-    release = threading.Event()
+    release, stalled, resumed = threading.Event(), threading.Event(), threading.Event()
 
     class StalledMetrics(Metrics):
-        # Stalls the publisher thread inside its first publish, as a stuck socket or CPU starvation would.
+        # Stalls the publisher thread inside its first publish, as a stuck socket or CPU starvation would, until
+        # the test releases it.
         def verdict_published(self, v, latency_s):
-            release.wait(10)
+            stalled.set()
+            release.wait(60)
+            resumed.set()
             super().verdict_published(v, latency_s)
 
     metrics = StalledMetrics("line7", "camA")
@@ -252,16 +255,11 @@ def test_submit_never_blocks_and_counts_drops_when_the_queue_is_full(ctx):
     try:
         sub = _subscriber(ctx, pub)
         pub.submit(_verdict(0))
-        _wait(lambda: pub._queued_verdicts == 0)  # the thread took it and is stuck in publishing it
-        worst = 0.0
-        accepted = 0
-        for i in range(1, 1001):
-            t0 = time.perf_counter()
-            accepted += pub.submit(_verdict(i))
-            worst = max(worst, time.perf_counter() - t0)
-        # Blocking would mean waiting for the stalled thread (10 s); anything well short of that is scheduling
-        # on a loaded machine, not blocking.
-        assert worst < 5.0, f"submit blocked for {worst * 1000:.1f} ms"
+        assert stalled.wait(30)  # the thread took it and is stuck in publishing it
+        accepted = sum(pub.submit(_verdict(i)) for i in range(1, 1001))
+        # Never blocks: all 1000 returned while the publisher thread was still stuck; a submit that waited for
+        # room would still be waiting. Not timed: on a loaded machine any call can take 100 ms.
+        assert not resumed.is_set(), "submit waited for the publisher thread"
         assert accepted == 16 and pub.dropped == 1000 - 16
         assert (
             metrics.registry.get_sample_value(
@@ -288,9 +286,11 @@ def test_close_drains_the_queue_before_closing(ctx):
     pub.close(timeout_s=10)
     assert pub.published == n and pub.dropped == 0
     seqs = []
-    while sub.poll(500):
+    # Until all n are in (a loaded machine may pause longer than any short poll); the heartbeat events the
+    # publisher sent meanwhile are not verdicts.
+    while len(seqs) < n and sub.poll(30_000):
         topic, payload = sub.recv_multipart()
-        if topic.endswith(b"/verdict"):  # a heartbeat may fall between them when the box is slow
+        if topic.endswith(b"/verdict"):
             seqs.append(json.loads(payload)["seq"])
     assert seqs == list(range(n))
     assert not pub.submit(_verdict(n)) and pub.dropped == 1  # after close: counted, not lost silently

@@ -1,7 +1,6 @@
 """Synthetic and folder sources against the Source protocol: size/format, pacing, ground truth, bad frames."""
 
 import csv
-import time
 from pathlib import Path
 
 import cv2
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 
 from inspector.config import FolderSourceConfig, SyntheticSourceConfig
-from inspector.sources import EndOfStream, SourceError, source_class
+from inspector.sources import EndOfStream, SourceError, pacing, source_class
 from inspector.sources.folder import FolderSource, mask_threshold
 from inspector.sources.pacing import Pacer
 from inspector.sources.synthetic import SyntheticSource
@@ -80,41 +79,66 @@ def test_synthetic_ground_truth_follows_the_config_and_the_seed():
     assert not any(g.truth.defective for g in good)
 
 
-def test_synthetic_paces_at_rate_hz():
+class VirtualClock:
+    """Stands in for the `time` module of inspector.sources.pacing: monotonic_ns() reads a virtual clock that
+    only sleep() (the pacer's own waits) and advance() (the consumer's) move. Pacing is then checked exactly,
+    whatever else the machine runs: on a loaded one a real sleep overshoots by tens of milliseconds."""
+
+    def __init__(self):
+        self.ns = 10**12
+
+    def monotonic_ns(self) -> int:
+        return self.ns
+
+    def sleep(self, seconds: float) -> None:
+        self.ns += round(seconds * 1e9)
+
+    advance = sleep
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    virtual = VirtualClock()
+    monkeypatch.setattr(pacing, "time", virtual)
+    return virtual
+
+
+def test_synthetic_paces_at_rate_hz(clock):
     src = _synthetic(rate_hz=50.0)
     out = np.zeros((64, 96, 1), np.uint8)
     src.grab(out, 1.0)
-    t0 = time.monotonic()
-    for _ in range(10):
-        assert src.grab(out, 1.0) is not None
-    elapsed = time.monotonic() - t0
-    # 10 periods of 20 ms; loose bounds (a shared CI machine), but far from "as fast as possible" or 2x slow.
-    assert 0.17 < elapsed < 0.4, elapsed
+    t0 = clock.ns
+    grabs = [src.grab(out, 1.0) for _ in range(10)]
+    assert clock.ns - t0 == 10 * 20_000_000  # 10 periods of 20 ms: neither faster nor slower
+    assert [(g.camera_frame_id, g.camera_drops_before) for g in grabs] == [(i, 0) for i in range(1, 11)]
 
 
-def test_a_grab_that_is_not_due_times_out():
+def test_a_grab_that_is_not_due_times_out(clock):
     src = _synthetic(rate_hz=0.5)
     out = np.zeros((64, 96, 1), np.uint8)
     assert src.grab(out, 1.0) is not None  # the first frame is due at once
-    t0 = time.monotonic()
+    t0 = clock.ns
     assert src.grab(out, 0.05) is None
-    assert time.monotonic() - t0 < 0.5
+    assert clock.ns - t0 == 50_000_000  # it waited its timeout, not the 2 s until the next frame
 
 
-def test_pacer_has_no_drift_and_a_late_consumer_loses_frames_like_a_camera():
+def test_pacer_has_no_drift_and_a_late_consumer_loses_frames_like_a_camera(clock):
     pacer = Pacer(200.0, backlog=4)
     pacer.start(first_id=100)
-    t0 = time.monotonic()
+    t0 = clock.ns
+    delivered = []
     for i in range(20):
         frame_id, lost = pacer.wait(1.0)
         assert (frame_id, lost) == (100 + i, 0)
-        time.sleep(0.002 if i % 2 else 0.0)  # jitter shorter than a period is absorbed, not accumulated
-    assert time.monotonic() - t0 == pytest.approx(19 / 200, abs=0.05)
-    time.sleep(0.1)  # 20 periods without fetching: the camera's 4 buffers overflow
+        delivered.append(clock.ns - t0)
+        clock.advance(0.002 if i % 2 else 0.0)  # jitter shorter than a period is absorbed, not accumulated
+    assert delivered == [i * 5_000_000 for i in range(20)]  # on the 5 ms grid: no drift
+    clock.advance(0.1)  # 20 periods without fetching: the camera's 4 buffers overflow
     frame_id, lost = pacer.wait(1.0)
-    assert lost >= 10 and frame_id == 120 + lost
+    assert (frame_id, lost) == (135, 15)  # 19 frames overdue, 4 of them still in the camera's buffers
     burst = [pacer.wait(0.0) for _ in range(4)]  # the buffered frames come at once, in order, none lost
     assert burst == [(frame_id + i, 0) for i in range(1, 5)]
+    assert clock.ns - t0 == 19 * 5_000_000 + 2_000_000 + 100_000_000  # the burst did not wait
 
 
 def test_synthetic_refuses_a_pool_that_does_not_fit():

@@ -4,12 +4,15 @@
     .venv/bin/python tools/hot_path_alloc.py                                   # tiny models, 10k frames
     .venv/bin/python tools/hot_path_alloc.py --config configs/folder-replay.yaml --frames 10000
 
-tracemalloc runs from the start; one snapshot is taken once the warm-up frames are decided (the metrics' label
-children and every scratch buffer exist by then, the queues are as full as they get), another after N more frames,
-both while the daemon runs flat out. Their difference, for allocations made in the package, is what the hot path
-keeps per frame: a leak or a growing list shows up as N times something, while the frames in flight at either
-moment cancel out. The peak of traced memory during the window, above what is alive at its end, bounds what was
-allocated and freed again (a frame-sized temporary would show there).
+tracemalloc runs from the start. The source is gated (`Gate`): a snapshot is taken only while nothing is in
+flight (every frame grabbed so far has had its verdict published and its ticket given back), once the warm-up
+frames are decided (the metrics' label children and every scratch buffer exist by then) and again after N more.
+Their difference, for allocations made in the package, is what the hot path keeps per frame: a leak or a growing
+list shows up as N times something, and frames in flight cannot masquerade as kept memory whatever the machine's
+speed. `in_flight` also bounds the frames between grab and publication while the window runs (closed loop): a
+machine slower than the line then runs slower instead of piling frames up in queues (and growing the ticket
+pool, which is kept memory). The peak of traced memory during the window, above what is alive at its end,
+bounds what was allocated and freed again (a frame-sized temporary would show there).
 
 Without --config it builds the tiny test models (tests/tiny_models.py) and a synthetic 320x320 line, which is
 what tests/test_hot_path_alloc.py runs in CI (with fewer frames).
@@ -50,43 +53,104 @@ def _overrides(config_path: Path, update: dict[str, dict[str, Any]] | None) -> d
     return out
 
 
+class Gate:
+    """Wraps the source's grab(), on the acquisition thread: no new frame while `in_flight` frames (None: no
+    limit) are between grab and their verdict's publication, nor while paused. A gated grab returns None at its
+    timeout, as a camera without a frame does, so the pipeline's own loop and stop() are unchanged."""
+
+    def __init__(self, daemon: Daemon, in_flight: int | None):
+        assert daemon.pipeline is not None and daemon.publisher is not None
+        self.pipeline, self.publisher = daemon.pipeline, daemon.publisher
+        self.limit = in_flight
+        self.grabbed = 0
+        self.paused = False
+        self.waiting = False  # the acquisition thread is in grab(), held by the gate, holding no frame
+        self._grab = self.pipeline.source.grab
+        self.pipeline.source.grab = self.grab  # type: ignore[method-assign]
+
+    def done(self) -> int:
+        """Verdicts the publisher is finished with (sent or dropped)."""
+        return self.publisher.published + self.publisher.dropped
+
+    def _held(self) -> bool:
+        return self.paused or (self.limit is not None and self.grabbed - self.done() >= self.limit)
+
+    def grab(self, out: Any, timeout_s: float) -> Any:
+        if self._held():
+            end = time.monotonic() + timeout_s
+            self.waiting = True
+            while self._held():
+                if time.monotonic() > end:
+                    self.waiting = False
+                    return None
+                time.sleep(0.0005)
+            self.waiting = False
+        grab = self._grab(out, timeout_s)
+        if grab is not None:
+            self.grabbed += 1
+        return grab
+
+    def quiesce(self, timeout_s: float = 120.0) -> None:
+        """Pause the source and wait until nothing is in flight: every verdict published, every ticket back."""
+        self.paused = True
+        tickets = self.pipeline.tickets
+        end = time.monotonic() + timeout_s
+        while not (self.waiting and self.done() == self.grabbed and len(tickets._free) == tickets.size):
+            if time.monotonic() > end or self.pipeline.finished.is_set():
+                raise RuntimeError(f"the daemon did not drain: {self.grabbed} grabbed, {self.done()} done")
+            time.sleep(0.01)
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def wait_done(self, n: int) -> None:
+        while self.done() < n:
+            if self.pipeline.finished.is_set():
+                raise RuntimeError(f"the daemon stopped after {self.done()} verdicts")
+            time.sleep(0.01)
+
+
 def measure(
-    config_path: Path, frames: int, warmup: int = 1000, update: dict[str, dict[str, Any]] | None = None
+    config_path: Path,
+    frames: int,
+    warmup: int = 1000,
+    update: dict[str, dict[str, Any]] | None = None,
+    in_flight: int | None = None,
 ) -> dict[str, Any]:
-    """Run the daemon for warmup + frames frames; return what the window kept, by file:line of the package."""
+    """Run the daemon for warmup + frames frames; return what the window kept, by file:line of the package.
+    `in_flight`: at most that many frames between grab and published verdict (None: the source's own pace)."""
+    gates: list[Gate] = []
     daemon = Daemon(
         config_path,
         max_frames=warmup + frames + 10_000,  # never reached: the window ends on the decided count
         console=False,
         config_overrides=_overrides(config_path, update),
         install_signals=False,
+        before_start=lambda d: gates.append(Gate(d, in_flight)),
     )
     tracemalloc.start(16)
     try:
         daemon.start()
         assert daemon.pipeline is not None
-        counters = daemon.pipeline.counters
+        gate = gates[0]
         pool_before = daemon.pipeline.tickets.size
         try:
-            # A snapshot holds the GIL for a moment: every thread stalls and queues fill behind it. The first one
-            # is thrown away, so that the ticket pool has grown to what such a stall needs before the window.
-            while counters.decided < warmup // 2:
-                time.sleep(0.01)
-            tracemalloc.take_snapshot()
-            while counters.decided < warmup:
-                time.sleep(0.01)
+            gate.wait_done(warmup)
+            gate.quiesce()
             first = tracemalloc.take_snapshot()
             tracemalloc.reset_peak()
-            start = counters.decided
+            start = gate.done()
             t0 = time.perf_counter()
-            while counters.decided < start + frames:
-                time.sleep(0.01)
+            gate.resume()
+            gate.wait_done(start + frames)
+            gate.quiesce()
             elapsed = time.perf_counter() - t0
             second = tracemalloc.take_snapshot()
             current, peak = tracemalloc.get_traced_memory()
-            measured = counters.decided - start
+            measured = gate.done() - start
         finally:
             daemon.stop()
+            gate.resume()
             daemon.wait()
     finally:
         tracemalloc.stop()
@@ -109,12 +173,13 @@ def measure(
     }
 
 
-def tiny_line(folder: Path, rate_hz: float = 300.0, size: int = 320) -> Path:
-    """The tiny models on a synthetic size x size line at `rate_hz`, gated segmenter.
+def tiny_line(folder: Path, rate_hz: float | None = 300.0, size: int = 320) -> Path:
+    """The tiny models on a synthetic size x size line at `rate_hz`, gated segmenter; `rate_hz` None: as fast as
+    the pipeline takes frames (with measure()'s `in_flight`, a closed loop at whatever speed the machine has).
 
-    A paced line, not "as fast as possible": flat out, the publisher (the thread with the most Python per frame,
-    and tracemalloc slows Python several-fold) falls behind, its queue grows over the window and the snapshots
-    would compare a short queue with a full one: frames in flight, not memory kept."""
+    Open loop (a rate, no `in_flight`), the line must be slower than the machine: else the publisher (the thread
+    with the most Python per frame, and tracemalloc slows Python several-fold) falls behind, its backlog grows
+    the ticket pool during the window, and that growth is kept memory."""
     from daemon_helpers import free_port, synthetic, write_config
     from tiny_models import write_tiny_models
 
@@ -128,11 +193,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, help="line config (default: tiny models on a synthetic line)")
     p.add_argument("--frames", type=int, default=10_000, help="frames in the measured window")
     p.add_argument("--warmup", type=int, default=1000, help="frames before the first snapshot")
-    p.add_argument("--rate", type=float, default=300.0, help="frames/s of the synthetic line (without --config)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=300.0,
+        help="frames/s of the synthetic line (without --config); 0: as fast as taken",
+    )
+    p.add_argument(
+        "--in-flight", type=int, default=None, help="closed loop: at most this many frames awaiting their verdict"
+    )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        config = args.config or tiny_line(Path(tmp), args.rate)
-        result = measure(config, args.frames, args.warmup)
+        config = args.config or tiny_line(Path(tmp), args.rate or None)
+        result = measure(config, args.frames, args.warmup, in_flight=args.in_flight)
     result["bytes_kept_per_frame"] = result["kept_bytes"] / max(1, result["frames"])
     print(json.dumps(result, indent=2))
     return 0

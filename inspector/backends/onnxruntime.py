@@ -52,7 +52,9 @@ class OnnxRuntimeBackend:
         options.inter_op_num_threads = settings.inter_op_threads
         level = _OPT_LEVELS.get(settings.graph_optimization, "ORT_ENABLE_ALL")
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-        options.log_severity_level = 3  # warnings from ORT's optimiser are noise for operators
+        # Fatal only: the optimiser's warnings are noise for operators, and a failed run raises with ORT's message
+        # (logged by the pipeline, rate-limited) while ORT would also print its own unthrottled error line per batch.
+        options.log_severity_level = 4
         try:
             self.session = ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for unreadable/invalid graphs
