@@ -3,6 +3,7 @@
     inspector run --config FILE [--max-frames N]     the daemon (what systemd runs)
     inspector check-config FILE                       validate a line config and the models it names
     inspector listen --config FILE [--count N] [--json]   print the verdicts that config publishes
+    inspector keys generate DIR [--name NAME]         a CURVE key pair for publish.curve and its clients
     inspector camera list | features DEVICE           GenICam cameras (integrators writing a config)
     inspector review --archive DIR                    the archive's review page (local web server)
     inspector tune --archive DIR --config FILE [--set decision.block_threshold=0.7 ...]
@@ -25,7 +26,7 @@ import sys
 from pathlib import Path
 
 from inspector import camera_cli
-from inspector.config import ConfigError, load_config
+from inspector.config import ConfigError, load_config, resolve_path
 
 log = logging.getLogger("inspector")
 
@@ -80,6 +81,7 @@ def connect_endpoint(bind: str) -> str:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
+    from inspector.curve import ClientKeys, CurveKeyError, public_key_file
     from inspector.publish import listen
 
     try:
@@ -88,8 +90,42 @@ def cmd_listen(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     endpoint = args.endpoint or connect_endpoint(config.publish.broadcast.bind)
+    keys = None
+    curve = config.publish.curve
+    if args.client_key or curve is not None:
+        if not args.client_key:
+            print(
+                "inspector listen: the daemon uses CURVE (publish.curve): give --client-key, the NAME.key_secret "
+                "file of a client key pair among publish.curve.authorised_keys",
+                file=sys.stderr,
+            )
+            return 2
+        server = args.server_key
+        if server is None and curve is not None:
+            server = public_key_file(resolve_path(args.config, curve.secret_key))
+        if server is None:
+            print("inspector listen: --client-key needs --server-key (the daemon's public NAME.key)", file=sys.stderr)
+            return 2
+        try:
+            keys = ClientKeys.load(args.client_key, server)
+        except CurveKeyError as exc:
+            print(f"inspector listen: {exc}", file=sys.stderr)
+            return 2
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how an integrator stops listening
-        listen(endpoint, config.topic, args.count, args.json, events=args.events, timeout_s=args.timeout)
+        listen(endpoint, config.topic, args.count, args.json, events=args.events, timeout_s=args.timeout, curve=keys)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from inspector.curve import CurveKeyError, generate
+
+    try:
+        public, secret = generate(args.dir, args.name)
+    except (CurveKeyError, OSError) as exc:
+        print(f"inspector keys: {exc}", file=sys.stderr)
+        return 2
+    print(f"{public}  public key: give it to the other side (authorised_keys, or server key for clients)")
+    print(f"{secret}  secret key (mode 600): stays here; chown it to the user that runs the daemon or client")
     return 0
 
 
@@ -150,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         "listen",
         help="print the verdicts a line config publishes (a ZeroMQ subscriber)",
         description="Subscribe to a line's broadcast stream and print its verdicts; gaps in seq (verdicts lost on "
-        "the way) are reported on stderr.",
+        "the way) and daemon restarts (a new run_id: seq starts again, not a loss) are reported on stderr.",
     )
     lis.add_argument("--config", required=True, help="line config whose broadcast endpoint and topic to use")
     lis.add_argument("--count", type=int, help="stop after N verdicts (default: until interrupted)")
@@ -158,7 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
     lis.add_argument("--events", action="store_true", help="also print events (start, stop, reload, camera)")
     lis.add_argument("--endpoint", help="connect here (default: the config's broadcast address, on this host)")
     lis.add_argument("--timeout", type=float, help="stop when nothing arrived for this many seconds (default: wait)")
+    lis.add_argument(
+        "--client-key",
+        help="CURVE: this client's NAME.key_secret (its public NAME.key among publish.curve.authorised_keys)",
+    )
+    lis.add_argument(
+        "--server-key",
+        help="CURVE: the daemon's public key file (default: publish.curve.secret_key's NAME.key next to it)",
+    )
     lis.set_defaults(func=cmd_listen)
+
+    keys = sub.add_parser(
+        "keys",
+        help="ZeroMQ CURVE key pairs for publish.curve and its clients",
+        description="Make a CURVE key pair: DIR/NAME.key (public, mode 644) and DIR/NAME.key_secret (mode 600); "
+        "an existing key is never overwritten. See docs/OPERATIONS.md, 'Securing the ZeroMQ sockets'.",
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    gen = keys_sub.add_parser("generate", help="make DIR/NAME.key and DIR/NAME.key_secret")
+    gen.add_argument("dir", help="directory for the two files (created if missing)")
+    gen.add_argument("--name", default="inspector", help="file name stem (default: inspector)")
+    gen.set_defaults(func=cmd_keys)
 
     gw = sub.add_parser("gateway", help="the PLC gateway: a daemon's verdicts over OPC UA and Modbus TCP")
     gw.add_argument("--config", help="line config with a gateway: section (YAML)")

@@ -449,6 +449,19 @@ def first_clash(addresses: list[tuple[str, str, Address]]) -> str | None:
     return None
 
 
+class CurveConfig(_Model):
+    secret_key: str = Field(
+        description="The daemon's CURVE key pair: a NAME.key_secret file of `inspector keys generate` (zmq.auth "
+        "format), readable by the service user only (mode 600; start is refused otherwise). Clients need the "
+        "public half, NAME.key, next to it. Relative to this file.",
+    )
+    authorised_keys: str = Field(
+        description="The clients allowed on both sockets: a directory of their public NAME.key files, or one such "
+        "file; not writable by others (start is refused otherwise). Anyone else's handshake fails: they receive "
+        "nothing. Relative to this file.",
+    )
+
+
 class PublishConfig(_Model):
     heartbeat_ms: int = Field(
         1000,
@@ -465,7 +478,24 @@ class PublishConfig(_Model):
     actuator: SocketConfig | None = Field(
         default_factory=lambda: SocketConfig(bind="tcp://127.0.0.1:5556", sndhwm=100),
         description="Channel to the reject actuator / PLC gateway; the daemon tracks whether a receiver is "
-        "connected and counts what it could not deliver. null disables it.",
+        "connected and counts what it could not deliver. null disables it. Its sndhwm bounds the verdicts that "
+        "can wait in ZeroMQ for a stalled receiver (and reach it late as a burst): keep it near the verdicts of "
+        "one actuator_max_age_ms (docs/PROTOCOL.md, 'Stale verdicts').",
+    )
+    actuator_max_age_ms: float | None = Field(
+        2000.0,
+        ge=1,
+        le=600000,
+        description="A verdict older than this (acquisition to the moment of sending) is not sent to the actuator "
+        "but counted (inspector_actuator_undelivered_total{cause=stale}); it still goes to the broadcast stream. "
+        "Set it to the time a part takes from the camera to the ejector. The default, twice the default "
+        "pipeline.deadline_ms, lets every verdict the pipeline decides in time through, deadline fail-safes "
+        "included, and stops the backlog of a stall. null = no limit.",
+    )
+    curve: CurveConfig | None = Field(
+        None,
+        description="ZeroMQ CURVE authentication and encryption of both sockets (docs/OPERATIONS.md, 'Securing the "
+        "ZeroMQ sockets'); null = none (plain TCP: keep the endpoints on a trusted network). (restart)",
     )
 
     @model_validator(mode="after")

@@ -123,8 +123,14 @@ class MetricsTap:
     def actuator_connected(self, connected: bool | int) -> None:
         self._metrics.actuator_connected(connected)
 
-    def actuator_undelivered(self) -> None:
-        self._metrics.actuator_undelivered()
+    def actuator_undelivered(self, cause: str) -> None:
+        self._metrics.actuator_undelivered(cause)
+
+    def actuator_refused(self, cause: str) -> None:
+        self._metrics.actuator_refused(cause)
+
+    def verdict_encode_failed(self) -> None:
+        self._metrics.verdict_encode_failed()
 
 
 def _rate(num: int, den: int) -> str:

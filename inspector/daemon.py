@@ -46,6 +46,7 @@ from inspector.archive.writer import ArchiveWriter
 from inspector.capacity import configured_rate
 from inspector.config import Config, ConfigError, load_config, resolve_path
 from inspector.console import Console, LiveStats, MetricsTap
+from inspector.curve import CurveKeyError, ServerKeys
 from inspector.health import Alarm
 from inspector.metrics import Metrics
 from inspector.pipeline import Pipeline
@@ -84,6 +85,17 @@ def source_config(config: Config, config_file: str | Path) -> Any:
     if cfg.kind == "folder":
         return cfg.model_copy(update={"path": str(resolve_path(config_file, cfg.path))})
     return cfg
+
+
+def _curve_keys(config: Config, config_file: str | Path) -> ServerKeys | None:
+    """The keys of publish.curve, read and checked now: a start refused (exit 2) names the file at fault."""
+    c = config.publish.curve
+    if c is None:
+        return None
+    try:
+        return ServerKeys.load(resolve_path(config_file, c.secret_key), resolve_path(config_file, c.authorised_keys))
+    except CurveKeyError as exc:
+        raise StartupError(2, f"publish.curve: {exc}") from None
 
 
 class Daemon:
@@ -155,7 +167,13 @@ class Daemon:
         tap = MetricsTap(self.metrics, self.stats)
 
         # Sockets first: monitors and the PLC gateway connect while the models load, and see the first verdict.
-        self.publisher = Publisher(config.publish, config.topic, tap)
+        self.publisher = Publisher(
+            config.publish,
+            config.topic,
+            tap,
+            failsafe_result=config.pipeline.failsafe_result,
+            curve=_curve_keys(config, self.config_file),
+        )
         try:
             self.publisher.start()
         except PublisherError as exc:
@@ -407,6 +425,7 @@ class Daemon:
             self.notifier.ready(f"inspecting {self.config.topic}, config {self.runtime.config_hash}")
         self.reloads[result] += 1
         self.metrics.reload(result)
+        self.publisher.failsafe_result = self.config.pipeline.failsafe_result  # for its minimal verdicts
         fields: dict[str, Any] = {"result": result, "config_hash": self.runtime.config_hash}
         if error:
             fields["error"] = error

@@ -76,7 +76,11 @@ STAGES = ("acquire", "preprocess", "recognizer", "segmenter", "decision", "publi
 # Why a frame was not inspected (each still left the pipeline as a fail-safe verdict).
 DROP_CAUSES = tuple(r.value for r in Reason if not r.inspected)
 # Why a verdict did not reach the broadcast socket (see publish.Publisher).
-VERDICT_DROP_CAUSES = ("queue_full", "encode_error", "closed")
+VERDICT_DROP_CAUSES = ("queue_full", "closed")
+# Why a published verdict did not go to the actuator: nobody connected, its queue full, too old to act on.
+ACTUATOR_UNDELIVERED_CAUSES = ("no_receiver", "queue_full", "stale")
+# Why an actuator receiver was refused at its handshake: a second one, or (CURVE) a key not authorised.
+ACTUATOR_REFUSED_CAUSES = ("second_receiver", "unauthorised")
 RELOAD_RESULTS = ("ok", "invalid", "failed")
 
 
@@ -173,9 +177,28 @@ class Metrics:
             lc,
             registry=r,
         )
-        self._actuator_undelivered = Counter(
+        self._actuator_undelivered_c = Counter(
             "inspector_actuator_undelivered",
-            "Verdicts that could not be handed to an actuator receiver (none connected, or its queue full).",
+            "Verdicts published but not handed to an actuator receiver, by cause: no_receiver, queue_full, stale "
+            "(older than publish.actuator_max_age_ms).",
+            (*lc, "cause"),
+            registry=r,
+        )
+        self._actuator_undelivered = {
+            cause: self._actuator_undelivered_c.labels(line, camera, cause) for cause in ACTUATOR_UNDELIVERED_CAUSES
+        }
+        self._actuator_refused_c = Counter(
+            "inspector_actuator_refused",
+            "Connections refused on the actuator channel at their handshake: second_receiver, unauthorised (CURVE).",
+            (*lc, "cause"),
+            registry=r,
+        )
+        self._actuator_refused = {
+            cause: self._actuator_refused_c.labels(line, camera, cause) for cause in ACTUATOR_REFUSED_CAUSES
+        }
+        self._encode_failed = Counter(
+            "inspector_verdicts_encode_failed",
+            "Verdicts that could not be encoded: the minimal fail-safe verdict (reason error) went out instead.",
             lc,
             registry=r,
         ).labels(line, camera)
@@ -255,7 +278,7 @@ class Metrics:
         self._latency.observe(latency_s)
 
     def verdict_dropped(self, cause: str) -> None:
-        """A verdict that never reached the broadcast socket (queue_full, encode_error, closed)."""
+        """A verdict that never reached the broadcast socket (queue_full, closed)."""
         self._child(self._verdicts_dropped, self._verdicts_dropped_c, cause).inc()
 
     def drop(self, cause: str) -> None:
@@ -274,8 +297,14 @@ class Metrics:
         self._child(self._reloads, self._reloads_c, result).inc()
         self._last_reload.labels(self.line, self.camera, result).set_to_current_time()
 
-    def actuator_undelivered(self) -> None:
-        self._actuator_undelivered.inc()
+    def actuator_undelivered(self, cause: str = "no_receiver") -> None:
+        self._actuator_undelivered[cause].inc()
+
+    def actuator_refused(self, cause: str) -> None:
+        self._actuator_refused[cause].inc()
+
+    def verdict_encode_failed(self) -> None:
+        self._encode_failed.inc()
 
     # ------------------------------------------------------------------------------------------ gauges
 

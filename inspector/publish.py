@@ -16,7 +16,12 @@ Actuator channel (docs/PROTOCOL.md, "Actuator channel"): a PUSH socket bound by 
 messages are only queued to a gateway whose connection is complete, TCP heartbeats so that a gateway whose
 cable is pulled is noticed within seconds, and a socket monitor that tracks connected receivers. A send that
 finds no connected receiver, or the receiver's queue full (HWM), fails at once with EAGAIN and is counted as
-undelivered; it never waits.
+undelivered; it never waits. A verdict older than publish.actuator_max_age_ms when its turn comes is not sent to
+the actuator (counted stale; the broadcast still has it). A ZAP handler, answered by the publisher thread, lets
+one receiver in at a time and, with publish.curve, only authorised CURVE keys on either socket.
+
+Every verdict goes out: encoding cannot fail on what a model produces (non-finite floats are null), and if it
+fails on anything else the minimal fail-safe verdict (`minimal_verdict`) is sent in its place.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -31,14 +37,17 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Any, Protocol, TextIO
 
 import orjson
 import zmq
+import zmq.utils.z85
 from zmq.utils.monitor import parse_monitor_message
 
 from inspector.config import PublishConfig, SocketConfig
-from inspector.frames import Verdict
+from inspector.curve import ClientKeys, ServerKeys
+from inspector.frames import Reason, Verdict
 from inspector.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
@@ -51,6 +60,16 @@ _IDLE_POLL_S = 0.05
 # A gateway that stops answering TCP-level ZMTP heartbeats is disconnected after this long.
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
+# Where libzmq asks whether a connection may complete its handshake (ZAP, RFC 27), and the domains of the sockets.
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+ZAP_BROADCAST, ZAP_ACTUATOR = b"broadcast", b"actuator"
+# An actuator handshake the ZAP handler let through counts as a receiver until the monitor reports it (or this long).
+_APPROVAL_TTL_S = 5.0
+# At most one "actuator refused" event per this long (a refused client may retry many times a second).
+_REFUSED_EVENT_EVERY_S = 10.0
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 _SNDMORE, _NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 _NOBLOCK_SNDMORE = _SNDMORE | _NOBLOCK
 
@@ -82,6 +101,14 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
+def _wire_score(x: float | None) -> float | None:
+    """A score as the wire carries it: 4 decimals, null when absent or not finite (NaN/Inf from a model)."""
+    if x is None:
+        return None
+    f = float(x)
+    return round(f, 4) if math.isfinite(f) else None
+
+
 def verdict_message(verdict: Verdict, line: str = "", camera: str = "", run_id: str = "") -> dict[str, Any]:
     """The wire form of one verdict (schema inspector.verdict/1, docs/PROTOCOL.md)."""
     reason = verdict.reason.value
@@ -103,7 +130,7 @@ def verdict_message(verdict: Verdict, line: str = "", camera: str = "", run_id: 
         "timestamp_source": verdict.timestamp_source,
         "device_timestamp_ns": verdict.t_device_ns,
         "defects": [d.to_wire() for d in verdict.defects],
-        "recognizer_score": None if verdict.recognizer_score is None else round(float(verdict.recognizer_score), 4),
+        "recognizer_score": _wire_score(verdict.recognizer_score),
         "segmenter_ran": verdict.segmenter_ran,
         "camera_drops_before": verdict.camera_drops_before,
         "config_hash": verdict.config_hash,
@@ -133,10 +160,103 @@ def event_message(
     return msg
 
 
+def _wire_default(obj: Any) -> Any:
+    """What orjson cannot encode by itself: numpy scalars (a model's float32 score) as Python numbers, enums as
+    their value. Anything else is a bug upstream: TypeError, and the caller sends the minimal verdict instead."""
+    item = getattr(obj, "item", None)
+    if callable(item):
+        return item()
+    if isinstance(obj, Enum):
+        return obj.value
+    raise TypeError(f"{type(obj).__name__} is not a wire type")
+
+
+_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
 def _encode(msg: dict[str, Any]) -> bytes:
     # orjson: compact UTF-8 JSON in one C call, ~10x the standard library's speed on a verdict (README,
-    # "Dependencies"). Non-finite floats become null, which the schema allows for every float field.
-    return orjson.dumps(msg)
+    # "Dependencies"). Non-finite floats (Python or numpy) become null, which the schema allows for every float
+    # field: a NaN score from a broken model never makes a verdict unsendable.
+    return orjson.dumps(msg, default=_wire_default, option=_ORJSON_OPTIONS)
+
+
+def _int_field(obj: Any, name: str) -> int | None:
+    """obj.name as a 64-bit int, or None whatever goes wrong (for the minimal verdict)."""
+    try:
+        i = int(getattr(obj, name))
+    except Exception:
+        return None
+    return i if -(2**63) <= i < 2**63 else None
+
+
+def _safe_iso(ns: int | None) -> str | None:
+    try:
+        return None if ns is None else iso_utc(ns)
+    except Exception:  # a timestamp outside datetime's range
+        return None
+
+
+def minimal_verdict(verdict: Any, line: str, camera: str, run_id: str, result: str, why: str) -> tuple[Verdict, bytes]:
+    """The fail-safe verdict for a frame whose full verdict could not be encoded (docs/PROTOCOL.md, "Minimal
+    verdict"): envelope, seq, camera_frame_id, the fail-safe result, reason error, not inspected, and why.
+
+    Built from as little of the original as possible, each piece converted defensively, so that it cannot fail
+    for the reasons the full message did. Returns the record (for metrics) and its encoded form."""
+    now = time.time_ns()
+    seq = _int_field(verdict, "seq")
+    frame_id = _int_field(verdict, "camera_frame_id")
+    acquired = _int_field(verdict, "t_acquired_ns")
+    mono = _int_field(verdict, "t_acquired_mono_ns") or 0
+    result = "pass" if result == "pass" else "reject"
+    detail = f"verdict could not be encoded: {why}"[:500]
+    record = Verdict(
+        seq=-1 if seq is None else seq,
+        camera_frame_id=-1 if frame_id is None else frame_id,
+        result=result,  # type: ignore[arg-type]  # checked just above
+        reason=Reason.ERROR,
+        t_acquired_ns=now if acquired is None else acquired,
+        t_decided_ns=now,
+        detail=detail,
+        t_acquired_mono_ns=mono,
+    )
+    msg = {
+        "schema": VERDICT_SCHEMA,
+        "line": str(line),
+        "camera": str(camera),
+        "run_id": str(run_id),
+        "seq": seq,
+        "camera_frame_id": frame_id,
+        "result": result,
+        "reason": Reason.ERROR.value,
+        "inspected": False,
+        "detail": detail,
+        "acquired": _safe_iso(acquired),
+        "acquired_ns": acquired,
+        "decided": iso_utc(now),
+        "decided_ns": now,
+    }
+    return record, json.dumps(msg, ensure_ascii=True, allow_nan=False).encode()
+
+
+class _RateLimitedLog:
+    """At most one log line per `every_s` for one kind of trouble, saying how many happened since the last."""
+
+    def __init__(self, every_s: float = 10.0):
+        self.every_s = every_s
+        self._last = -math.inf
+        self._suppressed = 0
+
+    def __call__(self, level: int, fmt: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            self._suppressed += 1
+            return
+        more = (
+            f" (and {self._suppressed} more like it in the last {now - self._last:.0f} s)" if self._suppressed else ""
+        )
+        self._last, self._suppressed = now, 0
+        log.log(level, fmt + "%s", *args, more)
 
 
 Socket = zmq.Socket[bytes]  # every socket here sends and receives bytes frames
@@ -150,7 +270,9 @@ class PublisherMetrics(Protocol):
     def verdict_dropped(self, cause: str) -> None: ...
     def stage(self, name: str, seconds: float) -> None: ...
     def actuator_connected(self, connected: bool | int) -> None: ...
-    def actuator_undelivered(self) -> None: ...
+    def actuator_undelivered(self, cause: str) -> None: ...
+    def actuator_refused(self, cause: str) -> None: ...
+    def verdict_encode_failed(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -177,8 +299,15 @@ class Publisher:
         topic: str,
         metrics: PublisherMetrics | None = None,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        failsafe_result: str = "reject",
+        curve: ServerKeys | None = None,
     ):
         self.cfg = cfg
+        self.curve = curve  # CURVE keys (publish.curve, read by the caller): both sockets encrypted, clients checked
+        # The result of the minimal verdict sent for a frame whose verdict could not be encoded (pipeline's
+        # failsafe_result; the daemon updates it on reload: a plain attribute, read once per such verdict).
+        self.failsafe_result = failsafe_result
+        self._max_age_ns = None if cfg.actuator_max_age_ms is None else int(cfg.actuator_max_age_ms * 1e6)
         self.topic = topic
         self.line, self.camera = split_topic(topic)
         # One per publisher, i.e. per daemon process (a reload keeps its publisher): see docs/PROTOCOL.md.
@@ -205,11 +334,22 @@ class Publisher:
         self.events_published = 0
         self.actuator_sent = 0  # verdicts handed to a connected actuator receiver
         self.actuator_undelivered = 0  # verdicts no actuator receiver could take
+        self.actuator_stale = 0  # verdicts too old for the actuator (publish.actuator_max_age_ms): not sent
+        self.encode_failed = 0  # verdicts sent as the minimal fail-safe verdict: the full one could not be encoded
+        self._encode_log = _RateLimitedLog()
+        self._stale_log = _RateLimitedLog()
         self.actuator_peers = 0  # receivers connected right now
         self._last_seq: int | None = None  # publisher thread: seq of the last verdict published (in every event)
-        # Publisher thread only: actuator connections accepted but still in handshake, and those past it.
-        self._pending_fds: list[int] = []
-        self._peer_fds: set[int] = set()
+        # Publisher thread only: actuator connections accepted and not yet closed (fds), receivers past their
+        # handshake, and whether the last monitor event was a failed handshake (see _poll_monitor).
+        self._pending_fds: set[int] = set()
+        self._connected = 0
+        self._handshake_failed = False
+        self._approvals: list[float] = []  # monotonic times of actuator handshakes let through, not yet connected
+        self.actuator_refused = 0  # actuator handshakes refused (a second receiver, or an unauthorised key)
+        self._refused_since_event = 0
+        self._refused_event_at = -math.inf
+        self._zap_log = _RateLimitedLog()
         self._peers_changed = threading.Condition(threading.Lock())
         # Called (publisher thread) with each verdict once it is sent or dropped: from then on its record may be
         # reused (the pipeline's ticket pool). None: verdicts are left to the garbage collector.
@@ -345,10 +485,21 @@ class Publisher:
         ctx = zmq.Context()
         sockets: list[Socket] = []
         monitor: Socket | None = None
+        zap: Socket | None = None
         try:
             try:
+                # The ZAP handler first: libzmq consults it for every handshake on a socket with a ZAP domain (the
+                # actuator always: one receiver only; both with CURVE: authorised keys only). This thread
+                # answers it, between batches.
+                if self.cfg.actuator is not None or self.curve is not None:
+                    zap = ctx.socket(zmq.REP)
+                    sockets.append(zap)
+                    zap.setsockopt(zmq.LINGER, 0)
+                    zap.bind(ZAP_ENDPOINT)
                 pub = self._socket(ctx, zmq.PUB, self.cfg.broadcast)
                 sockets.append(pub)
+                if self.curve is not None:
+                    self.curve.apply(pub, ZAP_BROADCAST.decode())
                 self.broadcast_endpoint = self._bind(pub, self.cfg.broadcast.bind, "broadcast")
                 act: Socket | None = None
                 if self.cfg.actuator is not None:
@@ -357,8 +508,17 @@ class Publisher:
                     act.setsockopt(zmq.IMMEDIATE, 1)
                     act.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
                     act.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+                    if self.curve is not None:
+                        self.curve.apply(act, ZAP_ACTUATOR.decode())
+                    else:
+                        act.setsockopt(zmq.ZAP_DOMAIN, ZAP_ACTUATOR)  # NULL mechanism, still asks the handler
                     monitor = act.get_monitor_socket(
-                        zmq.EVENT_ACCEPTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+                        zmq.EVENT_ACCEPTED
+                        | zmq.EVENT_HANDSHAKE_SUCCEEDED
+                        | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                        | zmq.EVENT_DISCONNECTED
                     )
                     self.actuator_endpoint = self._bind(act, self.cfg.actuator.bind, "actuator")
                     if self.metrics is not None:
@@ -368,7 +528,7 @@ class Publisher:
                 return
             finally:
                 self._started.set()
-            self._loop(pub, act, monitor)
+            self._loop(pub, act, monitor, zap)
         finally:
             if monitor is not None:
                 monitor.close(linger=0)
@@ -376,7 +536,7 @@ class Publisher:
                 sock.close()  # with the configured LINGER
             ctx.term()
 
-    def _loop(self, pub: Socket, act: Socket | None, monitor: Socket | None) -> None:
+    def _loop(self, pub: Socket, act: Socket | None, monitor: Socket | None, zap: Socket | None) -> None:
         batch: list[Verdict | _QueuedEvent] = []
         heartbeat_s = self.cfg.heartbeat_ms / 1000
         next_heartbeat = time.monotonic() + heartbeat_s
@@ -394,6 +554,8 @@ class Publisher:
                     self._queued_verdicts = 0
             if monitor is not None:
                 self._poll_monitor(monitor)
+            if zap is not None:
+                self._serve_zap(zap)
             for item in batch:
                 if isinstance(item, _QueuedEvent):
                     self._publish_event(pub, item.kind, item.t_ns, item.fields)
@@ -416,31 +578,71 @@ class Publisher:
         t0 = time.perf_counter()
         try:
             payload = _encode(verdict_message(verdict, self.line, self.camera, self.run_id))
-        except (TypeError, ValueError) as exc:
-            log.error("verdict seq=%s cannot be encoded: %s", verdict.seq, exc)
-            self._count_drop("encode_error")
-            return
+        except Exception as exc:  # whatever it is, the frame still gets a verdict: the minimal fail-safe one
+            verdict, payload = self._minimal(verdict, exc)
         # PUB never blocks: a subscriber at its HWM loses the message, which it sees as a gap in seq.
         # Two plain sends with int flags: pyzmq's send_multipart computes its flags with enum.Flag operators,
         # which cost three times the send itself. A multipart message is still atomic (all parts or none).
         pub.send(self._verdict_topic, _SNDMORE)
         pub.send(payload)
+        now_mono = time.monotonic_ns()
         if act is not None:
-            try:
-                act.send(self._verdict_topic, _NOBLOCK_SNDMORE)
-                act.send(payload, _NOBLOCK)
-                self.actuator_sent += 1
-            except zmq.Again:
-                self.actuator_undelivered += 1
-                if self.metrics is not None:
-                    self.metrics.actuator_undelivered()
+            self._send_actuator(act, verdict, payload, now_mono)
         self._last_seq = verdict.seq
         with self._stats_lock:
             self.published += 1
         if self.metrics is not None:
             self.metrics.stage("publish", time.perf_counter() - t0)
-            latency_s = (time.monotonic_ns() - verdict.t_acquired_mono_ns) / 1e9 if verdict.t_acquired_mono_ns else 0.0
+            latency_s = (now_mono - verdict.t_acquired_mono_ns) / 1e9 if verdict.t_acquired_mono_ns else 0.0
             self.metrics.verdict_published(verdict, latency_s)
+
+    def _send_actuator(self, act: Socket, verdict: Verdict, payload: bytes, now_mono: int) -> None:
+        # A verdict older than actuator_max_age_ms is for a part already past the ejector: not sent (a burst of
+        # those after a stall would be acted on as if current), counted, still on the broadcast stream.
+        if self._max_age_ns is not None:
+            if verdict.t_acquired_mono_ns:
+                age_ns = now_mono - verdict.t_acquired_mono_ns
+            else:  # no monotonic stamp (a source without one): the wall clocks, as the gateway compares them
+                age_ns = time.time_ns() - verdict.t_acquired_ns
+            if age_ns > self._max_age_ns:
+                self.actuator_stale += 1
+                if self.metrics is not None:
+                    self.metrics.actuator_undelivered("stale")
+                self._stale_log(
+                    logging.WARNING,
+                    "verdict seq=%s not sent to the actuator: %.0f ms old, publish.actuator_max_age_ms is %g",
+                    verdict.seq,
+                    age_ns / 1e6,
+                    self._max_age_ns / 1e6,
+                )
+                return
+        try:
+            act.send(self._verdict_topic, _NOBLOCK_SNDMORE)
+            act.send(payload, _NOBLOCK)
+            self.actuator_sent += 1
+        except zmq.Again:
+            self.actuator_undelivered += 1
+            if self.metrics is not None:
+                self.metrics.actuator_undelivered("no_receiver" if not self._connected else "queue_full")
+
+    def _minimal(self, verdict: Verdict, exc: BaseException) -> tuple[Verdict, bytes]:
+        """The minimal fail-safe verdict for one that could not be encoded; counted, logged (rate-limited)."""
+        try:
+            why = f"{type(exc).__name__}: {exc}"
+        except Exception:  # an exception whose str() fails
+            why = type(exc).__name__
+        self.encode_failed += 1
+        if self.metrics is not None:
+            self.metrics.verdict_encode_failed()
+        self._encode_log(
+            logging.ERROR,
+            "verdict seq=%s could not be encoded (%s): the minimal fail-safe verdict (%s, reason error) went out "
+            "instead",
+            getattr(verdict, "seq", "?"),
+            why,
+            self.failsafe_result,
+        )
+        return minimal_verdict(verdict, self.line, self.camera, self.run_id, self.failsafe_result, why)
 
     def _publish_event(self, pub: Socket, kind: str, t_ns: int, fields: dict[str, Any]) -> None:
         # Every event says which verdict it follows; heartbeat and stop also say how the actuator fared, so a
@@ -451,6 +653,7 @@ class Publisher:
             if self.cfg.actuator is not None:
                 fields["actuator_sent"] = self.actuator_sent
                 fields["actuator_undelivered"] = self.actuator_undelivered
+                fields["actuator_stale"] = self.actuator_stale
         try:
             payload = _encode(event_message(kind, self.line, self.camera, t_ns=t_ns, run_id=self.run_id, **fields))
         except (TypeError, ValueError) as exc:
@@ -462,10 +665,12 @@ class Publisher:
 
     def _poll_monitor(self, monitor: Socket) -> None:
         # A receiver counts once its ZMTP handshake succeeded (ZMQ_IMMEDIATE queues nothing to it before) and
-        # until its connection drops. ACCEPTED and DISCONNECTED carry the connection's fd; HANDSHAKE_SUCCEEDED
-        # does not (libzmq reports 0), so it is attributed to the oldest accepted connection still in handshake.
-        # A TCP connection that never completes a handshake (a port scanner, a wrong socket type) never counts.
-        before = len(self._peer_fds)
+        # until its connection drops. A TCP connection that never completes a handshake (a port scanner, a wrong
+        # socket type, a client ZAP refused) never counts. libzmq (4.3) says which connection (its fd) on
+        # ACCEPTED and DISCONNECTED only: HANDSHAKE_SUCCEEDED carries 0. But a connection whose handshake fails
+        # reports HANDSHAKE_FAILED_* immediately followed by its DISCONNECTED (one engine, one I/O thread), so
+        # a DISCONNECTED of an accepted connection without that just before it is one that had succeeded.
+        before = self._connected
         while True:
             try:
                 frames = monitor.recv_multipart(flags=zmq.NOBLOCK)
@@ -474,22 +679,95 @@ class Publisher:
             ev = parse_monitor_message(frames)
             event, fd = ev["event"], int(ev["value"])
             if event == zmq.EVENT_ACCEPTED:
-                self._pending_fds.append(fd)
-            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._pending_fds:
-                self._peer_fds.add(self._pending_fds.pop(0))
-                log.info("actuator receiver connected (%d connected)", len(self._peer_fds))
-            elif event == zmq.EVENT_DISCONNECTED:
-                if fd in self._pending_fds:
-                    self._pending_fds.remove(fd)
-                if fd in self._peer_fds:
-                    self._peer_fds.discard(fd)
-                    log.warning("actuator receiver disconnected (%d connected)", len(self._peer_fds))
-        if len(self._peer_fds) != before:
-            self.actuator_peers = len(self._peer_fds)
-            if self.metrics is not None:
-                self.metrics.actuator_connected(self.actuator_peers)
-            with self._peers_changed:
-                self._peers_changed.notify_all()
+                self._pending_fds.add(fd)
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected += 1
+                if self._approvals:
+                    self._approvals.pop(0)
+                log.info("actuator receiver connected (%d connected)", self._connected)
+            elif event & _HANDSHAKE_FAILED:
+                self._handshake_failed = True  # the next DISCONNECTED is that connection's
+            elif event == zmq.EVENT_DISCONNECTED and fd in self._pending_fds:
+                self._pending_fds.discard(fd)
+                if self._handshake_failed:
+                    self._handshake_failed = False
+                elif self._connected > 0:
+                    self._connected -= 1
+                    log.warning("actuator receiver disconnected (%d connected)", self._connected)
+        if self._connected != before:
+            self._report_peers(before)
+
+    def _report_peers(self, before: int) -> None:
+        self.actuator_peers = self._connected
+        if self.metrics is not None:
+            self.metrics.actuator_connected(self.actuator_peers)
+        state = "connected" if self.actuator_peers > before else "disconnected"
+        if self.actuator_peers > 1:
+            # The ZAP handler admits one receiver at a time; should two ever get through, say so loudly: PUSH
+            # would deal the verdicts between them.
+            state = "several_receivers"
+            log.error("%d receivers on the actuator channel: each gets only some verdicts", self.actuator_peers)
+        self._own_event("actuator", state=state, receivers=self.actuator_peers)
+        with self._peers_changed:
+            self._peers_changed.notify_all()
+
+    def _own_event(self, kind: str, **fields: Any) -> None:
+        """An event the publisher thread raises itself; none once closing (the stop event is the last)."""
+        if not self._closing:
+            self.event(kind, **fields)
+
+    def _serve_zap(self, zap: Socket) -> None:
+        """Answer libzmq's handshake questions (ZAP, RFC 27): a reply per request, in this thread."""
+        while True:
+            try:
+                frames = zap.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 6:  # not a ZAP request; REP must still answer
+                zap.send_multipart([b"1.0", frames[1] if len(frames) > 1 else b"", b"500", b"bad request", b"", b""])
+                continue
+            version, request_id, domain, address, _routing_id, mechanism = frames[:6]
+            refusal = self._authorise(domain, mechanism, frames[6:])
+            if refusal is None:
+                zap.send_multipart([version, request_id, b"200", b"OK", b"", b""])
+            else:
+                zap.send_multipart([version, request_id, b"400", refusal.encode(), b"", b""])
+                self._refused(domain, address.decode(errors="replace"), refusal)
+
+    def _authorise(self, domain: bytes, mechanism: bytes, credentials: list[bytes]) -> str | None:
+        """None to let a handshake complete, else why not (unauthorised, second_receiver)."""
+        if self.curve is not None:
+            key = credentials[0] if mechanism == b"CURVE" and credentials and len(credentials[0]) == 32 else None
+            if key is None or zmq.utils.z85.encode(key) not in self.curve.authorised:
+                return "unauthorised"
+        if domain == ZAP_ACTUATOR:
+            now = time.monotonic()
+            self._approvals = [t for t in self._approvals if now - t < _APPROVAL_TTL_S]
+            if self._connected or self._approvals:
+                return "second_receiver"
+            self._approvals.append(now)
+        return None
+
+    def _refused(self, domain: bytes, address: str, cause: str) -> None:
+        which = domain.decode(errors="replace")
+        self._zap_log(logging.WARNING, "%s: refused a connection from %s: %s", which, address, cause)
+        if domain != ZAP_ACTUATOR:
+            return
+        self.actuator_refused += 1
+        if self.metrics is not None:
+            self.metrics.actuator_refused(cause)
+        self._refused_since_event += 1
+        now = time.monotonic()
+        if now - self._refused_event_at >= _REFUSED_EVENT_EVERY_S:
+            self._own_event(
+                "actuator",
+                state="refused",
+                cause=cause,
+                address=address,
+                refused=self._refused_since_event,
+                receivers=self.actuator_peers,
+            )
+            self._refused_event_at, self._refused_since_event = now, 0
 
 
 # ---------------------------------------------------------------------------------------------- listen
@@ -522,14 +800,23 @@ def format_verdict_line(msg: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _report_gap(last_seq: dict[str, int], cam_topic: str, seq: Any) -> None:
-    """A verdict's seq after the previous one of its camera: a jump means verdicts lost on the way (stderr)."""
+def _report_gap(last: dict[str, tuple[Any, int]], cam_topic: str, run_id: Any, seq: Any) -> None:
+    """A verdict's run_id and seq after the previous one of its camera (stderr): a new run_id is a restart of the
+    daemon (seq starts again: not a loss); within one run, a jump in seq means verdicts lost on the way."""
     if not isinstance(seq, int):
         return
-    prev = last_seq.get(cam_topic)
-    if prev is not None and seq > prev + 1:
-        print(f"listen: {cam_topic}: {seq - prev - 1} verdicts missed before seq {seq}", file=sys.stderr)
-    last_seq[cam_topic] = seq
+    prev = last.get(cam_topic)
+    if prev is not None:
+        prev_run, prev_seq = prev
+        if run_id != prev_run:
+            print(
+                f"listen: {cam_topic}: the daemon restarted (run_id {prev_run} -> {run_id}); seq starts again at "
+                f"{seq} (last seen of the old run: {prev_seq})",
+                file=sys.stderr,
+            )
+        elif seq > prev_seq + 1:
+            print(f"listen: {cam_topic}: {seq - prev_seq - 1} verdicts missed before seq {seq}", file=sys.stderr)
+    last[cam_topic] = (run_id, seq)
 
 
 def listen(
@@ -540,30 +827,21 @@ def listen(
     out: TextIO = sys.stdout,
     timeout_s: float | None = None,
     events: bool = False,
+    curve: ClientKeys | None = None,
 ) -> int:
     """Subscribe to `endpoint` and print verdicts of `topic` (LINE/CAMERA; "" = every camera) to `out`.
 
     Stops after `count` verdicts (None = forever), or when nothing arrived for `timeout_s`. Returns the number
-    of verdicts printed. Sequence gaps (verdicts lost on the way, e.g. to a slow terminal) are reported on stderr.
+    of verdicts printed. Sequence gaps (verdicts lost on the way, e.g. to a slow terminal) and daemon restarts (a
+    new run_id) are reported on stderr.
     """
-    prefix = topic.rstrip("/")
-    ctx: Context = zmq.Context.instance()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.RCVHWM, 100_000)
-    if prefix:
-        sub.setsockopt_string(zmq.SUBSCRIBE, f"{prefix}/verdict")
-        if events:
-            sub.setsockopt_string(zmq.SUBSCRIBE, f"{prefix}/event")
-    else:
-        sub.setsockopt_string(zmq.SUBSCRIBE, "")
-    sub.connect(endpoint)
+    sub, monitor = _listen_socket(endpoint, topic.rstrip("/"), events, curve)
     printed = 0
-    last_seq: dict[str, int] = {}
+    last_seq: dict[str, tuple[Any, int]] = {}
     poll_ms = None if timeout_s is None else int(timeout_s * 1000)
     try:
         while count is None or printed < count:
-            if poll_ms is not None and not sub.poll(poll_ms):
+            if not _await_message(sub, monitor, poll_ms, endpoint):
                 break
             frames = sub.recv_multipart()
             if len(frames) != 2:
@@ -585,7 +863,7 @@ def listen(
             if not schema.startswith("inspector.verdict/"):
                 print(f"listen: ignoring a message with schema {schema!r}", file=sys.stderr)
                 continue
-            _report_gap(last_seq, msg_topic.rsplit("/", 1)[0], msg.get("seq"))
+            _report_gap(last_seq, msg_topic.rsplit("/", 1)[0], msg.get("run_id"), msg.get("seq"))
             out.write(json.dumps(msg, separators=(",", ":")) if as_json else format_verdict_line(msg))
             out.write("\n")
             out.flush()
@@ -593,5 +871,46 @@ def listen(
     except KeyboardInterrupt:
         pass
     finally:
+        if monitor is not None:
+            sub.disable_monitor()
+            monitor.close(linger=0)
         sub.close()
     return printed
+
+
+def _listen_socket(endpoint: str, prefix: str, events: bool, curve: ClientKeys | None) -> tuple[Socket, Socket | None]:
+    ctx: Context = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, 100_000)
+    if curve is not None:
+        curve.apply(sub)
+    if prefix:
+        sub.setsockopt_string(zmq.SUBSCRIBE, f"{prefix}/verdict")
+        if events:
+            sub.setsockopt_string(zmq.SUBSCRIBE, f"{prefix}/event")
+    else:
+        sub.setsockopt_string(zmq.SUBSCRIBE, "")
+    # With CURVE, a refused key is otherwise silence: libzmq does not retry a refused handshake, so say it.
+    monitor = sub.get_monitor_socket(_HANDSHAKE_FAILED) if curve is not None else None
+    sub.connect(endpoint)
+    return sub, monitor
+
+
+def _await_message(sub: Socket, monitor: Socket | None, timeout_ms: int | None, endpoint: str) -> bool:
+    """Wait for a message on `sub`: False when timeout_ms passed without one, or the daemon refused us."""
+    poller = zmq.Poller()
+    poller.register(sub, zmq.POLLIN)
+    if monitor is not None:
+        poller.register(monitor, zmq.POLLIN)
+    ready = dict(poller.poll(timeout_ms))
+    if monitor is not None and monitor in ready:
+        ev = parse_monitor_message(monitor.recv_multipart())
+        why = "key not authorised" if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "CURVE handshake failed"
+        print(
+            f"listen: {endpoint} refused this client ({why}): check --client-key is among the daemon's "
+            "publish.curve.authorised_keys and --server-key is the daemon's public key",
+            file=sys.stderr,
+        )
+        return False
+    return sub in ready

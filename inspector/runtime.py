@@ -538,6 +538,14 @@ def check(config_file: str | Path) -> list[str]:
         problem = check_directory(where, config.line.name, config.line.camera)
         if problem:
             problems.append(f"{config_file}: archive.path: {problem}")
+    if config.publish.curve is not None:  # the keys start-up would read (as this user: run it as the service's)
+        from inspector.curve import CurveKeyError, ServerKeys
+
+        c = config.publish.curve
+        try:
+            ServerKeys.load(resolve_path(config_file, c.secret_key), resolve_path(config_file, c.authorised_keys))
+        except CurveKeyError as exc:
+            problems.append(f"{config_file}: publish.curve: {exc}")
     if config.gateway is not None:  # the daemon ignores the section; the gateway reading this file would not
         from inspector.gateway.config import load_gateway_config
 

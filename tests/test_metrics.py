@@ -130,7 +130,7 @@ def test_values_after_a_sequence_of_calls():
     assert g("inspector_config_info", {**L, "config_hash": "cafe0123"}) == 1
     assert g("inspector_camera_connected", L) == 1
     assert g("inspector_actuator_connected", L) == 0
-    assert g("inspector_actuator_undelivered_total", L) == 2
+    assert g("inspector_actuator_undelivered_total", {**L, "cause": "no_receiver"}) == 2
 
 
 def test_alerting_series_exist_at_zero_before_anything_happens():

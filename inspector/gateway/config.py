@@ -73,6 +73,18 @@ class DaemonLinkConfig(_Model):
         "and it counts them undelivered; the gateway reports the seq gap as lost.",
     )
 
+    curve_client_key: str | None = Field(
+        None,
+        description="With publish.curve on the daemon: this gateway's CURVE key pair, a NAME.key_secret file of "
+        "`inspector keys generate` (mode 600, owned by the gateway's user), whose public NAME.key is among the "
+        "daemon's publish.curve.authorised_keys. Relative to this file. Required when publish.curve is set.",
+    )
+    curve_server_key: str | None = Field(
+        None,
+        description="The daemon's public key file (NAME.key). null = the NAME.key next to publish.curve.secret_key "
+        "of this file. Relative to this file.",
+    )
+
     @field_validator("actuator", "broadcast")
     @classmethod
     def _zmq_endpoint(cls, value: str | None) -> str | None:
@@ -265,6 +277,17 @@ class GatewayLineConfig(Config):
             raise ValueError(
                 "publish.actuator is null: the gateway takes the verdicts from the actuator channel; enable it "
                 "(or set gateway.daemon.actuator)"
+            )
+        d = self.gateway.daemon
+        if self.publish.curve is not None and d.curve_client_key is None:
+            raise ValueError(
+                "publish.curve is set: the daemon only lets in authorised CURVE clients; set "
+                "gateway.daemon.curve_client_key to this gateway's NAME.key_secret (inspector keys generate)"
+            )
+        if d.curve_client_key is not None and d.curve_server_key is None and self.publish.curve is None:
+            raise ValueError(
+                "gateway.daemon.curve_client_key needs the daemon's public key: set gateway.daemon.curve_server_key "
+                "(or publish.curve of the daemon in this file)"
             )
         return self
 

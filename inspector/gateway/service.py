@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from inspector.config import resolve_path
+from inspector.curve import ClientKeys, CurveKeyError, public_key_file
 from inspector.gateway.accounting import Accounting
 from inspector.gateway.config import GatewayLineConfig
 from inspector.gateway.intake import Intake, connect_endpoint
@@ -100,6 +101,7 @@ class Gateway:
                 f"the gateway needs {', '.join(missing)}: install the plc extra (pip install 'inspector[plc]')", 3
             )
         classes = defect_classes(self.config, self.config_file)
+        curve = self._curve_keys()  # before any server starts: a key refused leaves nothing running
         for name in enabled:
             sink = SINKS[name][0](self.config, self.config_file, classes)
             try:
@@ -117,12 +119,28 @@ class Gateway:
             self.deliver,
             reconnect_ms=g.daemon.reconnect_ms,
             rcvhwm=g.daemon.rcvhwm,
+            curve=curve,
         )
         self.intake.connect()
         self._watchdog = Watchdog(self.notifier, lambda: self.accounting.state.ticks)
         self._watchdog.start()
         self.notifier.ready(f"gateway for {topic}: {', '.join(s.name for s in self.sinks)}")
         log.info("gateway for %s ready (%s)", topic, ", ".join(s.name for s in self.sinks))
+
+    def _curve_keys(self) -> ClientKeys | None:
+        """The CURVE keys of gateway.daemon, read and checked now (exit 2 naming the file), or None."""
+        d, curve = self.config.gateway.daemon, self.config.publish.curve
+        if d.curve_client_key is None:
+            return None
+        if d.curve_server_key is not None:
+            server = resolve_path(self.config_file, d.curve_server_key)
+        else:
+            assert curve is not None  # GatewayLineConfig requires one of the two
+            server = public_key_file(resolve_path(self.config_file, curve.secret_key))
+        try:
+            return ClientKeys.load(resolve_path(self.config_file, d.curve_client_key), server)
+        except CurveKeyError as exc:
+            raise GatewayError(f"gateway.daemon: {exc}", 2) from None
 
     # ----------------------------------------------------------------------------------------- running
 
