@@ -291,7 +291,7 @@ def _rss_mb() -> float:
 
 def test_memory_stays_flat_over_reconnect_cycles(opened):
     # Before the fix each reconnect leaked its GenTL buffers (num_buffers x 10 MB PayloadSize on viky).
-    src = opened(_cfg(width=400, height=400, rate=200, reconnect_backoff_ms=[1]))
+    src = opened(_cfg(width=400, height=400, rate=200, reconnect_backoff_ms=[10]))
     src.start()
     out = np.zeros((400, 400, 1), np.uint8)
 
