@@ -126,6 +126,21 @@ class Collector:
         self.ctx.term()
 
 
+def run_to_end(config: Path, port: int) -> list[dict]:
+    """Run the real daemon on `config` (a source that ends, e.g. a folder replay with loop: false) until it stops
+    by itself, with a real SUB subscribed before the first frame; -> its verdicts, checked one per seq."""
+    from inspector.daemon import Daemon
+
+    sub = Collector(port)
+    daemon = Daemon(config, console=False, install_signals=False, before_start=sub.wait_subscribed)
+    daemon.start()
+    assert daemon.wait() == 0
+    sub.close()
+    verdicts = sub.verdicts()
+    assert [v["seq"] for v in verdicts] == list(range(len(verdicts)))
+    return verdicts
+
+
 def scrape(port: int) -> dict[str, float]:
     """A real HTTP scrape of the exporter: {'name{labels}': value} for inspector_ samples."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

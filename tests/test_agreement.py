@@ -27,10 +27,9 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from daemon_helpers import Collector, free_port, write_config
+from daemon_helpers import free_port, run_to_end, write_config
 from tiny_models import write_tiny_recognizer, write_tiny_segmenter
 
-from inspector.daemon import Daemon
 from inspector.synth import random_part, write_dataset
 
 pytestmark = pytest.mark.timeout(900)  # a loaded 2-core box: the CPU work is ~10 s per test
@@ -93,13 +92,7 @@ def _replay(
         tmp / f"line-{mode}.yaml", models, source=source, port=port, extra=yaml.safe_dump({"decision": decision})
     )
     config.write_text(config.read_text().replace("  onnxruntime:", f"  segmenter_mode: {mode}\n  onnxruntime:"))
-    sub = Collector(port)
-    daemon = Daemon(config, console=False, install_signals=False, before_start=sub.wait_subscribed)
-    daemon.start()
-    assert daemon.wait() == 0
-    sub.close()
-    verdicts = sub.verdicts()
-    assert [v["seq"] for v in verdicts] == list(range(len(verdicts)))
+    verdicts = run_to_end(config, port)
     assert all(v["inspected"] for v in verdicts), [v["detail"] for v in verdicts if not v["inspected"]]
     by_name = {Path(v["source_name"]).name: v for v in verdicts}
     assert len(by_name) == len(verdicts)  # one verdict per image

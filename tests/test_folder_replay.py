@@ -12,10 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from daemon_helpers import Collector, free_port, write_config
+from daemon_helpers import free_port, run_to_end, write_config
 from tiny_models import write_tiny_models
 
-from inspector.daemon import Daemon
 from inspector.preprocess import describe_fit
 from inspector.sources.image_header import HeaderError, image_size
 
@@ -69,12 +68,7 @@ def test_each_unreplayable_file_gets_one_bad_frame_verdict_and_the_rest_are_insp
     source = f"  kind: folder\n  path: {folder}\n  width: {SLOT}\n  height: {SLOT}\n  loop: false\n  masks: false"
     models = write_tiny_models(tmp_path / "models", size=SLOT)
     config = write_config(tmp_path / "line.yaml", models, source=source, port=port)
-    sub = Collector(port)
-    daemon = Daemon(config, console=False, install_signals=False, before_start=sub.wait_subscribed)
-    daemon.start()
-    assert daemon.wait() == 0
-    sub.close()
-    verdicts = sub.verdicts()
+    verdicts = run_to_end(config, port)
     assert [v["seq"] for v in verdicts] == list(range(7))  # exactly one verdict per file, in order
     by_name = {v["source_name"]: v for v in verdicts}
     assert sorted(by_name) == sorted(p.name for p in folder.iterdir())

@@ -9,11 +9,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from daemon_helpers import Collector, free_port, write_config
+from daemon_helpers import free_port, run_to_end, write_config
 from tiny_models import write_tiny_recognizer, write_tiny_segmenter
 
 from inspector.config import DecisionConfig
-from inspector.daemon import Daemon
 from inspector.decision import Decider, GridMap
 from inspector.manifest import read_manifest
 
@@ -45,12 +44,7 @@ def _run(tmp_path: Path, threshold: float, images: list[np.ndarray]) -> list[dic
         extra="decision: {block_threshold: 0.5, min_area_px: 0}\n",
     )
     config.write_text(config.read_text().replace("  onnxruntime:", "  segmenter_mode: never\n  onnxruntime:"))
-    sub = Collector(port)
-    daemon = Daemon(config, console=False, install_signals=False, before_start=sub.wait_subscribed)
-    daemon.start()
-    assert daemon.wait() == 0
-    sub.close()
-    verdicts = sub.verdicts()
+    verdicts = run_to_end(config, port)
     assert [v["seq"] for v in verdicts] == list(range(len(images)))
     return verdicts
 
