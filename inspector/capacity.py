@@ -30,8 +30,12 @@ import numpy as np
 from inspector.config import Config
 
 MEASURED_BATCHES = 5  # timed full batches after the warm-up, at least; the median is the figure
-MAX_MEASURED = 15  # ... and more, up to this many, while MEASURE_S lasts (start-up waits for it)
-MEASURE_S = 0.25
+MAX_MEASURED = 400  # ... and more, up to this many, while MEASURE_S lasts (start-up waits for it)
+# Seconds of full batches (a quarter of it for single frames). With a fast model (the demo recognizer, ~7 ms a
+# batch) 15 batches in 0.25 s gave figures 30 % apart from one start to the next on the 2-core test machine (542
+# to 723 frames/s), too noisy to tell overload from noise; with a second the figures of consecutive starts came
+# within about 10 % (docs/RELIABILITY.md). A slow model is timed `runs` times regardless.
+MEASURE_S = 1.0
 WINDOW = 16  # decided batches the running estimate looks back on
 # predict_s() takes this rank of the window's factors (0 = the smallest): the 75th percentile. Pessimistic enough
 # that the frames admitted close to their deadline make it, blind to a few stalls in WINDOW batches, and not so
@@ -74,16 +78,16 @@ def measure(
     """Time `run_batch(n)` (the inference thread's work for n frames; runtime.batch_work) for one frame and for
     a full batch: the median of at least `runs` each, more while MEASURE_S lasts (after the models' warm-up).
     `segment(n)`, for a gated segmenter, is timed on a full batch too (3 times at least)."""
-    single = _median_s(run_batch, 1, max(3, runs // 2))
-    full = single if batch_size == 1 else _median_s(run_batch, batch_size, runs)
-    seg = None if segment is None else _median_s(segment, batch_size, 3)
+    single = _median_s(run_batch, 1, max(3, runs // 2), MEASURE_S / 4)
+    full = single if batch_size == 1 else _median_s(run_batch, batch_size, runs, MEASURE_S)
+    seg = None if segment is None else _median_s(segment, batch_size, 3, MEASURE_S / 4)
     return Capacity(batch_size=batch_size, single_s=single, batch_s=max(full, single), segmenter_s=seg)
 
 
-def _median_s(run_batch: Callable[[int], None], n: int, runs: int) -> float:
+def _median_s(run_batch: Callable[[int], None], n: int, runs: int, seconds: float) -> float:
     # A median over more batches where they are quick: on a shared machine one batch can take twice as long.
     times: list[float] = []
-    end = time.perf_counter() + MEASURE_S
+    end = time.perf_counter() + seconds
     while len(times) < runs or (len(times) < MAX_MEASURED and time.perf_counter() < end):
         t0 = time.perf_counter()
         run_batch(n)

@@ -146,6 +146,7 @@ class PipelineCounters:
     inferred: int = 0  # frames handed to the networks (inspected, or decided too late: timeout, or error)
     busy_ns: int = 0  # time the inference thread spent on admitted batches, admission to last verdict
     idle_ns: int = 0  # time it waited for frames with none queued
+    resized_late: int = 0  # frames resized on the inference thread (not at acquisition: see _acquire_loop)
 
 
 class Pipeline:
@@ -195,6 +196,9 @@ class Pipeline:
         # takes no inference time; counted, a burst of them would get the frames in the ring shed as backlog.
         self._to_inspect = 0
         self._newest_to_inspect_ns = 0
+        # How many waiting frames admission last predicted it can decide within the deadline (never fewer than a
+        # batch); read without the lock by the acquisition thread to decide where a frame is resized.
+        self._keep = runtime.batch_size
         self._cond = threading.Condition(threading.Lock())
         self._freed = Wakeup()  # a slot was released: a paced replay may read its next frame
         self._stop_acquiring = threading.Event()
@@ -326,10 +330,12 @@ class Pipeline:
                 metrics.stage("acquire", perf() - t0)
                 if grab.camera_drops_before:
                     metrics.camera_drops(grab.camera_drops_before)
-                # Resized here only when it will be in the next batch. Behind a backlog, admission sheds most frames
-                # (docs/RELIABILITY.md) and a resize costs about a millisecond of CPU: the inference thread resizes
-                # those it admits instead, so overload costs no resize per frame that is never inspected.
-                if slot is not None and grab.bad_frame is None and len(queue) < self.runtime.batch_size:
+                # Resized here, beside inference, while the frames waiting are fewer than admission last said it
+                # can decide in time (`_keep`): such a frame will be inspected. Beyond that, admission sheds the
+                # oldest frames (docs/RELIABILITY.md): the inference thread resizes the ones it admits instead, so
+                # overload costs no resize per frame that is never inspected. When the ring is the bound (fast
+                # models: every slotted frame is inspected), this keeps the resize off the inference core.
+                if slot is not None and grab.bad_frame is None and self._to_inspect < self._keep:
                     t1 = perf()
                     prep.put(slot, self._pixels(t))
                     t.prepped = prep_key
@@ -459,6 +465,7 @@ class Pipeline:
         if servable < batch:  # a deadline shorter than two batches: the largest batch that still makes it
             servable = self._fits(deadline - newest_age, batch)
         excess = self._to_inspect - servable
+        self._keep = max(batch, servable)
         limit = min(batch, servable)
         probe = limit == 0 and now - self._last_admit_ns > PROBE_AFTER_NS
         if probe:
@@ -631,6 +638,7 @@ class Pipeline:
                 np.copyto(rec_buf[i], prep[t.slot])
             else:
                 rt.rec_pre.put(i, self._pixels(t))
+                self.counters.resized_late += 1
             if seg_upfront and seg_pre is not None:
                 seg_pre.put(i, self._pixels(t))
         # Gated with a different input spec needs the pixels again after the recognizer; otherwise the slots

@@ -128,6 +128,22 @@ def test_frames_faster_than_capacity_are_shed_at_admission_and_the_inspected_one
     assert kinds.index("start") < kinds.index("capacity")
 
 
+def test_when_the_ring_is_the_bound_every_inspected_frame_was_resized_at_acquisition(tmp_path, monkeypatch):
+    # A fast line against a small ring: every frame that gets a slot is inspected (admission could keep more
+    # than the ring holds), so its resize belongs on the acquisition thread, beside inference, and none on the
+    # inference thread (where it would cost inspected frames: docs/RELIABILITY.md, Overload).
+    slow = SlowRecognizer(monkeypatch, BATCH_SLEEP_S)
+    config, port = _line(tmp_path, 400.0, "{ring_slots: 8, batch_size: 2, deadline_ms: 1000}")
+    n = 300
+    daemon, sub, _ = _run(config, port, n)
+    verdicts = _one_verdict_each(daemon, sub, n)
+    inspected = [v for v in verdicts if v["inspected"]]
+    ring_full = [v for v in verdicts if v["reason"] == "overload" and v["detail"].endswith("ring slots were busy")]
+    assert inspected and ring_full  # overloaded, and shed by the full ring
+    assert slow.frames == len(inspected)
+    assert daemon.pipeline.counters.resized_late == 0
+
+
 def test_below_capacity_the_gauges_are_there_and_no_capacity_event(tmp_path, monkeypatch):
     SlowRecognizer(monkeypatch, 0.002)
     config, port = _line(tmp_path, 20.0, "{batch_size: 2, deadline_ms: 2000}")

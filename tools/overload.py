@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -48,34 +48,55 @@ from inspector.config import SyntheticSourceConfig, load_config  # noqa: E402
 from inspector.daemon import Daemon  # noqa: E402
 from inspector.runtime import build, retire  # noqa: E402
 
+VERDICT_FIELDS = ("seq", "inspected", "acquired_ns", "decided_ns", "reason", "detail", "camera_drops_before")
+
+
+def _collect(endpoint: str, subscribed: Any, stop: Any, out: Any) -> None:
+    """The SUB socket's process: every verdict (the fields the report needs) and every event, sent back at stop."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.connect(endpoint)
+    verdicts: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    while not stop.is_set() or sock.poll(0):
+        if not sock.poll(20):
+            continue
+        msg = json.loads(sock.recv_multipart()[1])
+        if msg["schema"].startswith("inspector.verdict/"):
+            verdicts.append({k: msg.get(k) for k in VERDICT_FIELDS})
+        else:
+            events.append(msg)
+            if msg["kind"] == "bench-probe":
+                subscribed.set()
+    sock.close(0)
+    ctx.term()
+    out.send((verdicts, events))
+    out.close()
+
 
 class Subscriber:
-    """A SUB socket on the daemon's broadcast endpoint, collecting verdicts and events in a thread."""
+    """A SUB socket on the daemon's broadcast endpoint, collecting verdicts and events in a process of its own.
+
+    Not a thread of the daemon's process: decoding thousands of JSON verdicts a second in there would take CPU
+    and the interpreter lock from the daemon under test, as no real monitor on a line does."""
 
     def __init__(self, endpoint: str):
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.sock.connect(endpoint)
+        ctx = multiprocessing.get_context("spawn")
+        self._subscribed, self._stop = ctx.Event(), ctx.Event()
+        self._recv, send = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_collect, args=(endpoint, self._subscribed, self._stop, send), daemon=True)
+        self._proc.start()
+        send.close()
         self.verdicts: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set() or self.sock.poll(0):
-            if not self.sock.poll(20):
-                continue
-            msg = json.loads(self.sock.recv_multipart()[1])
-            (self.verdicts if msg["schema"].startswith("inspector.verdict/") else self.events).append(msg)
 
     def wait_subscribed(self, daemon: Daemon) -> None:
-        end = time.monotonic() + 20
+        end = time.monotonic() + 60
         assert daemon.publisher is not None
-        while not any(e["kind"] == "bench-probe" for e in self.events):
-            if time.monotonic() > end:
+        while not self._subscribed.is_set():
+            if time.monotonic() > end or not self._proc.is_alive():
                 raise RuntimeError("the subscriber never connected")
             daemon.publisher.event("bench-probe")
             time.sleep(0.02)
@@ -83,9 +104,8 @@ class Subscriber:
     def close(self) -> None:
         time.sleep(0.3)
         self._stop.set()
-        self._thread.join(10)
-        self.sock.close(0)
-        self.ctx.term()
+        self.verdicts, self.events = self._recv.recv()
+        self._proc.join(30)
 
 
 def _overrides(config_file: Path, rate_hz: float | None, mode: str | None) -> dict[str, Any]:
@@ -175,6 +195,7 @@ def run(config_file: Path, rate_hz: float | None, frames: int, mode: str | None)
         "timeout_before_inference": sum(d.startswith("waited ") for d in detail),
         "timeout_after_inference": sum(d.startswith("decided after the deadline") for d in detail),
         "inferred_frames": counters.inferred,
+        "resized_on_inference_thread": counters.resized_late,
         # The inference thread's share of the span spent on admitted batches, and the rate it inspected at while
         # busy: separates "the shared machine got slower than at warm-up" from "admission left it idle".
         "inference_busy": round(counters.busy_ns / 1e9 / span_s, 3),

@@ -801,9 +801,14 @@ def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path,
     if ema is not None and resumed is not None:
         ema.load_state_dict(resumed["ema"])
     ddp_model = D.wrap(model, ctx)
+    # The window actually cut (BatchMaker clamps it to the input), not the asked-for crop: a 320 crop of a
+    # 224x224 squashed image is a 224x224 window, and the log must not suggest otherwise.
+    window = (
+        f" ({min(cfg.crop, size[0])}x{min(cfg.crop, size[1])} windows)" if cfg.task == "recognizer" and cfg.crop else ""
+    )
     log(
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; {cfg.epochs} epochs x {steps} steps "
-        f"x {cfg.batch} images{f' ({cfg.crop}x{cfg.crop} crops)' if cfg.task == 'recognizer' and cfg.crop else ''}"
+        f"x {cfg.batch} images{window}"
     )
 
     autocast = cfg.amp and ctx.device.type == "cuda"
