@@ -18,7 +18,8 @@
 # Everything is seeded; torch runs with a fixed thread count, so a rerun on the same machine reproduces the
 # same weights. Variables: PYTHON, WORK (scratch, default runs/demo), OUT (default engines/demo), EPOCHS_REC,
 # EPOCHS_SEG, LR_REC, LR_SEG, N_TRAIN, N_TEST, THREADS, TASKS (default "recognizer segmenter": rebuild one model with
-# TASKS=recognizer; decision.yaml then takes the other model's block from its last run in WORK).
+# TASKS=recognizer; decision.yaml then takes the other model's lines from its last run in WORK, else from the
+# decision.yaml already in OUT).
 #
 # Why these sizes: from scratch, the recognizer only starts to separate defect blocks from the part's texture
 # after ~1000 steps (before that its loss sits at ~0.62, learning part vs conveyor), and 480 images memorise
@@ -86,13 +87,24 @@ for task in $TASKS; do
 done
 
 # One decision block for both models: the recognizer's block threshold, the segmenter's pixel threshold and
-# minimum area.
+# minimum area. A model trained now, or earlier into WORK, gives its lines from WORK/<task>/decision.yaml; a model
+# never trained in this WORK (TASKS=recognizer on a fresh checkout) keeps its lines from the decision.yaml already
+# in OUT (the committed one), so rebuilding one model never drops or invents the other's operating point.
+decision_lines() {  # task, keys (an ERE alternation)
+    local source="$WORK/$1/decision.yaml"
+    [[ -f $source ]] || source="$OUT/decision.yaml"
+    echo "== decision.yaml: $1's $2 from $source" >&2
+    grep -h -E "^  ($2):" "$source" || { echo "no $2 in $source: train $1 (TASKS=$1)" >&2; return 1; }
+}
+# Both read before decision.yaml is rewritten: either may come from the old one.
+recognizer_lines=$(decision_lines recognizer block_threshold)
+segmenter_lines=$(decision_lines segmenter 'pixel_threshold|min_area_px')
 {
     echo "# Suggested by tools/make_demo_models.sh: operating point chosen on the validation split of the"
     echo "# synthetic training set; test metrics in engines/demo/*.manifest.json (training.metrics)."
     echo "decision:"
-    grep -h -E '^  (block_threshold|pixel_threshold|min_area_px):' "$WORK/recognizer/decision.yaml" \
-        "$WORK/segmenter/decision.yaml"
+    echo "$recognizer_lines"
+    echo "$segmenter_lines"
 } >"$OUT/decision.yaml"
 cat "$OUT/decision.yaml"
 ls -l "$OUT"
