@@ -3,6 +3,7 @@ frames decided by the real Decider (so archived decisions are real ones)."""
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 DEMO_MODELS = REPO / "engines" / "demo"
 
 
+@functools.cache  # read once: score_maps asks for every frame
 def demo_manifests() -> tuple[ModelManifest, ModelManifest]:
     return (
         read_manifest(DEMO_MODELS / "recognizer.onnx", verify_hash=False),
@@ -48,24 +50,31 @@ def decider(config: Config) -> Decider:
 
 
 def score_maps(rng: np.random.Generator, defective: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Block scores (7, 7) and pixel scores (5, 224, 224) like the demo models': background noise below and
-    around the pixel floor, and on defective frames one blob of a random class with strong probabilities."""
-    block = (rng.random((7, 7)) * 0.5).astype(np.float32)
+    """Block scores and pixel scores shaped like the demo models' outputs (from their manifests: the grid and
+    the segmenter's classes x input): background noise below and around the pixel floor, and on defective frames
+    one blob of a random class with strong probabilities, its block flagged."""
+    rec, seg = demo_manifests()
+    grid = rec.grid
+    classes_n, h, w = (int(d) for d in seg.output("pixel_scores").shape[1:])
+    block = (rng.random(grid) * 0.5).astype(np.float32)
     # Mostly near 0 like a trained segmenter's background, with ~1% of pixels above a 0.05 floor.
-    defect = np.minimum(rng.exponential(0.011, (224, 224)), 0.3).astype(np.float32)
-    classes = rng.dirichlet(np.ones(4), size=(224, 224)).astype(np.float32)
+    defect = np.minimum(rng.exponential(0.011, (h, w)), 0.3).astype(np.float32)
+    classes = rng.dirichlet(np.ones(classes_n - 1), size=(h, w)).astype(np.float32)
     if defective:
-        y, x = (int(v) for v in rng.integers(20, 200, 2))
+        # 20..200 and radius 2..14 on a 224x224 map (the demo segmenter's input), scaled to this map: inside
+        # it, off its edges.
+        y, x = (int(v) for v in rng.integers(20, 200, 2) * np.array([h, w]) // 224)
         r = int(rng.integers(2, 14))
-        blob = np.zeros((224, 224), np.uint8)
+        blob = np.zeros((h, w), np.uint8)
         cv2.circle(blob, (x, y), r, 1, -1)
         inside = blob > 0
         defect[inside] = (0.4 + 0.59 * rng.random(int(inside.sum()))).astype(np.float32)
-        main = int(rng.integers(0, 4))
+        main = int(rng.integers(0, classes_n - 1))
         classes[inside] *= 0.2
         classes[inside, main] += 0.8
-        block[min(6, y // 32), min(6, x // 32)] = np.float32(0.8 + 0.2 * rng.random())
-    pixel = np.empty((5, 224, 224), np.float32)
+        # Both maps cover the whole frame, so the blob's block is its place scaled to the grid.
+        block[y * grid[0] // h, x * grid[1] // w] = np.float32(0.8 + 0.2 * rng.random())
+    pixel = np.empty((classes_n, h, w), np.float32)
     pixel[0] = 1.0 - defect
     pixel[1:] = np.moveaxis(classes, 2, 0) * defect
     return block, pixel

@@ -240,7 +240,8 @@ def test_import_archive_makes_a_data_set_the_training_loader_reads(archive, tmp_
         rec = reader.open(reject[0].id)
         area = sum(d["area_px"] for d in rec.meta["decision"]["defects"])
         # Nearest-neighbour upsampling of the segmenter grid onto the frame: the area within a row/column's worth.
-        assert abs(int((seg_label > 0).sum()) - area) <= 2 * 320 / 224 * np.sqrt(area) * 4
+        upsampling = 320 / demo_manifests()[1].input.width
+        assert abs(int((seg_label > 0).sum()) - area) <= 2 * upsampling * np.sqrt(area) * 4
         assert by_name[reject[1].id].cls == "good" and by_name[reject[1].id].mask is None
         with (out / "classes.csv").open() as f:
             rows = list(csv.reader(f))

@@ -16,7 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from archive_helpers import REPO, Events, context, decided, decider, demo_config, hand_over, score_maps
+from archive_helpers import (
+    REPO,
+    Events,
+    context,
+    decided,
+    decider,
+    demo_config,
+    demo_manifests,
+    hand_over,
+    score_maps,
+)
 
 from inspector.archive import layout
 from inspector.archive.marks import Mark, MarkStore
@@ -132,7 +142,7 @@ def test_quota_deletes_the_oldest_first_and_readers_see_only_whole_records(tmp_p
     on_disk = sum(p.stat().st_size for p in (root / "records").rglob("*.zip"))
     assert on_disk == writer.bytes_on_disk <= 1 << 20
     for rec in reader.records():
-        assert rec.block_scores().shape == (7, 7)
+        assert rec.block_scores().shape == demo_manifests()[0].grid
     assert not list((root / "tmp").iterdir())
 
 
