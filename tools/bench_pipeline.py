@@ -202,13 +202,18 @@ def report(
     rec = resolve_path(args.config, config.models.recognizer.path).resolve()
     manifest = load_model_manifest("onnxruntime", rec, OnnxRuntimeSettings(), 1)
     where = rec.relative_to(ROOT) if rec.is_relative_to(ROOT) else rec
+    # The input and fit in the record: the same file name may hold a squashing 224 model or a native-resolution
+    # one (the demo recognizer was both), and they cost differently per frame.
+    pre = manifest.preprocessing
+    fit = "squashed" if pre.fit == "squash" else f"placed at scale {pre.scale:g}"
+    model_input = f"input {manifest.input.height}x{manifest.input.width}, frames {fit}"
     lines = [
         f"### {time.strftime('%Y-%m-%d %H:%M')} — commit {commit.stdout.strip() or '?'}"
         f"{' (uncommitted changes)' if dirty.stdout.strip() else ''} — {cpu_name()}, {os.cpu_count()} CPUs",
         "",
         f"Command: `{' '.join(['.venv/bin/python tools/bench_pipeline.py', *cmd_args])}`",
         "",
-        f"Recognizer `{manifest.architecture}` ({where}), recognizer only; "
+        f"Recognizer `{manifest.architecture}` ({where}, {model_input}), recognizer only; "
         f"{config.source.pixel_format} Magnetic Tile tiles at native size (slot {config.source.width}x"
         f"{config.source.height}), "
         f"fed as fast as the pipeline takes them; {args.rounds} interleaved rounds of {args.seconds:g} s, medians. "
