@@ -141,7 +141,8 @@ DEMO_SIZES = [(320, 320), (288, 352), (352, 256), (240, 320)]
 
 def test_demo_recognizer_verdicts_equal_evaluate(tmp_path):
     """The same with the committed demo recognizer, a trained network (numerics a max-pool cannot show), on
-    synthetic parts of the kind it was trained on, at sizes around its own."""
+    synthetic parts of the kind it was trained on, at sizes around the demo's 320x320 frames (whatever the
+    model's input: squashed or placed, evaluate and the daemon prepare them alike)."""
     rec, seg = DEMO / "recognizer.onnx", DEMO / "segmenter.onnx"
     write_dataset(tmp_path / "val", 24, seed=21, size=(320, 320), defect_probability=0.5)
     _test_set(tmp_path / "test", per_size=3, seed=22, sizes=DEMO_SIZES)
