@@ -308,10 +308,22 @@ def test_a_writer_killed_mid_write_leaves_only_whole_records(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(repo=str(REPO), tests=str(REPO / "tests"), root=str(root)))
     rng = np.random.default_rng(7)
+
+    def on_disk() -> int:
+        return sum(1 for _ in (root / "records").rglob("*.zip")) if (root / "records").exists() else 0
+
     for round_ in range(3):
+        before = on_disk()
         proc = subprocess.Popen([sys.executable, str(script), str(round_)], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.3 + 0.5 * rng.random())
+        # Killed while it writes: once this round's writer has finished a record (a loaded machine can take
+        # seconds to get there, so wait for it rather than a fixed time), then at a random moment of the next.
+        end = time.monotonic() + 60
+        while on_disk() <= before:
+            assert time.monotonic() < end, "the child wrote no record within 60 s"
+            assert proc.poll() is None, "the child exited"
+            time.sleep(0.01)
+        time.sleep(0.2 * rng.random())
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         proc.stdout.close()
