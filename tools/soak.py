@@ -143,10 +143,16 @@ def daemon_counts(m: Samples) -> dict[str, Any]:
         "camera_dropped_frames": int(total(m, "inspector_camera_dropped_frames_total")),
         "reloads": {k: int(x) for k, x in by_label(m, "inspector_reloads_total", "result").items() if x},
         # Every actuator counter is a verdict that did not reach a receiver (undelivered; stale, where counted).
+        # Each summed over its labels (cause, line, camera). It was one entry per series, so the last series read
+        # (a cause with 0) hid the others: a 1M-frame run reported 0 undelivered, and every verdict missed at
+        # the receiver passed as lost on a vanish.
         "actuator_not_delivered": {
-            name: int(x)
-            for (name, _), x in m.items()
+            name: int(total(m, name))
+            for name in sorted({n for n, _ in m})
             if name.startswith("inspector_actuator_") and name.endswith("_total")
+        },
+        "actuator_undelivered_by_cause": {
+            k: int(x) for k, x in by_label(m, "inspector_actuator_undelivered_total", "cause").items() if x
         },
     }
 
