@@ -917,6 +917,9 @@ class Harness:
             "vanishes": pull.stats.vanishes,
             "gaps": len(pull.stats.gaps),
             "gaps_by_cause": dict(Counter(str(g.explained_by) for g in pull.stats.gaps)),
+            # The verdicts missing at each reconnect after a vanish: undelivered while nobody was connected, plus
+            # what sat in the closed socket's queues (lost_on_vanish over all of them).
+            "missed_per_vanish_gap": sorted(g.missing for g in pull.stats.gaps if g.explained_by == "vanish"),
         }
 
     def _check_stop_and_reloads(self, d: dict[str, Any], rc: int) -> None:
