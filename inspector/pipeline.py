@@ -199,6 +199,7 @@ class Pipeline:
         # How many waiting frames admission last predicted it can decide within the deadline (never fewer than a
         # batch); read without the lock by the acquisition thread to decide where a frame is resized.
         self._keep = runtime.batch_size
+        self._arrival_detail = "shed at admission, on arrival"  # replaced with the figures at the first take
         self._cond = threading.Condition(threading.Lock())
         self._freed = Wakeup()  # a slot was released: a paced replay may read its next frame
         self._stop_acquiring = threading.Event()
@@ -221,6 +222,8 @@ class Pipeline:
         if runtime.capacity is None:
             runtime.capacity = measure(batch_work(runtime), runtime.batch_size, segment=segment_work(runtime))
         self.service = ServiceTime(runtime.capacity)
+        full_ns = max(1, int(self.service.predict_s(runtime.batch_size) * 1e9))
+        self._keep = max(runtime.batch_size, runtime.batch_size * (int(runtime.deadline_ns * BACKLOG_SHARE) // full_ns))
         self._admitted_ns = 0  # when the batch being processed was admitted
         self._last_admit_ns = time.monotonic_ns()
         # Reused per batch (no per-batch list allocation on the hot path).
@@ -300,8 +303,7 @@ class Pipeline:
 
     def _acquire_loop(self) -> None:
         ring, source, metrics, tickets = self.ring, self.source, self.metrics, self.tickets
-        prep, prep_key = self._prep, self._prep_key
-        queue, cond, counters = self._queue, self._cond, self.counters
+        queue = self._queue
         perf = time.perf_counter
         seq = 0
         try:
@@ -315,7 +317,10 @@ class Pipeline:
                     # admission sheds from it what a free-running camera would have made late.
                     self._freed.wait(IDLE_WAIT_S)
                     continue
-                slot = ring.acquire()
+                # Shed on arrival when as many frames wait as admission last said it can decide in time: this frame
+                # would only push an older one out, so it takes no slot and no resize (docs/RELIABILITY.md).
+                shed = not self.paced_by_pipeline and self._to_inspect >= self._keep
+                slot = None if shed else ring.acquire()
                 if slot is None and self.paced_by_pipeline:
                     self._freed.wait(IDLE_WAIT_S)  # backpressure: a replay waits for inference
                     continue
@@ -330,20 +335,7 @@ class Pipeline:
                 metrics.stage("acquire", perf() - t0)
                 if grab.camera_drops_before:
                     metrics.camera_drops(grab.camera_drops_before)
-                # Resized here, beside inference, while the frames waiting are fewer than admission last said it
-                # can decide in time (`_keep`): such a frame will be inspected. Beyond that, admission sheds the
-                # oldest frames (docs/RELIABILITY.md): the inference thread resizes the ones it admits instead, so
-                # overload costs no resize per frame that is never inspected. When the ring is the bound (fast
-                # models: every slotted frame is inspected), this keeps the resize off the inference core.
-                if slot is not None and grab.bad_frame is None and self._to_inspect < self._keep:
-                    t1 = perf()
-                    prep.put(slot, self._pixels(t))
-                    t.prepped = prep_key
-                    metrics.stage("preprocess", perf() - t1)
-                with cond:
-                    counters.acquired = seq
-                    self._enqueue(t)
-                    cond.notify()
+                self._hand_over(t, seq, shed)
         except EndOfStream:
             self.end_of_stream = True
             log.info("source: end of stream after %d frames", seq)
@@ -361,6 +353,28 @@ class Pipeline:
             with self._cond:
                 self._acquisition_done = True
                 self._cond.notify_all()
+
+    def _hand_over(self, t: Ticket, acquired: int, shed: bool) -> None:
+        """A frame just acquired goes to the inference thread's queue: resized first when it has a slot.
+
+        Every frame that has a slot arrived while fewer frames waited than admission can decide in time, so it
+        will be inspected (unless a slower batch shrinks that number): its resize runs here, beside inference
+        (OpenCV and ONNX Runtime both release the GIL), not on the inference core. A frame shed on arrival has
+        no slot and costs no resize. (The first rule, "resize only while fewer than a batch wait", left every
+        resize of an overloaded line to the inference thread: docs/RELIABILITY.md.)"""
+        if t.slot >= 0 and t.bad is None:
+            t1 = time.perf_counter()
+            self._prep.put(t.slot, self._pixels(t))
+            t.prepped = self._prep_key
+            self.metrics.stage("preprocess", time.perf_counter() - t1)
+        if shed:
+            t.detail = self._arrival_detail
+        with self._cond:
+            self.counters.acquired = acquired
+            if shed:
+                self.counters.shed += 1
+            self._enqueue(t)
+            self._cond.notify()
 
     def _grab(self, source: Source, out: np.ndarray, slot: int | None) -> Grab | None:
         """source.grab() into `out`; the slot goes back to the ring if no frame came (or the source raised)."""
@@ -465,7 +479,13 @@ class Pipeline:
         if servable < batch:  # a deadline shorter than two batches: the largest batch that still makes it
             servable = self._fits(deadline - newest_age, batch)
         excess = self._to_inspect - servable
-        self._keep = max(batch, servable)
+        keep = max(batch, servable)
+        if keep != self._keep or not self._arrival_detail.endswith(")"):
+            self._keep = keep  # one string per change, not per frame shed on arrival
+            self._arrival_detail = (
+                f"shed at admission, on arrival: {keep} frames were waiting, as many as can be decided within the "
+                f"{deadline / 1e6:g} ms deadline ({batch} per {full_ns / 1e6:.0f} ms batch, predicted)"
+            )
         limit = min(batch, servable)
         probe = limit == 0 and now - self._last_admit_ns > PROBE_AFTER_NS
         if probe:
@@ -524,8 +544,8 @@ class Pipeline:
         todo = self._todo
         todo.clear()
         for t in items:
-            if t.slot < 0:
-                self._failsafe(rt, t, Reason.OVERLOAD, self._overload_detail)
+            if t.slot < 0:  # the ring was full, or shed on arrival (detail set then)
+                self._failsafe(rt, t, Reason.OVERLOAD, t.detail or self._overload_detail)
             elif t.bad is not None:
                 self._held.append(t.slot)
                 self._failsafe(rt, t, Reason.BAD_FRAME, t.bad)

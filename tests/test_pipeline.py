@@ -126,6 +126,8 @@ def test_ring_full_overloads_are_no_backlog_at_admission():
         _newest_to_inspect_ns=0,
         _last_admit_ns=now,
         _admitted_ns=0,
+        _keep=1,
+        _arrival_detail="",
     )
     pipe._fits = lambda budget_ns, batch: Pipeline._fits(pipe, budget_ns, batch)
     pipe._shed = lambda t, detail: Pipeline._shed(pipe, t, detail)
