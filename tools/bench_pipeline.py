@@ -214,8 +214,8 @@ def report(
         f"Command: `{' '.join(['.venv/bin/python tools/bench_pipeline.py', *cmd_args])}`",
         "",
         f"Recognizer `{manifest.architecture}` ({where}, {model_input}), recognizer only; "
-        f"{config.source.pixel_format} Magnetic Tile tiles at native size (slot {config.source.width}x"
-        f"{config.source.height}), "
+        f"{config.source.pixel_format} frames of `{config.source.path}` (camera `{config.line.camera}`) at native "
+        f"size (slot {config.source.width}x{config.source.height}), "
         f"fed as fast as the pipeline takes them; {args.rounds} interleaved rounds of {args.seconds:g} s, medians. "
         f"Load average before/after: {load_before} / {load_text()} (the machine is shared).",
         "",
