@@ -29,6 +29,11 @@ def demo_manifests() -> tuple[ModelManifest, ModelManifest]:
     )
 
 
+@functools.cache
+def demo_block_threshold() -> float:
+    return float(load_config(DEMO_CONFIG).decision.block_threshold)
+
+
 def demo_config(root: Path | None = None, **archive) -> Config:
     config = load_config(DEMO_CONFIG)
     fields = {"enabled": root is not None, "path": str(root) if root else None, **archive}
@@ -56,7 +61,8 @@ def score_maps(rng: np.random.Generator, defective: bool) -> tuple[np.ndarray, n
     rec, seg = demo_manifests()
     grid = rec.grid
     classes_n, h, w = (int(d) for d in seg.output("pixel_scores").shape[1:])
-    block = (rng.random(grid) * 0.5).astype(np.float32)
+    # Normal blocks well below the demo's block threshold (as a trained recognizer's mostly are), whatever it is.
+    block = (rng.random(grid) * (0.6 * demo_block_threshold())).astype(np.float32)
     # Mostly near 0 like a trained segmenter's background, with ~1% of pixels above a 0.05 floor.
     defect = np.minimum(rng.exponential(0.011, (h, w)), 0.3).astype(np.float32)
     classes = rng.dirichlet(np.ones(classes_n - 1), size=(h, w)).astype(np.float32)

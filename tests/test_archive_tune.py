@@ -91,8 +91,9 @@ def test_flips_when_the_block_threshold_rises(archive, threshold):
 
 def test_a_lower_block_threshold_is_unknown_where_the_segmenter_never_ran(archive):
     root, config, items = archive
-    report = run_tune(root, DEMO_CONFIG, {"decision.block_threshold": 0.3})
-    expected = _expected(config, items, block_threshold=0.3)
+    lower = config.decision.block_threshold / 2  # below the config's: frames the segmenter never saw get flagged
+    report = run_tune(root, DEMO_CONFIG, {"decision.block_threshold": lower})
+    expected = _expected(config, items, block_threshold=lower)
     assert report.unknown == sum(v is None for v in expected.values()) > 0
 
 

@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "make_demo_models.sh"
-COMMITTED = "decision:\n  block_threshold: 0.8405\n  pixel_threshold: 0.232\n  min_area_px: 3\n"
+COMMITTED = "decision:\n  block_threshold: 0.3141\n  pixel_threshold: 0.232\n  min_area_px: 3\n"
 FRESH = {"recognizer": {"block_threshold": 0.1234}, "segmenter": {"pixel_threshold": 0.5555, "min_area_px": 42}}
 
 # `PYTHON -m inspector.train.cli evaluate --model WORK/<task>/best.pt ... --yaml FILE` writes FRESH[task] to FILE.
