@@ -134,6 +134,12 @@ class TicketPool:
 # ----------------------------------------------------------------------------------------------- pipeline
 
 
+def backlog_frames(deadline_ns: int, newest_age_ns: int, batch: int, batch_ns: int) -> int:
+    """Frames that may wait: `batch` per predicted batch time that fits into BACKLOG_SHARE of the deadline, less
+    the newest waiting frame's age (docs/RELIABILITY.md, Admission)."""
+    return batch * max(0, (int(deadline_ns * BACKLOG_SHARE) - newest_age_ns) // batch_ns)
+
+
 @dataclass
 class PipelineCounters:
     acquired: int = 0
@@ -196,10 +202,6 @@ class Pipeline:
         # takes no inference time; counted, a burst of them would get the frames in the ring shed as backlog.
         self._to_inspect = 0
         self._newest_to_inspect_ns = 0
-        # How many waiting frames admission last predicted it can decide within the deadline (never fewer than a
-        # batch); read without the lock by the acquisition thread to decide where a frame is resized.
-        self._keep = runtime.batch_size
-        self._arrival_detail = "shed at admission, on arrival"  # replaced with the figures at the first take
         self._cond = threading.Condition(threading.Lock())
         self._freed = Wakeup()  # a slot was released: a paced replay may read its next frame
         self._stop_acquiring = threading.Event()
@@ -222,8 +224,12 @@ class Pipeline:
         if runtime.capacity is None:
             runtime.capacity = measure(batch_work(runtime), runtime.batch_size, segment=segment_work(runtime))
         self.service = ServiceTime(runtime.capacity)
+        # How many waiting frames admission last predicted it can decide within the deadline (never fewer than a
+        # batch), and the detail of a frame shed on arrival for it: read without the lock by the acquisition thread.
+        self._keep = 0
+        self._arrival_detail = ""
         full_ns = max(1, int(self.service.predict_s(runtime.batch_size) * 1e9))
-        self._keep = max(runtime.batch_size, runtime.batch_size * (int(runtime.deadline_ns * BACKLOG_SHARE) // full_ns))
+        self._set_keep(backlog_frames(runtime.deadline_ns, 0, runtime.batch_size, full_ns), runtime, full_ns)
         self._admitted_ns = 0  # when the batch being processed was admitted
         self._last_admit_ns = time.monotonic_ns()
         # Reused per batch (no per-batch list allocation on the hot path).
@@ -475,17 +481,12 @@ class Pipeline:
         deadline, batch = rt.deadline_ns, rt.batch_size
         full_ns = max(1, int(est.predict_s(batch) * 1e9))
         newest_age = now - self._newest_to_inspect_ns if self._to_inspect else 0
-        servable = batch * max(0, (int(deadline * BACKLOG_SHARE) - newest_age) // full_ns)
+        servable = backlog_frames(deadline, newest_age, batch, full_ns)
         if servable < batch:  # a deadline shorter than two batches: the largest batch that still makes it
             servable = self._fits(deadline - newest_age, batch)
         excess = self._to_inspect - servable
-        keep = max(batch, servable)
-        if keep != self._keep or not self._arrival_detail.endswith(")"):
-            self._keep = keep  # one string per change, not per frame shed on arrival
-            self._arrival_detail = (
-                f"shed at admission, on arrival: {keep} frames were waiting, as many as can be decided within the "
-                f"{deadline / 1e6:g} ms deadline ({batch} per {full_ns / 1e6:.0f} ms batch, predicted)"
-            )
+        if max(batch, servable) != self._keep:
+            self._set_keep(servable, rt, full_ns)
         limit = min(batch, servable)
         probe = limit == 0 and now - self._last_admit_ns > PROBE_AFTER_NS
         if probe:
@@ -524,6 +525,14 @@ class Pipeline:
         if n:
             self._last_admit_ns = now
         self._admitted_ns = now
+
+    def _set_keep(self, servable: int, rt: Runtime, full_ns: int) -> None:
+        # One detail string per change of the figure, not one per frame shed on arrival.
+        self._keep = keep = max(rt.batch_size, servable)
+        self._arrival_detail = (
+            f"shed at admission, on arrival: {keep} frames were waiting, as many as can be decided within the "
+            f"{rt.deadline_ns / 1e6:g} ms deadline ({rt.batch_size} per {full_ns / 1e6:.0f} ms batch, predicted)"
+        )
 
     def _fits(self, budget_ns: int, batch: int) -> int:
         """The largest batch predicted to be decided within budget_ns (0: not even one frame)."""

@@ -131,6 +131,7 @@ def test_ring_full_overloads_are_no_backlog_at_admission():
     )
     pipe._fits = lambda budget_ns, batch: Pipeline._fits(pipe, budget_ns, batch)
     pipe._shed = lambda t, detail: Pipeline._shed(pipe, t, detail)
+    pipe._set_keep = lambda servable, rt, full_ns: Pipeline._set_keep(pipe, servable, rt, full_ns)
     pool = TicketPool(0)
     for seq in range(80):
         t = pool.take()
