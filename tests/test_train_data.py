@@ -156,3 +156,34 @@ def test_balanced_losses_weigh_both_kinds_equally():
     truth = torch.zeros(1, 4, 4)
     truth[0, 0, 0] = 1
     assert balanced_bce(dense, truth).item() == pytest.approx(np.log(2), rel=1e-5)
+
+
+def test_per_image_weighting_gives_a_one_block_defect_the_weight_of_a_large_one():
+    # Image 0: one large defect over 8 blocks, all confidently right. Image 1: a one-block defect, missed.
+    logits = torch.zeros(2, 2, 4, 4)
+    target = torch.zeros(2, 4, 4, dtype=torch.long)
+    target[0, :2, :] = 1
+    logits[0, 1, :2, :] = 8.0
+    target[1, 3, 3] = 1
+    logits[1, 0, 3, 3] = 4.0  # the small defect's block scored normal
+    ce = torch.nn.functional.cross_entropy
+    right = ce(torch.tensor([[0.0, 8.0]]), torch.tensor([1])).item()
+    missed = ce(torch.tensor([[4.0, 0.0]]), torch.tensor([1])).item()
+    normal = np.log(2)
+    pooled = balanced_ce(logits, target)
+    assert pooled.item() == pytest.approx(0.5 * (8 * right + missed) / 9 + 0.5 * normal, rel=1e-5)
+    per_image = balanced_ce(logits, target, per_image=True)
+    assert per_image.item() == pytest.approx(0.5 * (right + missed) / 2 + 0.5 * normal, rel=1e-5)
+    # The same for the dense loss, and cells outside `valid` count on neither side.
+    dense = torch.where(target > 0, torch.tensor(8.0), torch.tensor(0.0))
+    dense[1, 3, 3] = -4.0
+    valid = torch.ones(2, 4, 4, dtype=torch.bool)
+    valid[1, 0, 0] = False
+    dense[1, 0, 0] = 50.0  # would be a huge false positive if it were scored
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    right_d = bce(torch.tensor(8.0), torch.tensor(1.0)).item()
+    missed_d = bce(torch.tensor(-4.0), torch.tensor(1.0)).item()
+    got = balanced_bce(dense, target.float(), valid, per_image=True)
+    assert got.item() == pytest.approx(0.5 * (right_d + missed_d) / 2 + 0.5 * normal, rel=1e-5)
+    with pytest.raises(ValueError, match="positive_weight"):
+        TrainConfig(positive_weight="pixel")

@@ -137,6 +137,12 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--image-weight", type=float, default=d.image_weight, help="recognizer: highest-block image loss")
     g.add_argument(
+        "--positive-weight",
+        choices=("cell", "image"),
+        default=d.positive_weight,
+        help="recognizer: defective cells pooled, or each defective window weighing the same",
+    )
+    g.add_argument(
         "--paste", type=float, default=d.paste, help="recognizer: P(a real defect is pasted into a defect-free image)"
     )
     g = p.add_argument_group("augmentation")
@@ -229,6 +235,7 @@ def config_from_args(args: argparse.Namespace):
         hard_negatives=args.hard_negatives,
         ignore_ring=args.ignore_ring,
         image_weight=args.image_weight,
+        positive_weight=args.positive_weight,
         paste=args.paste,
         output_stride=args.output_stride,
         device=args.device,

@@ -107,6 +107,7 @@ class TrainConfig:
     hard_negatives: float = 0.0  # recognizer: > 0 = normal-block loss over the hardest k x #defective blocks
     ignore_ring: int = 1  # recognizer: normal blocks within this many blocks of a defective one are not scored
     image_weight: float = 0.5  # recognizer: weight of the image-level loss on the highest block of each window
+    positive_weight: str = "cell"  # recognizer: cell | image (each defective window weighs the same: positive_mean)
     standardize: bool = True  # per-image input standardisation inside the network (models.ImageStandardize)
     pad: str = "zero"  # what surrounds a placed frame in the input: zero | reflect (preprocess.place_image)
     ema: float = 0.0  # > 0: keep an exponential moving average of the weights (decay per step), validated/exported
@@ -149,6 +150,8 @@ class TrainConfig:
             raise ValueError("select must be best or last")
         if self.pad not in ("zero", "reflect"):
             raise ValueError(f"pad must be zero or reflect, not {self.pad!r}")
+        if self.positive_weight not in ("cell", "image"):
+            raise ValueError(f"positive_weight must be cell or image, not {self.positive_weight!r}")
         if not 0 <= self.ema < 1:
             raise ValueError("ema must lie in [0, 1)")
         if self.batch < 2:
@@ -403,19 +406,21 @@ def resolve_color(cfg: TrainConfig, samples: list[Sample]) -> str:
 
 
 def balanced_ce(
-    logits: torch.Tensor, target: torch.Tensor, hard_negatives: float = 0.0, valid: torch.Tensor | None = None
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    hard_negatives: float = 0.0,
+    valid: torch.Tensor | None = None,
+    per_image: bool = False,
 ) -> torch.Tensor:
     """Mean cross-entropy of the defective cells and of the normal ones, weighted equally.
 
     logits (N, 2, ...) and target (N, ...) long; `valid` (N, ...) bool keeps only those cells. Without
     defective cells: the normal mean alone. With `hard_negatives` k > 0: the normal mean is over the hardest
-    max(k x #defective, N) normal cells."""
-    ce = F.cross_entropy(logits, target, reduction="none").flatten()
-    pos = target.flatten() > 0
-    if valid is not None:
-        keep = valid.flatten() | pos
-        ce, pos = ce[keep], pos[keep]
-    neg = ce[~pos]
+    max(k x #defective, N) normal cells. With `per_image`, the defective mean is taken per image first and then
+    over images (positive_mean)."""
+    ce = F.cross_entropy(logits, target, reduction="none")
+    pos = target > 0
+    neg = ce[~pos if valid is None else valid & ~pos]
     n_pos = int(pos.sum())
     if hard_negatives > 0 and len(neg):
         k = min(len(neg), max(int(hard_negatives * n_pos), logits.shape[0]))
@@ -423,7 +428,23 @@ def balanced_ce(
     neg_mean = neg.mean() if len(neg) else ce.sum() * 0
     if n_pos == 0:
         return neg_mean
-    return 0.5 * ce[pos].mean() + 0.5 * neg_mean
+    return 0.5 * positive_mean(ce, pos, per_image) + 0.5 * neg_mean
+
+
+def positive_mean(loss: torch.Tensor, pos: torch.Tensor, per_image: bool) -> torch.Tensor:
+    """Mean of `loss` over the `pos` cells ((N, ...) each): over all of them pooled, or (`per_image`) per image
+    first and then over the images that have any.
+
+    Why per image: pooled, an image's weight in the defective term is its number of defective cells, so one
+    large defect (an uneven patch over 20 blocks) outweighs twenty 1-block blowholes in the same batch, and the
+    network learns least about the defects the line finds hardest. Per image, every defective window counts
+    the same, as in the image verdict."""
+    if not per_image:
+        return loss[pos].mean()
+    pos_f = pos.flatten(1).to(loss.dtype)
+    counts = pos_f.sum(1)
+    has = counts > 0
+    return ((loss.flatten(1) * pos_f).sum(1)[has] / counts[has]).mean()
 
 
 def ignore_near_defects(target: torch.Tensor, ring: int, valid: torch.Tensor | None) -> torch.Tensor:
@@ -452,15 +473,23 @@ def max_block_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tens
     return balanced_bce(top, label)
 
 
-def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy with logits, mean over positive cells and over negative cells, weighted equally."""
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten()
-    pos = target.flatten() > 0.5
-    if not pos.any():
-        return bce.mean()
-    if pos.all():
-        return bce.mean()
-    return 0.5 * bce[pos].mean() + 0.5 * bce[~pos].mean()
+def balanced_bce(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, per_image: bool = False
+) -> torch.Tensor:
+    """Binary cross-entropy with logits, mean over positive cells and over negative cells, weighted equally.
+
+    `valid` (same shape, bool) keeps only those cells; `per_image`: the positive mean per image first
+    (positive_mean), the leading dimension being the image."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    pos = target > 0.5
+    if valid is not None:
+        pos = pos & valid
+        neg = valid & ~pos
+    else:
+        neg = ~pos
+    if not pos.any() or not neg.any():
+        return bce[pos | neg].mean()
+    return 0.5 * positive_mean(bce, pos, per_image) + 0.5 * bce[neg].mean()
 
 
 def training_loss(
@@ -479,7 +508,8 @@ def training_loss(
         target = torch.from_numpy(batch.blocks).to(device).long()
         if cfg.ignore_ring > 0:
             valid = ignore_near_defects(target, cfg.ignore_ring, valid)
-        block_loss = balanced_ce(blocks, target, cfg.hard_negatives, valid)
+        per_image = cfg.positive_weight == "image"
+        block_loss = balanced_ce(blocks, target, cfg.hard_negatives, valid, per_image)
         loss, parts = block_loss, {"block": block_loss.item()}
         if cfg.image_weight > 0:
             image_loss = max_block_loss(blocks, target, valid)
@@ -487,11 +517,8 @@ def training_loss(
             parts["image"] = image_loss.item()
         if dense is not None:
             dense_t = torch.from_numpy(batch.dense).to(device)
-            if batch.dense_valid is not None:
-                keep = torch.from_numpy(batch.dense_valid).to(device)
-                dense_loss = balanced_bce(dense[:, 0][keep], dense_t[keep])
-            else:
-                dense_loss = balanced_bce(dense[:, 0], dense_t)
+            keep = torch.from_numpy(batch.dense_valid).to(device) if batch.dense_valid is not None else None
+            dense_loss = balanced_bce(dense[:, 0], dense_t, keep, per_image)
             loss = loss + cfg.aux_weight * dense_loss
             parts["dense"] = dense_loss.item()
         return loss, parts
