@@ -212,12 +212,13 @@ SOURCE_CONFIGS: dict[str, type[_SourceBase]] = {
 
 class OnnxRuntimeSettings(_Model):
     intra_op_threads: int = Field(
-        1,
+        0,
         ge=0,
         le=256,
-        description="ONNX Runtime intra-op threads; 0 = ONNX Runtime's choice, one per physical core. 1 leaves "
-        "the other cores to acquisition, preprocessing and publishing, and was fastest on the 2-core reference "
-        "machine, bare and in the daemon (docs/BENCHMARKS.md); tools/bench_pipeline.py measures yours.",
+        description="ONNX Runtime intra-op threads; 0 = ONNX Runtime's choice, one per physical core: on the 2-core "
+        "reference machine with nothing else running, the daemon with one thread per core (2, batch 2) inspected "
+        "1.8x the frames per second it did with 1 (batch 4) (docs/BENCHMARKS.md, 2026-12-03). 1 leaves the other "
+        "cores to other work on a shared box (the demo line's setting); tools/bench_pipeline.py measures yours.",
     )
     inter_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime inter-op threads.")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
