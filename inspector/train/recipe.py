@@ -23,7 +23,9 @@ epoch is as many steps as it takes to draw as many images as the training set ho
   cross-entropy of the defective blocks and the mean of the normal ones, weighted equally (balanced blocks;
   with `hard_negatives` > 0 the normal-block mean is over the hardest `hard_negatives` x #defective ones
   only), plus `aux_weight` x the balanced binary cross-entropy of the dense head against the pixel mask at
-  stride 8, dilated by `aux_dilate` px (mixed supervision; `aux_weight` 0 trains block labels only).
+  stride 8, dilated by `aux_dilate` px (mixed supervision; `aux_weight` 0 trains block labels only). In both,
+  the defective mean is taken per window first (`positive_weight` image, the default): a one-block blowhole
+  weighs as much as an uneven patch over twenty blocks (positive_mean; measured in docs/RESULTS.md).
 - classifier (baseline): the whole squashed image, its image label.
 - segmenter: the whole image (at scale) into the backbone, a `crop` x `crop` window into the branch (defect-
   centred with probability `defect_bias`), loss on the window's pixels only.
@@ -107,7 +109,7 @@ class TrainConfig:
     hard_negatives: float = 0.0  # recognizer: > 0 = normal-block loss over the hardest k x #defective blocks
     ignore_ring: int = 1  # recognizer: normal blocks within this many blocks of a defective one are not scored
     image_weight: float = 0.5  # recognizer: weight of the image-level loss on the highest block of each window
-    positive_weight: str = "cell"  # recognizer: cell | image (each defective window weighs the same: positive_mean)
+    positive_weight: str = "image"  # recognizer: image (each defective window weighs the same: positive_mean) | cell
     standardize: bool = True  # per-image input standardisation inside the network (models.ImageStandardize)
     pad: str = "zero"  # what surrounds a placed frame in the input: zero | reflect (preprocess.place_image)
     ema: float = 0.0  # > 0: keep an exponential moving average of the weights (decay per step), validated/exported
