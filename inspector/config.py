@@ -217,7 +217,7 @@ class OnnxRuntimeSettings(_Model):
         le=256,
         description="ONNX Runtime intra-op threads; 0 = ONNX Runtime's choice, one per physical core: on the 2-core "
         "reference machine with nothing else running, the daemon with one thread per core (2, batch 2) inspected "
-        "1.8x the frames per second it did with 1 (batch 4) (docs/BENCHMARKS.md, 2026-12-03). 1 leaves the other "
+        "1.7x the frames per second it did with 1 (batch 4) (docs/BENCHMARKS.md, 2026-12-03). 1 leaves the other "
         "cores to other work on a shared box (the demo line's setting); tools/bench_pipeline.py measures yours.",
     )
     inter_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime inter-op threads.")
