@@ -13,6 +13,7 @@ from train_helpers import make_dataset
 from inspector.train.augment import AugmentConfig
 from inspector.train.cli import main
 from inspector.train.datasets import load_dataset
+from inspector.train.models import build_model
 from inspector.train.recipe import TrainConfig, choose_crop, deployed_from_checkpoint, load_checkpoint, train
 
 torch.set_num_threads(1)  # 2 threads on a shared 2-core box are slower (measured 8x)
@@ -92,6 +93,26 @@ def test_checkpoint_rebuilds_the_model_alone(data, tmp_path):
     with torch.no_grad():
         scores = deployed(frames)
     assert scores.shape == (2, len(classes) + 1, *SIZE)
+
+
+def test_checkpoints_record_the_decoder_width(data, tmp_path):
+    """A width other than the architecture's default survives the round trip; a checkpoint written before the
+    width was recorded loads with the then default (resnet-small was 256 wide, it is 64 now)."""
+    _, samples, classes = data
+    best = train(_cfg("deeplabv3plus", epochs=1, decoder_width=32), samples, samples[:6], classes, tmp_path / "w32")
+    model, ckpt = load_checkpoint(best)
+    assert ckpt["decoder_width"] == 32 and model.classifier.in_channels == 32
+    assert TrainConfig(task="segmenter", arch="resnet-small").decoder_width == 64
+    legacy = build_model("segmenter", "resnet-small", 1, 3, standardize=ckpt["standardize"], decoder_width=256)
+    old = dict(ckpt, task="segmenter", arch="resnet-small", num_classes=3, aux=False, model=legacy.state_dict())
+    del old["decoder_width"]
+    torch.save(old, tmp_path / "old.pt")
+    rebuilt, _ = load_checkpoint(tmp_path / "old.pt")
+    assert rebuilt.classifier.in_channels == 128  # half of the 256 decoder
+    with pytest.raises(ValueError, match="decoder_width"):
+        TrainConfig(task="segmenter", decoder_width=-1)
+    with pytest.raises(ValueError, match="arch must be one of"):
+        TrainConfig(arch="resnet-huge")
 
 
 def test_cli_trains_and_plots(data, tmp_path):

@@ -125,6 +125,20 @@ ARCH_SPECS: dict[str, ArchSpec] = {
 }
 ARCHS = tuple(ARCH_SPECS)
 
+# Decoder width of both segmentation networks (ours and the DeepLabv3+ baseline: one width, so the comparison
+# is of architecture, not of size). 256 is DeepLabv3+'s, for ResNet-50's 2048-channel deep features. On the
+# small trunks the decoder's 3x3 convolutions at 1/4 resolution are most of a step: resnet-small at 256 took
+# 13.5 s per training step (16 windows of 256x256, one core) against 3.1 s at 64, i.e. 3 epochs instead of
+# ~20 in an hour (docs/RESULTS.md). Checkpoints record the width they were built with.
+DECODER_WIDTH: dict[str, int] = {
+    "resnet-tiny": 64,
+    "resnet-small": 64,
+    "resnet18": 256,
+    "resnet34": 256,
+    "resnet50": 256,
+}
+LEGACY_DECODER_WIDTH: dict[str, int] = {**DECODER_WIDTH, "resnet-small": 256}  # checkpoints without the field
+
 
 def mean_std(in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The normalisation constants for a network input of `in_channels` (from inspector.preprocess)."""
@@ -398,8 +412,8 @@ class Segmenter(nn.Module):
         self.standardize = ImageStandardize(*mean_std(in_channels)) if standardize else None
         self.trunk = Trunk(arch, in_channels, _dilation_for(arch, output_stride))
         c = self.trunk.channels
-        width = decoder_width or (64 if arch == "resnet-tiny" else 256)
-        skip = max(width // 4, 16)  # DeepLabv3+'s 48 for 256; narrower for the tiny demo models
+        width = decoder_width or DECODER_WIDTH[arch]
+        skip = max(width // 4, 16)  # the projected layer1 and branch features
         blocks = branch_blocks or len(self.trunk.layer1)
         self.branch = Branch(self.trunk, in_channels, branch_kernel, blocks)
         self.deep_proj = _conv_bn_relu(c[4], width, kernel=1)  # stands where ASPP was
@@ -461,9 +475,21 @@ class Segmenter(nn.Module):
 
 
 def build_segmenter(
-    arch: str, in_channels: int, num_classes: int, output_stride: int = 16, standardize: bool = False
+    arch: str,
+    in_channels: int,
+    num_classes: int,
+    output_stride: int = 16,
+    standardize: bool = False,
+    decoder_width: int | None = None,
 ) -> nn.Module:
-    return Segmenter(arch, in_channels, num_classes, output_stride=output_stride, standardize=standardize)
+    return Segmenter(
+        arch,
+        in_channels,
+        num_classes,
+        output_stride=output_stride,
+        standardize=standardize,
+        decoder_width=decoder_width,
+    )
 
 
 class ASPP(nn.Module):
@@ -499,13 +525,19 @@ class DeepLabV3Plus(nn.Module):
     """Baseline: the original DeepLabv3+ (ASPP on the deep features, layer1 skip, two x4 upsamplings)."""
 
     def __init__(
-        self, arch: str, in_channels: int, num_classes: int, output_stride: int = 16, standardize: bool = False
+        self,
+        arch: str,
+        in_channels: int,
+        num_classes: int,
+        output_stride: int = 16,
+        standardize: bool = False,
+        decoder_width: int | None = None,
     ):
         super().__init__()
         self.trunk = Trunk(arch, in_channels, _dilation_for(arch, output_stride), standardize=standardize)
         c = self.trunk.channels
-        width = 64 if arch == "resnet-tiny" else 256
-        skip = 16 if arch == "resnet-tiny" else 48
+        width = decoder_width or DECODER_WIDTH[arch]
+        skip = 48 if width >= 256 else max(width // 4, 16)  # DeepLabv3+'s 48 for its 256 decoder
         rates = (12, 24, 36) if self.trunk.strides[4] == 8 else (6, 12, 18)
         self.aspp = ASPP(c[4], list(rates), out_channels=width)
         self.low_proj = _conv_bn_relu(c[1], skip, kernel=1)
@@ -521,9 +553,21 @@ class DeepLabV3Plus(nn.Module):
 
 
 def build_deeplabv3plus(
-    arch: str, in_channels: int, num_classes: int, output_stride: int = 16, standardize: bool = False
+    arch: str,
+    in_channels: int,
+    num_classes: int,
+    output_stride: int = 16,
+    standardize: bool = False,
+    decoder_width: int | None = None,
 ) -> nn.Module:
-    return DeepLabV3Plus(arch, in_channels, num_classes, output_stride=output_stride, standardize=standardize)
+    return DeepLabV3Plus(
+        arch,
+        in_channels,
+        num_classes,
+        output_stride=output_stride,
+        standardize=standardize,
+        decoder_width=decoder_width,
+    )
 
 
 def build_model(
@@ -534,17 +578,19 @@ def build_model(
     output_stride: int = 16,
     aux: bool = False,
     standardize: bool = False,
+    decoder_width: int | None = None,
 ) -> nn.Module:
     """Any of the four networks by task name (num_classes counts background; segmentation tasks only; `aux`:
-    the recognizer's training-only dense head; `standardize`: per-image input standardisation)."""
+    the recognizer's training-only dense head; `standardize`: per-image input standardisation; `decoder_width`:
+    the segmentation decoders' channels, None = DECODER_WIDTH[arch])."""
     if task == "recognizer":
         return build_recognizer(arch, in_channels, aux, standardize)
     if task == "classifier":
         return build_classifier(arch, in_channels, standardize)
     if task == "segmenter":
-        return build_segmenter(arch, in_channels, num_classes, output_stride, standardize)
+        return build_segmenter(arch, in_channels, num_classes, output_stride, standardize, decoder_width)
     if task == "deeplabv3plus":
-        return build_deeplabv3plus(arch, in_channels, num_classes, output_stride, standardize)
+        return build_deeplabv3plus(arch, in_channels, num_classes, output_stride, standardize, decoder_width)
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 

@@ -72,7 +72,16 @@ from inspector.train.data import (
     training_crop,
 )
 from inspector.train.datasets import Sample, read_image, summarize
-from inspector.train.models import TASKS, Deployed, build_model, mean_std, normalize_batch
+from inspector.train.models import (
+    ARCHS,
+    DECODER_WIDTH,
+    LEGACY_DECODER_WIDTH,
+    TASKS,
+    Deployed,
+    build_model,
+    mean_std,
+    normalize_batch,
+)
 
 CHECKPOINT_FORMAT = "inspector-train-checkpoint"
 CHECKPOINT_VERSION = 2
@@ -115,6 +124,7 @@ class TrainConfig:
     ema: float = 0.0  # > 0: keep an exponential moving average of the weights (decay per step), validated/exported
     paste: float = 0.0  # recognizer: P(a defect-free window gets a real defect pasted in from a defective image)
     output_stride: int = 16  # segmentation with resnet50: deep-feature stride (8 or 16; others stay at 32)
+    decoder_width: int = 0  # segmenter/deeplabv3plus: decoder channels (0: models.DECODER_WIDTH of the arch)
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = False  # CUDA only: bfloat16 autocast
     resume: bool = False  # continue from out_dir/last.pt
@@ -158,6 +168,12 @@ class TrainConfig:
             raise ValueError("ema must lie in [0, 1)")
         if self.batch < 2:
             raise ValueError("batch must hold at least one defective and one normal image (>= 2)")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
+        if self.decoder_width < 0:
+            raise ValueError("decoder_width must be >= 0 (0: the architecture's default)")
+        if self.decoder_width == 0 and self.task in SEGMENTATION_TASKS:
+            self.decoder_width = DECODER_WIDTH[self.arch]
 
     @property
     def squash(self) -> bool:
@@ -765,7 +781,14 @@ def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path,
 
     aux = cfg.task == "recognizer" and cfg.aux_weight > 0
     model = build_model(
-        cfg.task, cfg.arch, in_channels, num_classes, cfg.output_stride, aux=aux, standardize=cfg.standardize
+        cfg.task,
+        cfg.arch,
+        in_channels,
+        num_classes,
+        cfg.output_stride,
+        aux=aux,
+        standardize=cfg.standardize,
+        decoder_width=cfg.decoder_width or None,
     ).to(ctx.device)
     optimizer = torch.optim.Adam(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     maker = BatchMaker(cache, cfg, ctx.rank, ctx.world_size)
@@ -795,6 +818,7 @@ def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path,
         "std": list(std),
         "block_size": BLOCK if cfg.task == "recognizer" else None,
         "output_stride": cfg.output_stride,
+        "decoder_width": cfg.decoder_width or None,
         "aux": aux,
         "standardize": cfg.standardize,
         "pad": cfg.pad,
@@ -806,7 +830,19 @@ def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path,
     resumed = None
     if cfg.resume and last_path.is_file():
         ckpt = resumed = torch.load(last_path, map_location=ctx.device, weights_only=False)
-        for key in ("task", "arch", "in_channels", "classes", "size", "scale", "aux", "standardize", "pad"):
+        ckpt.setdefault("decoder_width", LEGACY_DECODER_WIDTH[ckpt["arch"]] if cfg.task in SEGMENTATION_TASKS else None)
+        for key in (
+            "task",
+            "arch",
+            "in_channels",
+            "classes",
+            "size",
+            "scale",
+            "aux",
+            "standardize",
+            "pad",
+            "decoder_width",
+        ):
             if ckpt.get(key) != meta[key]:
                 raise ValueError(f"cannot resume {last_path}: its {key} is {ckpt.get(key)!r}, not {meta[key]!r}")
         model.load_state_dict(ckpt["train_model"] if ckpt.get("train_model") is not None else ckpt["model"])
@@ -993,6 +1029,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         ckpt["output_stride"],
         ckpt["aux"],
         ckpt.get("standardize", False),
+        # Checkpoints written before the width was recorded were built with the then default.
+        ckpt.get("decoder_width", LEGACY_DECODER_WIDTH[ckpt["arch"]]),
     )
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
