@@ -252,3 +252,13 @@ def test_command_line_defaults_resolve_per_task() -> None:
     assert TrainConfig(task="recognizer", crop=cv.crop).crop == 320
     with pytest.raises(ValueError, match="branch crop"):
         TrainConfig(task="segmenter", crop=0)
+
+
+def test_squashing_that_changes_the_aspect_ratio_is_logged(data, tmp_path):
+    _, samples, classes = data
+    train(_cfg("classifier", epochs=1, size=(32, 96)), samples, samples[:6], classes, tmp_path / "wide")
+    log = (tmp_path / "wide" / "train.log").read_text()
+    assert f"changes the aspect ratio of {len(samples)} of {len(samples)} training images" in log
+    assert "up to 2.00x" in log
+    train(_cfg("classifier", epochs=1, size=(64, 96)), samples, samples[:6], classes, tmp_path / "kept")
+    assert "aspect ratio" not in (tmp_path / "kept" / "train.log").read_text()

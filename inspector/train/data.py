@@ -38,6 +38,7 @@ class CachedImage:
     image: np.ndarray  # (h, w, C) uint8 at the training scale, network channels
     label: np.ndarray  # (h, w) uint8: 0 background, 1 + class index on defect pixels
     defect_yx: np.ndarray  # (n, 2) int32: up to 4096 defect pixels (for crops centred on a defect)
+    source_size: tuple[int, int] = (0, 0)  # (h, w) of the image as stored, before scaling or squashing
 
     @property
     def defective(self) -> bool:
@@ -88,7 +89,8 @@ def load_cached(
     if len(ys) > 4096:
         keep = np.linspace(0, len(ys) - 1, 4096).astype(np.int64)
         ys, xs = ys[keep], xs[keep]
-    return CachedImage(sample, canvas[:h, :w], small, np.stack([ys, xs], 1).astype(np.int32))
+    source = (int(image.shape[0]), int(image.shape[1]))
+    return CachedImage(sample, canvas[:h, :w], small, np.stack([ys, xs], 1).astype(np.int32), source)
 
 
 class ImageCache:
@@ -130,6 +132,15 @@ class ImageCache:
     @property
     def items(self) -> list[CachedImage]:
         return self._items if not self.lazy else [self[i] for i in range(len(self))]
+
+    def stretch(self) -> np.ndarray:
+        """Per cached image, how much squashing stretched its aspect ratio (>= 1, both directions alike; 1 when
+        the aspect ratio is kept). Lazy caches are not decoded for this: an empty array."""
+        if self.lazy or self.scale is not None:
+            return np.ones(0 if self.lazy else len(self._items))
+        h, w = self.input_size
+        ratios = np.array([(h / it.source_size[0]) / (w / it.source_size[1]) for it in self._items], np.float64)
+        return np.maximum(ratios, 1 / ratios) if len(ratios) else ratios
 
     @property
     def nbytes(self) -> int:

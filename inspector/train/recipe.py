@@ -87,6 +87,7 @@ CHECKPOINT_FORMAT = "inspector-train-checkpoint"
 CHECKPOINT_VERSION = 2
 SEGMENTATION_TASKS = ("segmenter", "deeplabv3plus")
 DEFAULT_CROP = {"recognizer": 320, "segmenter": 128}
+ASPECT_NOTE = 1.5  # squashing that stretches an image's aspect ratio more than this is logged
 MIN_VAL_DEFECTIVE = 20  # fewer defective validation images than this: checkpoint and threshold are a guess
 
 
@@ -778,6 +779,16 @@ def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path,
         f"decoded {len(usable) + len(val)} images once in {time.monotonic() - t0:.1f} s "
         f"({(cache.nbytes + (val_cache.nbytes if val_cache else 0)) / 2**20:.0f} MiB in memory)"
     )
+
+    stretch = cache.stretch()
+    if len(stretch) and (stretched := int((stretch > ASPECT_NOTE).sum())):
+        # Squashing is the paper's classifier input and the CPU recipe's cheap one; on tall or wide images it
+        # squeezes thin defects along one axis, which no later step undoes: never silent.
+        log(
+            f"note: squashing to {size[0]}x{size[1]} changes the aspect ratio of {stretched} of {len(stretch)} "
+            f"training images by more than {ASPECT_NOTE}x (up to {stretch.max():.2f}x): defects narrow along the "
+            "squeezed axis may vanish; a numeric --scale keeps the aspect ratio"
+        )
 
     aux = cfg.task == "recognizer" and cfg.aux_weight > 0
     model = build_model(
