@@ -262,3 +262,17 @@ def test_squashing_that_changes_the_aspect_ratio_is_logged(data, tmp_path):
     assert "up to 2.00x" in log
     train(_cfg("classifier", epochs=1, size=(64, 96)), samples, samples[:6], classes, tmp_path / "kept")
     assert "aspect ratio" not in (tmp_path / "kept" / "train.log").read_text()
+
+
+def test_amp_on_the_cpu_trains_in_bfloat16_where_native_and_says_so_elsewhere(data, tmp_path):
+    from inspector.train.recipe import amp_supported
+
+    _, samples, classes = data
+    train(_cfg("recognizer", epochs=1, amp=True), samples, samples[:6], classes, tmp_path)
+    log = (tmp_path / "train.log").read_text()
+    history = torch.load(tmp_path / "last.pt", weights_only=False)["history"]
+    assert np.isfinite(history[-1]["train_loss"])
+    if amp_supported(torch.device("cpu")):
+        assert "bfloat16 autocast on cpu" in log
+    else:
+        assert "--amp ignored" in log

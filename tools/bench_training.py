@@ -63,6 +63,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--native", action="store_true", help="also the ladder at native resolution (new code only)")
+    p.add_argument("--amp", action="store_true", help="also the new code with --amp (bfloat16 autocast on the CPU)")
     args = p.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"data set not found: {args.data}")
@@ -75,10 +76,11 @@ def main() -> int:
     common = ["--task", "recognizer", "--arch", "resnet-tiny", "--size", "224", "--epochs", "1",
               "--steps-per-epoch", str(args.steps), "--threads", str(args.threads), "--no-plots",
               "--seed", "0"]  # fmt: skip
-    rows: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
+    variants = ("old", "new", "amp") if args.amp else ("old", "new")
+    rows: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     try:
         for r in range(args.rounds):
-            for which in ("old", "new"):
+            for which in variants:
                 out = tmp / f"{which}{r}"
                 if which == "old":
                     cmd = [str(args.old_python), "-m", "inspector.train.cli", "train", "--data", str(args.data),
@@ -87,7 +89,7 @@ def main() -> int:
                 else:
                     cmd = [sys.executable, "-m", "inspector.train.cli", "train", "--data", str(args.data),
                            "--out", str(out), *common, "--batch", "16", "--scale", "squash"]  # fmt: skip
-                    wall = run(cmd, ROOT, env_new)
+                    wall = run(cmd + (["--amp"] if which == "amp" else []), ROOT, env_new)
                 rows[which].append((steps_per_s(out, args.steps), wall))
                 print(f"round {r + 1} {which}: {rows[which][-1][0]:.2f} steps/s, {wall:.0f} s wall", file=sys.stderr)
         native = []
@@ -118,6 +120,11 @@ def main() -> int:
     print(f"| before ({args.old_commit}) | {old_sps:.2f} | {16 * old_sps:.1f} | {old_wall:.0f} |")
     print(f"| after | {new_sps:.2f} | {16 * new_sps:.1f} | {new_wall:.0f} |")
     print(f"| ratio after / before | **{new_sps / old_sps:.2f}x** | | {old_wall / new_wall:.2f}x faster |")
+    if args.amp:
+        amp_sps = statistics.median(s for s, _ in rows["amp"])
+        amp_wall = statistics.median(w for _, w in rows["amp"])
+        print(f"| after, --amp (bfloat16 autocast) | {amp_sps:.2f} | {16 * amp_sps:.1f} | {amp_wall:.0f} |")
+        print(f"| ratio after --amp / before | **{amp_sps / old_sps:.2f}x** | | {old_wall / amp_wall:.2f}x faster |")
     if native:
         print()
         print("| recognizer, native resolution, whole images | steps/s | images/s |")

@@ -161,7 +161,14 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "--no-cache", action="store_true", help="decode images on every use instead of once (data larger than memory)"
     )
     g.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    g.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
+    g.add_argument(
+        "--amp",
+        action="store_true",
+        help=(
+            "bfloat16 autocast: CUDA, or a CPU with native bfloat16 (AVX512-BF16/AMX; ignored with a warning "
+            "elsewhere). docs/BENCHMARKS.md gives its speed"
+        ),
+    )
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     g.add_argument("--no-plots", action="store_true")
     g.add_argument("--keep-every", type=int, default=d.keep_every, help="keep OUT/epoch_NNN.pt every N epochs")

@@ -127,7 +127,7 @@ class TrainConfig:
     output_stride: int = 16  # segmentation with resnet50: deep-feature stride (8 or 16; others stay at 32)
     decoder_width: int = 0  # segmenter/deeplabv3plus: decoder channels (0: models.DECODER_WIDTH of the arch)
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = False  # CUDA only: bfloat16 autocast
+    amp: bool = False  # bfloat16 autocast: CUDA, and CPUs with native bfloat16 (AVX512-BF16/AMX; else ignored)
     resume: bool = False  # continue from out_dir/last.pt
     plots: bool = True  # loss curves and sample predictions as PNG
     keep_every: int = 0  # also keep epoch_NNN.pt every N epochs (0: only last.pt and best.pt)
@@ -410,6 +410,14 @@ class Prefetcher:
 
 
 # --------------------------------------------------------------------------------------------- training
+
+
+def amp_supported(device: torch.device) -> bool:
+    """bfloat16 autocast pays on CUDA and on CPUs with native bfloat16 (AVX512-BF16, AMX): oneDNN's check.
+    Elsewhere it is emulated and slower than float32."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def seed_everything(seed: int) -> None:
@@ -887,7 +895,13 @@ def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path,
         f"x {cfg.batch} images{window}"
     )
 
-    autocast = cfg.amp and ctx.device.type == "cuda"
+    autocast = cfg.amp and amp_supported(ctx.device)
+    if cfg.amp:
+        log(
+            f"bfloat16 autocast on {ctx.device.type}"
+            if autocast
+            else "warning: --amp ignored: this CPU has no native bfloat16 (oneDNN), where it is slower; float32"
+        )
     bar = tqdm(
         total=total_steps, initial=start_epoch * steps, desc="training", disable=not ctx.is_main, unit="step",
         dynamic_ncols=True,
@@ -898,7 +912,7 @@ def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path,
         epoch_losses, parts_sum = [], {}
         for batch in Prefetcher(maker, [(epoch, s) for s in range(steps)]):
             x = normalize_batch(torch.from_numpy(batch.image).to(ctx.device), mean, std)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss, parts = training_loss(ddp_model, cfg, x, batch, ctx.device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
