@@ -120,3 +120,18 @@ def test_summary_file_has_the_committed_fields_and_merges_folds(tmp_path):
     (folder / "group3-recognizer.json").write_text(json.dumps({"meta": {**META, "groups": 7}, "result": results[0]}))
     with pytest.raises(SystemExit, match="different protocol"):
         run_summary(argparse.Namespace(results=folder, out=out, markdown=None))
+    (folder / "group3-recognizer.json").unlink()
+    # Two folders of one protocol merge (a baseline rerun beside the other model); a (fold, model) twice is refused.
+    other = tmp_path / "rerun"
+    other.mkdir()
+    for r in results:
+        if r["task"] == "classifier":
+            (folder / f"group{r['group']}-classifier.json").rename(other / f"group{r['group']}-classifier.json")
+    assert run_summary(argparse.Namespace(results=[folder, other], out=out, markdown=None)) == 0
+    assert json.loads(out.read_text())["classifier"]["groups_run"] == [0, 1, 2]
+    (folder / "group1-classifier.json").write_text((other / "group1-classifier.json").read_text())
+    with pytest.raises(SystemExit, match="fold 1 classifier is in both"):
+        run_summary(argparse.Namespace(results=[folder, other], out=out, markdown=None))
+    assert run_summary(argparse.Namespace(results=[f"{folder}:recognizer", other], out=out, markdown=None)) == 0
+    with pytest.raises(SystemExit, match="unknown model"):
+        run_summary(argparse.Namespace(results=[f"{folder}:recogniser"], out=out, markdown=None))

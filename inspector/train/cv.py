@@ -257,11 +257,14 @@ def compact(summ: dict[str, dict[str, Any]], meta: dict[str, Any]) -> dict[str, 
 
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     summ = summary(results)
+    commands = meta.get("commands") or [meta.get("command")]
+    commits = meta.get("commits") or [meta.get("commit")]
     lines = [
         f"# Cross-validation: {meta.get('data')}",
         "",
-        f"- command: `{meta.get('command')}`",
-        f"- commit: `{meta.get('commit')}`; hardware: {meta.get('hardware')}",
+        *(f"- command: `{c}`" for c in commands),
+        f"- commit{'s' if len(commits) > 1 else ''}: {', '.join(f'`{c}`' for c in commits)}; hardware: "
+        f"{'; '.join(meta.get('hardware_all') or [str(meta.get('hardware'))])}",
         f"- {meta.get('groups')} group-aware stratified folds ({meta.get('grouping')}); folds run: "
         f"{sorted({r['group'] for r in results})}",
         "- image level: ACC = (TPR + TNR) / 2; small = TPR on defective test images with 1..99 defect px, "
@@ -391,7 +394,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=Formatter,
     )
-    s.add_argument("--results", required=True, type=Path, help="folder of groupG-TASK.json files (cv --results)")
+    s.add_argument(
+        "--results",
+        required=True,
+        action="append",
+        help="folder of groupG-TASK.json files (cv --results); repeat it to merge runs of the same protocol, e.g. "
+        "a baseline retrained with more epochs beside the other model's folder; FOLDER:TASK[,TASK] takes only "
+        "those models from it. A (fold, model) found twice is refused",
+    )
     s.add_argument("--out", required=True, type=Path, help="summary JSON to write (e.g. docs/results/NAME.json)")
     s.add_argument("--markdown", type=Path, help="also write the tables here")
     s.set_defaults(func=run_summary)
@@ -506,23 +516,43 @@ def run_cv(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_results(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The committed per-fold results of one protocol; refuses results of different protocols mixed."""
-    files = sorted(folder.glob("group*-*.json"))
-    if not files:
-        raise SystemExit(f"{folder}: no group*-TASK.json results")
+def _protocol(meta: dict[str, Any]) -> dict[str, Any]:
+    """What makes two results comparable: the same data, folds (count, grouping, seed) and validation share."""
+    keys = {k: meta.get(k) for k in ("data_name", "groups", "grouping", "val_fraction")}
+    return {**keys, "seed": (meta.get("config") or {}).get("seed")}
+
+
+def load_results(folders: Path | str | list[Path | str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The committed per-fold results of one protocol, from one folder or several (`FOLDER:TASK,...` takes only
+    those models); refuses results of different protocols mixed, and a (fold, model) found twice."""
+    files = []
+    for spec in folders if isinstance(folders, list) else [folders]:
+        folder, _, only = str(spec).partition(":")
+        tasks = set(only.split(",")) if only else None
+        if tasks and not tasks <= set(TASKS):
+            raise SystemExit(f"{spec}: unknown model(s) {sorted(tasks - set(TASKS))}; choose from {', '.join(TASKS)}")
+        found = [f for f in sorted(Path(folder).glob("group*-*.json")) if not tasks or f.stem.split("-", 1)[1] in tasks]
+        if not found:
+            raise SystemExit(f"{spec}: no group*-TASK.json results")
+        files += found
     results, metas = [], []
     for f in files:
         doc = json.loads(f.read_text())
         results.append(doc["result"])
         metas.append(doc["meta"])
-    keys = ("data_name", "groups", "grouping", "val_fraction")
-    first = {k: metas[0].get(k) for k in keys}
+    first = _protocol(metas[0])
     for f, m in zip(files, metas, strict=True):
-        if {k: m.get(k) for k in keys} != first:
-            raise SystemExit(f"{f}: a different protocol ({ {k: m.get(k) for k in keys} } vs {first})")
+        if _protocol(m) != first:
+            raise SystemExit(f"{f}: a different protocol ({_protocol(m)} vs {first})")
+    seen: dict[tuple[int, str], Path] = {}
+    for f, r in zip(files, results, strict=True):
+        key = (int(r["group"]), str(r["task"]))
+        if key in seen:
+            raise SystemExit(f"fold {key[0]} {key[1]} is in both {seen[key]} and {f}: merge one of them")
+        seen[key] = f
     meta = dict(metas[-1])
     meta["commits"] = sorted({m.get("commit") or "?" for m in metas})
+    meta["commands"] = sorted({m.get("command") or "?" for m in metas})
     meta["hardware_all"] = sorted({m.get("hardware") or "?" for m in metas})
     return results, meta
 
