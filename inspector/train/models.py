@@ -128,8 +128,8 @@ ARCHS = tuple(ARCH_SPECS)
 # Decoder width of both segmentation networks (ours and the DeepLabv3+ baseline: one width, so the comparison
 # is of architecture, not of size). 256 is DeepLabv3+'s, for ResNet-50's 2048-channel deep features. On the
 # small trunks the decoder's 3x3 convolutions at 1/4 resolution are most of a step: resnet-small at 256 took
-# 13.5 s per training step (16 windows of 256x256, one core) against 3.1 s at 64, i.e. 3 epochs instead of
-# ~20 in an hour (docs/RESULTS.md). Checkpoints record the width they were built with.
+# 13.5 s per training step (16 windows of 256x256, one core, under load) against 3.1 s at 64: 3 epochs in an
+# hour before, 24 epochs in 36-47 minutes after (docs/RESULTS.md). Checkpoints record the width they were built with.
 DECODER_WIDTH: dict[str, int] = {
     "resnet-tiny": 64,
     "resnet-small": 64,
