@@ -80,6 +80,32 @@ def test_resume_continues_exactly(data, tmp_path):
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
 
 
+@pytest.mark.parametrize("task", ["recognizer", "segmenter", "classifier"])
+def test_the_channels_last_layout_changes_only_the_layout(data, tmp_path, task):
+    """NHWC training (the default, for speed) follows the NCHW run step for step, and its checkpoint holds
+    plain weights that rebuild the model alone."""
+    _, samples, classes = data
+    runs = {}
+    for layout in (True, False):
+        # A few steps: float rounding differs between the layouts and training amplifies it over many steps.
+        cfg = _cfg(task, epochs=1, steps_per_epoch=4, augment=AugmentConfig(), channels_last=layout)
+        train(cfg, samples, samples[:6], classes, tmp_path / str(layout))
+        runs[layout] = torch.load(tmp_path / str(layout) / "last.pt", weights_only=False)
+    nhwc, nchw = runs[True], runs[False]
+    assert len(nhwc["step_losses"]) == 4
+    # The first loss comes before any update: the same arithmetic up to summation order. After it, rounding
+    # differences grow with each step.
+    np.testing.assert_allclose(nhwc["step_losses"][0], nchw["step_losses"][0], rtol=1e-5)
+    np.testing.assert_allclose(nhwc["step_losses"], nchw["step_losses"], rtol=1e-2)
+    assert nhwc["model"].keys() == nchw["model"].keys()
+    # Adam's first steps move a weight by about lr whatever its gradient's size, so a gradient near 0 that rounds
+    # to the other sign in the other layout moves it the other way: up to 2 x lr per step.
+    for key, tensor in nhwc["model"].items():
+        torch.testing.assert_close(tensor, nchw["model"][key], rtol=0, atol=2 * 4 * 1e-3, msg=key)
+    model, _ = load_checkpoint(tmp_path / "True" / "best.pt")
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
 def test_checkpoint_rebuilds_the_model_alone(data, tmp_path):
     _, samples, classes = data
     best = train(_cfg("segmenter", epochs=1), samples, samples[:6], classes, tmp_path)

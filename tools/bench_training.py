@@ -64,6 +64,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--native", action="store_true", help="also the ladder at native resolution (new code only)")
     p.add_argument("--amp", action="store_true", help="also the new code with --amp (bfloat16 autocast on the CPU)")
+    p.add_argument(
+        "--nchw", action="store_true", help="also the new code in the NCHW layout (--no-channels-last, the old layout)"
+    )
     args = p.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"data set not found: {args.data}")
@@ -76,7 +79,8 @@ def main() -> int:
     common = ["--task", "recognizer", "--arch", "resnet-tiny", "--size", "224", "--epochs", "1",
               "--steps-per-epoch", str(args.steps), "--threads", str(args.threads), "--no-plots",
               "--seed", "0"]  # fmt: skip
-    variants = ("old", "new", "amp") if args.amp else ("old", "new")
+    variants = ("old", "new") + (("amp",) if args.amp else ()) + (("nchw",) if args.nchw else ())
+    flags = {"new": [], "amp": ["--amp"], "nchw": ["--no-channels-last"]}
     rows: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     try:
         for r in range(args.rounds):
@@ -89,7 +93,7 @@ def main() -> int:
                 else:
                     cmd = [sys.executable, "-m", "inspector.train.cli", "train", "--data", str(args.data),
                            "--out", str(out), *common, "--batch", "16", "--scale", "squash"]  # fmt: skip
-                    wall = run(cmd + (["--amp"] if which == "amp" else []), ROOT, env_new)
+                    wall = run(cmd + flags[which], ROOT, env_new)
                 rows[which].append((steps_per_s(out, args.steps), wall))
                 print(f"round {r + 1} {which}: {rows[which][-1][0]:.2f} steps/s, {wall:.0f} s wall", file=sys.stderr)
         native = []
@@ -125,6 +129,11 @@ def main() -> int:
         amp_wall = statistics.median(w for _, w in rows["amp"])
         print(f"| after, --amp (bfloat16 autocast) | {amp_sps:.2f} | {16 * amp_sps:.1f} | {amp_wall:.0f} |")
         print(f"| ratio after --amp / before | **{amp_sps / old_sps:.2f}x** | | {old_wall / amp_wall:.2f}x faster |")
+    if args.nchw:
+        nchw_sps = statistics.median(s for s, _ in rows["nchw"])
+        nchw_wall = statistics.median(w for _, w in rows["nchw"])
+        print(f"| after, --no-channels-last (NCHW) | {nchw_sps:.2f} | {16 * nchw_sps:.1f} | {nchw_wall:.0f} |")
+        print(f"| ratio after / after NCHW | **{new_sps / nchw_sps:.2f}x** | | |")
     if native:
         print()
         print("| recognizer, native resolution, whole images | steps/s | images/s |")

@@ -169,6 +169,12 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
             "elsewhere). docs/BENCHMARKS.md gives its speed"
         ),
     )
+    g.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=d.channels_last,
+        help="train in the channels-last (NHWC) memory layout; docs/BENCHMARKS.md gives its speed",
+    )
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     g.add_argument("--no-plots", action="store_true")
     g.add_argument("--keep-every", type=int, default=d.keep_every, help="keep OUT/epoch_NNN.pt every N epochs")
@@ -247,6 +253,7 @@ def config_from_args(args: argparse.Namespace):
         output_stride=args.output_stride,
         device=args.device,
         amp=args.amp,
+        channels_last=args.channels_last,
         resume=args.resume,
         plots=not args.no_plots,
         keep_every=args.keep_every,

@@ -128,6 +128,11 @@ class TrainConfig:
     decoder_width: int = 0  # segmenter/deeplabv3plus: decoder channels (0: models.DECODER_WIDTH of the arch)
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = False  # bfloat16 autocast: CUDA, and CPUs with native bfloat16 (AVX512-BF16/AMX; else ignored)
+    # Train in the NHWC layout. Why: in the NCHW layout PyTorch's CPU max-pool, ReLU-backward and batch-norm
+    # kernels run 1.3-5x slower on some inputs than on others (on per-image standardised images among them);
+    # the NHWC kernels are vectorised over channels and are not, and oneDNN's convolutions prefer NHWC.
+    # Layout only: the arithmetic and the saved weights are the same (docs/BENCHMARKS.md).
+    channels_last: bool = True
     resume: bool = False  # continue from out_dir/last.pt
     plots: bool = True  # loss curves and sample predictions as PNG
     keep_every: int = 0  # also keep epoch_NNN.pt every N epochs (0: only last.pt and best.pt)
@@ -799,6 +804,7 @@ def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path,
         )
 
     aux = cfg.task == "recognizer" and cfg.aux_weight > 0
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = build_model(
         cfg.task,
         cfg.arch,
@@ -808,7 +814,7 @@ def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path,
         aux=aux,
         standardize=cfg.standardize,
         decoder_width=cfg.decoder_width or None,
-    ).to(ctx.device)
+    ).to(ctx.device, memory_format=layout)
     optimizer = torch.optim.Adam(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     maker = BatchMaker(cache, cfg, ctx.rank, ctx.world_size)
     steps = maker.steps_per_epoch()
@@ -912,6 +918,7 @@ def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path,
         epoch_losses, parts_sum = [], {}
         for batch in Prefetcher(maker, [(epoch, s) for s in range(steps)]):
             x = normalize_batch(torch.from_numpy(batch.image).to(ctx.device), mean, std)
+            x = x.contiguous(memory_format=layout)
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss, parts = training_loss(ddp_model, cfg, x, batch, ctx.device)
             optimizer.zero_grad(set_to_none=True)
