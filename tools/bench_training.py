@@ -2,7 +2,7 @@
 """Training throughput of the same model and settings, before and after the data-path rewrite, in one run.
 
     tools/bench_training.py --old-commit 0940760 --old-python /work/venv-old/bin/python \\
-        [--data ../shared/datasets/magnetic-tile] [--steps 40] [--rounds 3] [--threads 2]
+        [--data ../shared/datasets/magnetic-tile] [--steps 40] [--rounds 3] [--threads 2] [--amp] [--nchw]
 
 "Before" is the training code of `--old-commit` (checked out into a temporary git worktree) run by
 `--old-python`, an interpreter that has that commit's dependencies (torch 2.14.1 + torchvision 0.29.1: the old
