@@ -125,6 +125,44 @@ def _quantiles(values: list[float]) -> tuple[float, float, float]:
     return p[49], p[98], values[-1]
 
 
+def _report(
+    args: argparse.Namespace,
+    clients: set[str],
+    poll_ms: float,
+    phases: list[tuple[str, int, int]],
+    sent: dict[int, int],
+    arrivals_ua: dict[int, int],
+    seen_mb: dict[int, int],
+    burst: tuple[int, int, int],
+) -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    print(f"# bench_gateway: commit {commit.strip()}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, OPC UA publishing interval "
+          f"{args.period_ms} ms, Modbus poll period {poll_ms:.2f} ms, "
+          f"clients: {', '.join(sorted(clients))}")  # fmt: skip
+    print("| rate | client | verdicts | arrived | p50 ms | p99 ms | max ms |")
+    print("|---|---|---|---|---|---|---|")
+    for name, lo, hi in phases:
+        for key, client, arrivals in (("opcua", "OPC UA event", arrivals_ua), ("modbus", "Modbus read", seen_mb)):
+            if key not in clients:
+                continue
+            lat = [(arrivals[s] - sent[s]) / 1e6 for s in range(lo, hi) if s in arrivals]
+            if client == "Modbus read":  # the poller sees the newest only; every seq is in the ring
+                arrived = "n/a (newest polled)"
+            else:
+                arrived = f"{sum(s in arrivals for s in range(lo, hi))}/{hi - lo}"
+            p50, p99, worst = _quantiles(lat) if len(lat) > 2 else (float("nan"),) * 3
+            print(f"| {name} | {client} | {hi - lo} | {arrived} | {p50:.2f} | {p99:.2f} | {worst:.2f} |")
+    burst_first, seq, burst_start = burst
+    got = [s for s in range(burst_first, seq) if s in arrivals_ua]
+    if got:
+        end = max(arrivals_ua[s] for s in got)
+        rate = len(got) / ((end - burst_start) / 1e9)
+        in_order = [s for s, _ in sorted(arrivals_ua.items(), key=lambda kv: kv[1]) if s >= burst_first] == got
+        print(f"\nburst of {args.burst}: {len(got)} arrived at the OPC UA subscriber, in order: {in_order}, "
+              f"{rate:.0f} verdicts/s sustained end to end")  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rates", type=float, nargs="+", default=[50.0, 200.0], help="verdicts per second")
@@ -132,7 +170,13 @@ def main() -> int:
     ap.add_argument("--burst", type=int, default=5000, help="verdicts sent back to back for the throughput figure")
     ap.add_argument("--period-ms", type=int, default=1, help="the OPC UA subscription's publishing interval")
     ap.add_argument("--poll-ms", type=float, default=1.0, help="pause between two Modbus reads")
+    ap.add_argument("--clients", default="opcua,modbus",
+                    help="which clients run (comma-separated): one alone leaves the other's polling off the cores, "
+                    "as on a line where the PLC speaks one protocol")  # fmt: skip
     args = ap.parse_args()
+    clients = {c.strip() for c in args.clients.split(",") if c.strip()}
+    if not clients or clients - {"opcua", "modbus"}:
+        ap.error(f"--clients: opcua, modbus or both, not {args.clients!r}")
 
     ports = {k: free_port() for k in ("broadcast", "actuator", "opcua", "modbus")}
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
@@ -167,9 +211,10 @@ gateway:
     ready_ua, ready_mb = mp_ctx.Event(), mp_ctx.Event()
     ua_proc = mp_ctx.Process(target=_opcua_client, args=(ports["opcua"], args.period_ms, ready_ua, out_ua, stop))
     mb_proc = mp_ctx.Process(target=_modbus_client, args=(ports["modbus"], args.poll_ms, ready_mb, out_mb, stop))
-    ua_proc.start()
-    mb_proc.start()
-    if not (ready_ua.wait(120) and ready_mb.wait(120)):
+    procs = [(p, r) for c, p, r in (("opcua", ua_proc, ready_ua), ("modbus", mb_proc, ready_mb)) if c in clients]
+    for proc, _ in procs:
+        proc.start()
+    if not all(ready.wait(120) for _, ready in procs):
         print("clients did not connect", file=sys.stderr)
         return 1
     hello = event_message("heartbeat", "bench", "cam", run_id="b" * 32)
@@ -204,38 +249,17 @@ gateway:
         seq += 1
     time.sleep(max(5.0, args.burst / 500))
     stop.set()
-    arrivals_ua = dict(out_ua.get(timeout=120))
-    seen_mb, poll_ms = out_mb.get(timeout=120)
-    ua_proc.join(30)
-    mb_proc.join(30)
+    arrivals_ua = dict(out_ua.get(timeout=120)) if "opcua" in clients else {}
+    seen_mb, poll_ms = out_mb.get(timeout=120) if "modbus" in clients else ({}, float("nan"))
+    for proc, _ in procs:
+        proc.join(30)
     gateway.terminate()
     gateway.wait(30)
     push.close(0)
     pub.close(0)
     ctx.term()
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    print(f"# bench_gateway: commit {commit.strip()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, OPC UA publishing interval "
-          f"{args.period_ms} ms, Modbus poll period {poll_ms:.2f} ms")  # fmt: skip
-    print("| rate | client | verdicts | arrived | p50 ms | p99 ms | max ms |")
-    print("|---|---|---|---|---|---|---|")
-    for name, lo, hi in phases:
-        for client, arrivals in (("OPC UA event", arrivals_ua), ("Modbus read", seen_mb)):
-            lat = [(arrivals[s] - sent[s]) / 1e6 for s in range(lo, hi) if s in arrivals]
-            if client == "Modbus read":  # the poller sees the newest only; every seq is in the ring
-                arrived = "n/a (newest polled)"
-            else:
-                arrived = f"{sum(s in arrivals for s in range(lo, hi))}/{hi - lo}"
-            p50, p99, worst = _quantiles(lat) if len(lat) > 2 else (float("nan"),) * 3
-            print(f"| {name} | {client} | {hi - lo} | {arrived} | {p50:.2f} | {p99:.2f} | {worst:.2f} |")
-    got = [s for s in range(burst_first, seq) if s in arrivals_ua]
-    if got:
-        end = max(arrivals_ua[s] for s in got)
-        rate = len(got) / ((end - burst_start) / 1e9)
-        in_order = [s for s, _ in sorted(arrivals_ua.items(), key=lambda kv: kv[1]) if s >= burst_first] == got
-        print(f"\nburst of {args.burst}: {len(got)} arrived at the OPC UA subscriber, in order: {in_order}, "
-              f"{rate:.0f} verdicts/s sustained end to end")  # fmt: skip
+    _report(args, clients, poll_ms, phases, sent, arrivals_ua, seen_mb, (burst_first, seq, burst_start))
     return 0
 
 
