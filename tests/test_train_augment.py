@@ -76,3 +76,16 @@ def test_disabled_is_the_identity():
     out, mask = warp(image, label, m, (120, 160))
     np.testing.assert_array_equal(out, image)
     np.testing.assert_array_equal(mask, label)
+
+
+def test_a_mask_with_two_defect_classes_keeps_each_class_id():
+    image = np.full((64, 96, 1), 90, np.uint8)
+    label = np.zeros((64, 96), np.uint8)
+    label[10:20, 10:30] = 1
+    label[40:50, 60:80] = 3
+    shift = crop_transform((32.0, 48.0), (64, 96), None, None)  # an exact cut: the whole image
+    _, mask = warp(image, label, shift, (64, 96))
+    np.testing.assert_array_equal(mask, label)
+    rotated = crop_transform((32.0, 48.0), (64, 96), np.random.default_rng(1), AugmentConfig(rotation_deg=20))
+    _, mask = warp(image, label, rotated, (64, 96))
+    assert mask is not None and set(np.unique(mask)) == {0, 1, 3}  # each class id moved, none merged or invented

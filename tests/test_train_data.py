@@ -14,6 +14,7 @@ from inspector.train.augment import AugmentConfig
 from inspector.train.data import (
     ImageCache,
     block_targets,
+    cell_counts,
     dense_targets,
     input_size_for,
     placed_input,
@@ -84,6 +85,21 @@ def test_block_and_dense_targets_agree_on_a_hand_made_mask():
     # Dilation grows the dense target, never the block labels' meaning (they count the raw mask).
     assert dense_targets(label, 8, dilate_px=4).sum() > dense.sum()
     assert block_targets(label, 32, min_pixels=2).tolist() == [[0, 0, 0], [0, 0, 1]]
+
+
+@pytest.mark.parametrize("cell", [4, 8, 32])
+def test_cell_counts_equal_a_plain_count_of_each_cell(cell):
+    # The area-resize shortcut against the obvious reshape-and-sum, on sparse, dense, empty and full masks.
+    rng = np.random.default_rng(cell)
+    for shape in ((cell, cell), (3 * cell, 5 * cell), (7 * cell, 2 * cell)):
+        for density in (0.0, 0.002, 0.3, 1.0):
+            mask = rng.random(shape) < density
+            h, w = shape
+            expected = mask.reshape(h // cell, cell, w // cell, cell).sum(axis=(1, 3))
+            np.testing.assert_array_equal(cell_counts(mask, cell), expected)
+            np.testing.assert_array_equal(cell_counts(mask.astype(np.uint8), cell), expected)
+    with pytest.raises(ValueError, match="whole number"):
+        cell_counts(np.zeros((cell + 1, cell), bool), cell)
 
 
 def test_downscaled_labels_keep_one_pixel_defects():

@@ -96,7 +96,7 @@ def warp(
         defect, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
     )
     # Multi-class masks keep their ids via nearest sampling inside the defect; single-class ones need no lookup.
-    if np.count_nonzero(np.unique(mask)) > 1:
+    if np.any((mask > 0) & (mask != cls)):  # another id beside the largest: cheaper than np.unique per crop
         ids = cv2.warpPerspective(mask, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
         label = np.where(warped > 1e-3, np.maximum(ids, 1), 0).astype(np.uint8)
     else:
