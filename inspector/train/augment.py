@@ -6,8 +6,9 @@ Geometry. `crop_transform` builds one 3x3 homography from source-image pixels to
 on a chosen point, flip, rotate, zoom, jitter the corners); `warp` applies it to the image (bilinear) and to the
 defect mask (bilinear on 0/1, then "> 0"), so a one-pixel defect is never lost to nearest-neighbour sampling and
 the crop is cut, rotated and resampled in a single interpolation (cheap: ~0.2 ms for 256x256 on one core,
-measured by tools/bench_training.py). Pixels from outside the image are 0 in both: the same zero padding the
-daemon and evaluation put around a frame (inspector.preprocess.place).
+measured by tools/bench_training.py). Pixels from outside the image are the `pad` border in the image (mirrored
+by default, or zeros: the same border the daemon and evaluation put around a frame, inspector.preprocess) and 0
+in the mask (a mirrored defect is not scored).
 
 Photometric changes run on the crop through one 256-entry lookup table (brightness and contrast; 0 stays 0, so
 the zero border stays what the daemon feeds), and for colour images a saturation blend with the gray version.

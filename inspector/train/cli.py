@@ -90,7 +90,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "--pad",
         choices=("zero", "reflect"),
         default=d.pad,
-        help="what surrounds a placed image in the input: zeros, or the image mirrored at its edges",
+        help="what surrounds a placed image in the input: the image mirrored at its edges, or zeros (whose edge a "
+        "model can learn as a defect cue on images of mixed sizes: docs/TRAINING.md)",
     )
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=d.epochs)

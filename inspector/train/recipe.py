@@ -121,7 +121,7 @@ class TrainConfig:
     image_weight: float = 0.5  # recognizer: weight of the image-level loss on the highest block of each window
     positive_weight: str = "image"  # recognizer: image (each defective window weighs the same: positive_mean) | cell
     standardize: bool = True  # per-image input standardisation inside the network (models.ImageStandardize)
-    pad: str = "zero"  # what surrounds a placed frame in the input: zero | reflect (preprocess.place_image)
+    pad: str = "reflect"  # what surrounds a placed frame in the input: zero | reflect (preprocess.place_image)
     ema: float = 0.0  # > 0: keep an exponential moving average of the weights (decay per step), validated/exported
     paste: float = 0.0  # recognizer: P(a defect-free window gets a real defect pasted in from a defective image)
     output_stride: int = 16  # segmentation with resnet50: deep-feature stride (8 or 16; others stay at 32)
