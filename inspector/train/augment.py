@@ -11,7 +11,8 @@ by default, or zeros: the same border the daemon and evaluation put around a fra
 in the mask (a mirrored defect is not scored).
 
 Photometric changes run on the crop through one 256-entry lookup table (brightness and contrast; 0 stays 0, so
-the zero border stays what the daemon feeds), and for colour images a saturation blend with the gray version.
+a zero border stays what the daemon feeds with `pad: zero`), and for colour images a saturation blend with the gray
+version.
 
 Randomness comes only from the generator passed in (seeded per item from (seed, epoch, index)), so an item's
 augmentation does not depend on worker count, process rank or whether training was resumed.
@@ -122,7 +123,7 @@ def photometric(image: np.ndarray, rng: np.random.Generator | None, cfg: Augment
     if b or k != 1.0:
         mean = float(image.mean())
         lut = np.clip((np.arange(256, dtype=np.float32) - mean) * k + mean + b, 0, 255).astype(np.uint8)
-        # 0 stays 0: the zero border around a placed frame is zero in the daemon, whatever the lighting did.
+        # 0 stays 0: with `pad: zero` the border around a placed frame is zero in the daemon, whatever the lighting did.
         lut[0] = 0
         image[...] = cv2.LUT(image, lut).reshape(image.shape)
     if image.shape[2] == 3 and sat != 1.0:

@@ -206,8 +206,9 @@ def cell_counts(mask: np.ndarray, cell: int) -> np.ndarray:
     """(H, W) bool or 0/1 -> (H/cell, W/cell) int32: the True pixels in each cell.
 
     An area resize of the float mask at an integer factor is the cell's mean; times the cell's area (a power
-    of two for every cell used here, so exact in float32) it is the count. Four to six times faster than
-    numpy's reduction over a reshaped array's axes (1, 3), which runs per batch image on the training path."""
+    of two for every cell used here, so exact in float32) it is the count. On a 224x224 mask it took ~50 us
+    against 90-100 us for numpy's sum over a reshaped array's axes (1, 3) and 180-310 us for its max (a throwaway
+    timeit on the shared box); it runs several times per image of every training batch."""
     h, w = mask.shape
     if h % cell or w % cell:
         raise ValueError(f"a {h}x{w} mask is not a whole number of {cell}x{cell} cells")
