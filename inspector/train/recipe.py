@@ -815,7 +815,10 @@ def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path,
         standardize=cfg.standardize,
         decoder_width=cfg.decoder_width or None,
     ).to(ctx.device, memory_format=layout)
-    optimizer = torch.optim.Adam(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    # fused: one kernel over all parameters instead of a Python loop of small ops per tensor; on the CPU that
+    # made a resnet-tiny step at 224 about 5 % faster (BENCHMARKS.md, training throughput). Same Adam arithmetic.
+    fused = ctx.device.type in ("cpu", "cuda")
+    optimizer = torch.optim.Adam(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=fused)
     maker = BatchMaker(cache, cfg, ctx.rank, ctx.world_size)
     steps = maker.steps_per_epoch()
     total_steps = steps * cfg.epochs
