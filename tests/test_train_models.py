@@ -116,6 +116,30 @@ def test_segmenter_crop_path_trains():
         model(x, crops, [(1, 0, 64, 64), (0, 0, 64, 64)])
 
 
+def test_the_segmenters_window_head_sees_the_whole_window_and_leaves_the_crop_output_alone():
+    torch.manual_seed(0)
+    plain = build_segmenter("resnet-tiny", 1, 3).eval()
+    model = build_segmenter("resnet-tiny", 1, 3, aux=True).eval()
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert {k.split(".")[0] for k in missing} == {"window_head"} and not unexpected
+    x = torch.randn(2, 1, 128, 160)
+    boxes = [(0, 0, 64, 64), (64, 96, 64, 64)]
+    crops = torch.stack([x[i, :, t : t + h, c : c + w] for i, (t, c, h, w) in enumerate(boxes)])
+    with torch.no_grad():
+        logits, window = model.forward_train(x, crops, boxes)
+        # The head is extra: what the crop path and the exported forward compute does not change.
+        torch.testing.assert_close(logits, plain(x, crops, boxes))
+        torch.testing.assert_close(model(x), plain(x))
+    assert window is not None and window.shape == (2, 3, 128, 160)
+    # A loss on the window outside both crops reaches the backbone; without the head it could not.
+    model.train()
+    _, window = model.forward_train(x, crops, boxes)
+    window[1, :, :, :64].sum().backward()
+    assert model.trunk.stem[0].weight.grad.abs().sum() > 0 and model.window_head.weight.grad.abs().sum() > 0
+    assert model.branch.stem[0].weight.grad is None or model.branch.stem[0].weight.grad.abs().sum() == 0
+    assert plain.forward_train(x, crops, boxes)[1] is None
+
+
 @pytest.mark.parametrize("task", ["recognizer", "segmenter", "classifier", "deeplabv3plus"])
 def test_deployed_takes_uint8_nhwc_and_returns_probabilities(task):
     in_channels = 1

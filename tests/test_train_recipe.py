@@ -238,6 +238,20 @@ def test_the_dense_head_is_trained_but_never_exported(data, tmp_path):
     assert load_checkpoint(plain)[0].aux is None
 
 
+def test_the_segmenters_window_loss_is_trained_but_never_exported(data, tmp_path):
+    _, samples, classes = data
+    best = train(_cfg("segmenter", epochs=1, window_loss=0.5), samples, samples[:6], classes, tmp_path)
+    model, ckpt = load_checkpoint(best)
+    assert ckpt["aux"] and model.window_head is not None
+    assert "train_window" in ckpt["history"][0] and "train_crop" in ckpt["history"][0]
+    deployed, _ = deployed_from_checkpoint(best)
+    frames = torch.randint(0, 256, (1, *SIZE, 1), dtype=torch.uint8)
+    with torch.no_grad():
+        assert deployed(frames).shape[-2:] == SIZE
+    plain = train(_cfg("segmenter", epochs=1), samples, samples[:6], classes, tmp_path / "plain")
+    assert load_checkpoint(plain)[0].window_head is None
+
+
 def test_too_few_defective_validation_images_are_warned_about(data, tmp_path):
     _, samples, classes = data
     train(_cfg("recognizer", epochs=1), samples, samples[:4], classes, tmp_path)

@@ -128,6 +128,12 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--aux-weight", type=float, default=d.aux_weight, help="recognizer: dense mask loss (0 = off)")
     g.add_argument("--aux-dilate", type=int, default=d.aux_dilate, help="recognizer: mask dilation (px) for it")
     g.add_argument(
+        "--window-loss",
+        type=float,
+        default=d.window_loss,
+        help="segmenter: weight of a loss on the whole window's pixels beside the crop's (0 = off)",
+    )
+    g.add_argument(
         "--hard-negatives",
         type=float,
         default=d.hard_negatives,
@@ -245,6 +251,7 @@ def config_from_args(args: argparse.Namespace):
         window=args.window,
         block_min_pixels=args.block_min_pixels,
         aux_weight=args.aux_weight,
+        window_loss=args.window_loss,
         aux_dilate=args.aux_dilate,
         hard_negatives=args.hard_negatives,
         ignore_ring=args.ignore_ring,

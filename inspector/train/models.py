@@ -405,6 +405,7 @@ class Segmenter(nn.Module):
         branch_blocks: int | None = None,
         decoder_width: int | None = None,
         standardize: bool = False,
+        aux: bool = False,
     ):
         super().__init__()
         # Standardised once, here, so that the backbone and the branch see the same input (the branch crop is
@@ -423,6 +424,10 @@ class Segmenter(nn.Module):
         half = max(width // 2, 16)
         self.fuse2 = nn.Sequential(_conv_bn_relu(width + skip, half), _conv_bn_relu(half, half))
         self.classifier = nn.Conv2d(half, num_classes, kernel_size=1)
+        # Training only (`aux`): logits of decoder step 1 over the whole window. The crop loss reaches the
+        # backbone only through the crop's quarter of the window; this head lets every labelled pixel of the
+        # window teach it, as DeepLabv3+'s loss does. `forward` never runs it: the export is unchanged.
+        self.window_head = nn.Conv2d(width, num_classes, kernel_size=1) if aux else None
         init_weights(nn.ModuleList([self.deep_proj, self.low_proj, self.fuse4, self.branch_proj, self.fuse2]))
 
     def _step1(self, x: torch.Tensor) -> torch.Tensor:
@@ -440,6 +445,26 @@ class Segmenter(nn.Module):
         branch_crop: torch.Tensor | None = None,
         crop_box: torch.Tensor | Sequence[Sequence[int]] | None = None,
     ) -> torch.Tensor:
+        return self._forward(x, branch_crop, crop_box)[0]
+
+    def forward_train(
+        self, x: torch.Tensor, branch_crop: torch.Tensor, crop_box: torch.Tensor | Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (the crop's logits, as `forward`; the whole window's logits from decoder step 1, upsampled to the
+        window, or None without `aux`)."""
+        logits, f4 = self._forward(x, branch_crop, crop_box)
+        if self.window_head is None:
+            return logits, None
+        window = F.interpolate(self.window_head(f4), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits, window
+
+    def _forward(
+        self,
+        x: torch.Tensor,
+        branch_crop: torch.Tensor | None,
+        crop_box: torch.Tensor | Sequence[Sequence[int]] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (logits, decoder step 1's features at 1/4)."""
         if self.standardize is not None:
             x = self.standardize(x)
             if branch_crop is not None and crop_box is not None:
@@ -449,13 +474,13 @@ class Segmenter(nn.Module):
         if branch_crop is None:
             f2 = F.interpolate(f4, scale_factor=2.0, mode="bilinear", align_corners=False)
             logits = self._step2(f2, x)
-            return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False), f4
         if crop_box is None:
             raise ValueError("a branch crop needs its crop_box (top, left, height, width) per sample")
         h, w = branch_crop.shape[-2:]
         f2 = torch.cat([self._cut_and_upsample(f4[i : i + 1], box, (h, w)) for i, box in enumerate(crop_box)])
         logits = self._step2(f2, branch_crop)
-        return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False), f4
 
     @staticmethod
     def _cut_and_upsample(f4: torch.Tensor, box: Sequence[int] | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -481,6 +506,7 @@ def build_segmenter(
     output_stride: int = 16,
     standardize: bool = False,
     decoder_width: int | None = None,
+    aux: bool = False,
 ) -> nn.Module:
     return Segmenter(
         arch,
@@ -489,6 +515,7 @@ def build_segmenter(
         output_stride=output_stride,
         standardize=standardize,
         decoder_width=decoder_width,
+        aux=aux,
     )
 
 
@@ -581,14 +608,15 @@ def build_model(
     decoder_width: int | None = None,
 ) -> nn.Module:
     """Any of the four networks by task name (num_classes counts background; segmentation tasks only; `aux`:
-    the recognizer's training-only dense head; `standardize`: per-image input standardisation; `decoder_width`:
-    the segmentation decoders' channels, None = DECODER_WIDTH[arch])."""
+    the training-only head of the recognizer (dense mask) or of the segmenter (whole-window logits);
+    `standardize`: per-image input standardisation; `decoder_width`: the segmentation decoders' channels,
+    None = DECODER_WIDTH[arch])."""
     if task == "recognizer":
         return build_recognizer(arch, in_channels, aux, standardize)
     if task == "classifier":
         return build_classifier(arch, in_channels, standardize)
     if task == "segmenter":
-        return build_segmenter(arch, in_channels, num_classes, output_stride, standardize, decoder_width)
+        return build_segmenter(arch, in_channels, num_classes, output_stride, standardize, decoder_width, aux)
     if task == "deeplabv3plus":
         return build_deeplabv3plus(arch, in_channels, num_classes, output_stride, standardize, decoder_width)
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")

@@ -28,7 +28,8 @@ epoch is as many steps as it takes to draw as many images as the training set ho
   weighs as much as an uneven patch over twenty blocks (positive_mean; measured in docs/RESULTS.md).
 - classifier (baseline): the whole squashed image, its image label.
 - segmenter: the whole image (at scale) into the backbone, a `crop` x `crop` window into the branch (defect-
-  centred with probability `defect_bias`), loss on the window's pixels only.
+  centred with probability `defect_bias`), loss on the crop's pixels; with `window_loss` > 0 also that weight
+  x the loss of decoder step 1's logits over every pixel of the window (models.Segmenter.forward_train).
 - deeplabv3plus (baseline): the whole image, loss on every pixel.
 
 Reproducibility. Seeds for python, numpy and torch; an item's image choice, crop and augmentation depend only
@@ -115,6 +116,7 @@ class TrainConfig:
     defect_bias: float = -1.0  # P(a defective image's window/crop holds one of its defect pixels) (-1: 0 / 0.7)
     block_min_pixels: int = 1  # defect pixels that make a block defective
     aux_weight: float = 1.0  # recognizer: weight of the dense (mixed supervision) loss; 0 = block labels only
+    window_loss: float = 0.0  # segmenter: weight of a whole-window loss on decoder step 1's logits; 0 = off
     aux_dilate: int = 2  # recognizer: dilation of the mask (px at training scale) for the dense targets
     hard_negatives: float = 0.0  # recognizer: > 0 = normal-block loss over the hardest k x #defective blocks
     ignore_ring: int = 1  # recognizer: normal blocks within this many blocks of a defective one are not scored
@@ -565,16 +567,22 @@ def training_loss(
     boxes = batch.crop_box.tolist()
     crops = torch.stack([x[i, :, t : t + h, c : c + w] for i, (t, c, h, w) in enumerate(boxes)])
     target_crops = torch.stack([target[i, t : t + h, c : c + w] for i, (t, c, h, w) in enumerate(boxes)])
-    return F.cross_entropy(model(x, crops, boxes), target_crops), {}
+    if cfg.window_loss <= 0:
+        return F.cross_entropy(model(x, crops, boxes), target_crops), {}
+    net = D.unwrap(model)
+    logits, window = net.forward_train(x, crops, boxes) if net is model else _ddp_forward_train(model, x, crops, boxes)
+    crop_loss = F.cross_entropy(logits, target_crops)
+    window_loss = F.cross_entropy(window, target)
+    return crop_loss + cfg.window_loss * window_loss, {"crop": crop_loss.item(), "window": window_loss.item()}
 
 
-def _ddp_forward_train(model: nn.Module, x: torch.Tensor):
+def _ddp_forward_train(model: nn.Module, *inputs: Any):
     # DDP only hooks forward(); route forward_train through it so gradients are still all-reduced.
     net = D.unwrap(model)
     original = net.forward
     net.forward = net.forward_train  # type: ignore[method-assign]
     try:
-        return model(x)
+        return model(*inputs)
     finally:
         net.forward = original  # type: ignore[method-assign]
 
@@ -803,7 +811,7 @@ def _train(cfg: TrainConfig, train_samples, val_samples, classes, out_dir: Path,
             "squeezed axis may vanish; a numeric --scale keeps the aspect ratio"
         )
 
-    aux = cfg.task == "recognizer" and cfg.aux_weight > 0
+    aux = (cfg.task == "recognizer" and cfg.aux_weight > 0) or (cfg.task == "segmenter" and cfg.window_loss > 0)
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = build_model(
         cfg.task,
