@@ -73,6 +73,18 @@ def test_summary_and_markdown():
     assert "| segmenter | 0.500 ± n/a | 0.500 ± n/a | 0.500 ± n/a | 0.333 ± n/a | n/a ± n/a |" in md
 
 
+def test_per_fold_table_names_the_validation_metric_that_chose_each_checkpoint():
+    chosen = _result("recognizer", 0, 0.9)
+    chosen["validation"] = {"metric": "val_ap", "epoch": 43, "chosen": {"val_ap": 0.981, "val_auroc": 0.99},
+                            "curve": [{"epoch": 43, "val_ap": 0.981, "val_auroc": 0.99}]}  # fmt: skip
+    older = _result("recognizer", 1, 0.9)  # written before the record existed
+    md = markdown([chosen, older], META)
+    row0 = next(line for line in md.splitlines() if line.startswith("| 0 | recognizer |"))
+    row1 = next(line for line in md.splitlines() if line.startswith("| 1 | recognizer |"))
+    assert "| val_ap 0.981 (epoch 44) |" in row0
+    assert "| – | 60 |" in row1
+
+
 def test_crossfitted_thresholds_come_from_the_other_folds_only():
     # Fold 0's scores sit high, fold 1's low: a threshold chosen on fold 1 (0.25) misplaces fold 0's good
     # image; a threshold from fold 0 (0.75) misses fold 1's defect. Each fold gets the other's cut.

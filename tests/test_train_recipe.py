@@ -294,6 +294,24 @@ def test_command_line_defaults_resolve_per_task() -> None:
         TrainConfig(task="segmenter", crop=0)
 
 
+def test_the_cv_result_keeps_what_chose_the_checkpoint(data, tmp_path):
+    """The committed result records the validation metric of the chosen epoch and the whole run's curve, so
+    an ablation can be judged on validation data when the run folder is gone."""
+    import json
+
+    from inspector.train.cv import validation_record
+
+    _, samples, classes = data
+    best = train(_cfg("recognizer", epochs=4), samples, samples[:12], classes, tmp_path)
+    checkpoint = torch.load(best, weights_only=False)
+    record = validation_record(checkpoint, json.loads((tmp_path / "history.json").read_text()), "recognizer")
+    assert record["metric"] == "val_ap"
+    assert [c["epoch"] for c in record["curve"]] == [0, 1, 2, 3]  # the whole run, past the chosen epoch
+    at_chosen = next(c for c in record["curve"] if c["epoch"] == record["epoch"])
+    assert at_chosen["val_ap"] == record["chosen"]["val_ap"] == max(c["val_ap"] for c in record["curve"])
+    assert set(at_chosen) == {"epoch", "val_ap", "val_auroc"}
+
+
 def test_squashing_that_changes_the_aspect_ratio_is_logged(data, tmp_path):
     _, samples, classes = data
     train(_cfg("classifier", epochs=1, size=(32, 96)), samples, samples[:6], classes, tmp_path / "wide")

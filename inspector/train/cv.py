@@ -91,11 +91,29 @@ def run_group_task(
         train_seconds=model.checkpoint.get("train_seconds"),
         train_wall_seconds=wall,
         epoch_chosen=model.checkpoint.get("epoch"),
+        validation=validation_record(model.checkpoint, json.loads((out / "history.json").read_text()), task),
         config=cfg.to_dict(),
         counts={"train": summarize(split.train), "val": summarize(split.val), "test": summarize(split.test)},
     )
     result_path.write_text(json.dumps(jsonable(rep), indent=1) + "\n")
     return json.loads(result_path.read_text())
+
+
+def validation_record(checkpoint: dict[str, Any], history: list[dict[str, Any]], task: str) -> dict[str, Any]:
+    """What chose the checkpoint: its validation metrics, and those of every validated epoch of the whole run
+    (`history`: the run's history.json; the best checkpoint's own history stops at its epoch). Kept in
+    the committed result so that an ablation can be judged on validation data after the run folder is gone.
+    Epochs count from 0, as in `epoch_chosen` and the run's history.json."""
+    from inspector.train.recipe import key_metric
+
+    metric = key_metric(task)
+    curve = [
+        {"epoch": h["epoch"], **{k: v for k, v in h.items() if k.startswith("val_") and k != "val_seconds"}}
+        for h in history
+        if metric in h
+    ]
+    return {"metric": metric, "epoch": checkpoint.get("epoch"), "chosen": checkpoint.get("metrics") or {},
+            "curve": curve}  # fmt: skip
 
 
 def _cuda(device: str) -> bool:
@@ -307,17 +325,27 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             )
     lines += ["", "## Per fold", "",
               "| fold | model | TPR | TNR | ACC | AP | AUROC | small TPR | small TNR | small ACC "
-              "| pixel P | pixel R | pixel F1 | IoU | thresholds | train s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "| pixel P | pixel R | pixel F1 | IoU | thresholds | validation (chosen epoch) | train s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in sorted(results, key=lambda r: (r["group"], TASKS.index(r["task"]))):
         image = [_fmt(_value(r, "image", a, k)) for a, k in IMAGE_COLUMNS]
         pixel = [_fmt(_value(r, "pixel", "all", k)) for k in PIXEL_COLUMNS] if "pixel" in r else ["–"] * 4
         th = ", ".join(f"{k} {v:.3g}" for k, v in r["thresholds"].items())
         lines.append(
-            f"| {r['group']} | {r['task']} | {' | '.join(image)} | {' | '.join(pixel)} | {th} | "
+            f"| {r['group']} | {r['task']} | {' | '.join(image)} | {' | '.join(pixel)} | {th} | {_chosen(r)} | "
             f"{(r.get('train_seconds') or 0):.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _chosen(result: dict[str, Any]) -> str:
+    """The selection metric of the chosen checkpoint, e.g. "val_ap 0.981 (epoch 44)", epochs counted from 1 for
+    readers; results written before it
+    was recorded show "–"."""
+    v = result.get("validation")
+    if not v or v["metric"] not in v["chosen"]:
+        return "–"
+    return f"{v['metric']} {_fmt(v['chosen'][v['metric']])} (epoch {v['epoch'] + 1})"
 
 
 def slim(result: dict[str, Any]) -> dict[str, Any]:
