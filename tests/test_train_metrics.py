@@ -34,6 +34,31 @@ def test_ties_count_half_and_order_does_not_matter():
     assert M.average_precision([0.3] * 4, [1, 0, 0, 0]) == pytest.approx(0.25)
 
 
+def test_separation_is_the_logit_gap_between_the_nearest_wrong_pair():
+    # Perfect ranking: lowest defective 0.8, highest defect-free 0.2 -> logit(0.8) - logit(0.2) = 2 ln 4.
+    assert M.separation([0.9, 0.8, 0.2, 0.05], [1, 1, 0, 0]) == pytest.approx(2 * math.log(4))
+    # An overlap gives a negative gap; saturated scores stay finite (clipped), so later epochs can still differ.
+    assert M.separation([0.3, 0.6], [1, 0]) == pytest.approx(math.log(0.3 / 0.7) - math.log(0.6 / 0.4))
+    assert math.isfinite(M.separation([1.0, 0.0], [1, 0]))
+    assert M.separation([1.0, 1e-3], [1, 0]) > M.separation([1.0, 1e-2], [1, 0])
+    assert math.isnan(M.separation([0.1, 0.9], [1, 1]))
+
+
+def test_checkpoint_selection_breaks_saturated_ties_by_the_margin():
+    """With few defective validation images AP and AUROC reach 1.0 and stay there; a later epoch that
+    separates the two kinds further must still win."""
+    pytest.importorskip("torch")
+    from inspector.train.recipe import _is_better
+
+    first = {"val_ap": 1.0, "val_auroc": 1.0, "val_margin": 0.5}
+    later = {"val_ap": 1.0, "val_auroc": 1.0, "val_margin": 3.0}
+    assert _is_better(later, first, "recognizer") and not _is_better(first, later, "recognizer")
+    # AP still decides first: a wider margin never buys back a worse ranking.
+    assert not _is_better({"val_ap": 0.99, "val_auroc": 1.0, "val_margin": 9.0}, first, "classifier")
+    # Segmenters choose on pixel F1 alone.
+    assert not _is_better({"val_best_f1": 0.5, "val_margin": 3.0}, {"val_best_f1": 0.5, "val_margin": 0.5}, "segmenter")
+
+
 def test_one_class_edge_cases_are_nan_not_zero():
     assert math.isnan(M.auroc([0.1, 0.9], [1, 1]))
     assert math.isnan(M.auroc([0.1, 0.9], [0, 0]))

@@ -309,7 +309,7 @@ def test_the_cv_result_keeps_what_chose_the_checkpoint(data, tmp_path):
     assert [c["epoch"] for c in record["curve"]] == [0, 1, 2, 3]  # the whole run, past the chosen epoch
     at_chosen = next(c for c in record["curve"] if c["epoch"] == record["epoch"])
     assert at_chosen["val_ap"] == record["chosen"]["val_ap"] == max(c["val_ap"] for c in record["curve"])
-    assert set(at_chosen) == {"epoch", "val_ap", "val_auroc"}
+    assert set(at_chosen) == {"epoch", "val_ap", "val_auroc", "val_margin"}
 
 
 def test_squashing_that_changes_the_aspect_ratio_is_logged(data, tmp_path):

@@ -122,6 +122,18 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def separation(scores: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> float:
+    """logit(lowest defective score) - logit(highest defect-free score): > 0 when every defective image ranks
+    above every defect-free one, and then how far a threshold can move before the first wrong decision. Scores
+    are probabilities, clipped to [eps, 1 - eps] so that saturated scores stay finite. NaN unless both kinds
+    are present."""
+    scores, labels = _check(scores, labels)
+    if not labels.any() or labels.all():
+        return NAN
+    lo, hi = np.clip([scores[labels].min(), scores[~labels].max()], eps, 1.0 - eps)
+    return float(np.log(lo / (1.0 - lo)) - np.log(hi / (1.0 - hi)))
+
+
 def pr_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(thresholds descending, precision, recall) at every distinct score (predicted defective: >= t)."""
     scores, labels = _check(scores, labels)

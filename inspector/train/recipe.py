@@ -668,7 +668,7 @@ def validate(
     model.train()
     if cfg.task in ("recognizer", "classifier"):
         s, t = np.concatenate(scores), np.array(truths, bool)
-        return {"val_ap": M.average_precision(s, t), "val_auroc": M.auroc(s, t)}, kept
+        return {"val_ap": M.average_precision(s, t), "val_auroc": M.auroc(s, t), "val_margin": M.separation(s, t)}, kept
     best_f1, best_threshold = best_f1_over_thresholds(hist_defect, hist_background)
     return {"val_best_f1": best_f1, "val_best_threshold": best_threshold}, kept
 
@@ -699,7 +699,10 @@ def best_f1_over_thresholds(hist_defect: np.ndarray, hist_background: np.ndarray
 def key_metric(task: str) -> str:
     """What picks the best checkpoint. Image models: the average precision of the image score (max block
     probability) — threshold-free, because the operating threshold is chosen afterwards, and the metric the
-    line cares about (how cleanly defective parts rank above good ones); ties go to AUROC. Segmenters: the best
+    line cares about (how cleanly defective parts rank above good ones); ties go to AUROC, then to the margin
+    between the lowest defective and the highest defect-free score (metrics.separation): with few defective
+    validation images AP and AUROC reach 1.0 early and stay there, and the first epoch to reach it would win
+    over later ones that separate the two kinds further. Segmenters: the best
     pixel F1 of defect vs background over thresholds on P(defect) = 1 - P(background) — threshold-free for the
     same reason, and because from scratch the arg-max over background and several defect classes stays
     background long after the defects stand out."""
@@ -709,7 +712,7 @@ def key_metric(task: str) -> str:
 def _is_better(metrics: dict[str, float], best: dict[str, float] | None, task: str) -> bool:
     if best is None:
         return True
-    keys = [key_metric(task)] + (["val_auroc"] if task not in SEGMENTATION_TASKS else [])
+    keys = [key_metric(task)] + (["val_auroc", "val_margin"] if task not in SEGMENTATION_TASKS else [])
     for k in keys:
         a, b = metrics.get(k, math.nan), best.get(k, math.nan)
         if math.isnan(b) and not math.isnan(a):
